@@ -1,0 +1,122 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Route(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROUTE_UNSPECIFIED: _ClassVar[Route]
+    EDGE: _ClassVar[Route]
+    CLOUD: _ClassVar[Route]
+    EDGE_FALLBACK: _ClassVar[Route]
+ROUTE_UNSPECIFIED: Route
+EDGE: Route
+CLOUD: Route
+EDGE_FALLBACK: Route
+
+class Tensor(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class Signals(_message.Message):
+    __slots__ = ("max_prob", "margin", "entropy")
+    MAX_PROB_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    ENTROPY_FIELD_NUMBER: _ClassVar[int]
+    max_prob: float
+    margin: float
+    entropy: float
+    def __init__(self, max_prob: _Optional[float] = ..., margin: _Optional[float] = ..., entropy: _Optional[float] = ...) -> None: ...
+
+class InferRequest(_message.Message):
+    __slots__ = ("model", "request_id", "tensor", "text", "priority")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    request_id: str
+    tensor: Tensor
+    text: str
+    priority: int
+    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., text: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
+
+class InferResponse(_message.Message):
+    __slots__ = ("request_id", "served_by", "label", "label_name", "probabilities", "signals", "model_name", "model_version", "edge_ms", "cloud_ms", "defer_reason", "fallback_reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVED_BY_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    LABEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EDGE_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_MS_FIELD_NUMBER: _ClassVar[int]
+    DEFER_REASON_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    served_by: Route
+    label: int
+    label_name: str
+    probabilities: Tensor
+    signals: Signals
+    model_name: str
+    model_version: str
+    edge_ms: float
+    cloud_ms: float
+    defer_reason: str
+    fallback_reason: str
+    def __init__(self, request_id: _Optional[str] = ..., served_by: _Optional[_Union[Route, str]] = ..., label: _Optional[int] = ..., label_name: _Optional[str] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., signals: _Optional[_Union[Signals, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., edge_ms: _Optional[float] = ..., cloud_ms: _Optional[float] = ..., defer_reason: _Optional[str] = ..., fallback_reason: _Optional[str] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AgentStatus(_message.Message):
+    __slots__ = ("agent_id", "model_name", "model_version", "breaker_state", "route_counts", "threshold", "cloud_pressure")
+    class RouteCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BREAKER_STATE_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_PRESSURE_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    model_name: str
+    model_version: str
+    breaker_state: str
+    route_counts: _containers.ScalarMap[str, int]
+    threshold: float
+    cloud_pressure: float
+    def __init__(self, agent_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., breaker_state: _Optional[str] = ..., route_counts: _Optional[_Mapping[str, int]] = ..., threshold: _Optional[float] = ..., cloud_pressure: _Optional[float] = ...) -> None: ...
+
+class RouterStatus(_message.Message):
+    __slots__ = ("router_id", "models", "queue_depth", "pressure")
+    ROUTER_ID_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    PRESSURE_FIELD_NUMBER: _ClassVar[int]
+    router_id: str
+    models: _containers.RepeatedScalarFieldContainer[str]
+    queue_depth: int
+    pressure: float
+    def __init__(self, router_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., queue_depth: _Optional[int] = ..., pressure: _Optional[float] = ...) -> None: ...

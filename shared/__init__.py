@@ -1,0 +1,1 @@
+"""Code both the edge agent and the cloud router use. Never imports torch."""

@@ -1,0 +1,87 @@
+"""ONNX Runtime models, with execution-provider choice (TensorRT, CUDA, CPU) and CPU fallback."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from shared.errors import ConfigError
+from shared.model import Model, ModelInput
+from shared.model_card import ModelCard
+
+log = logging.getLogger(__name__)
+
+#: Short names accepted in config, mapped to ONNX Runtime provider names.
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+def resolve_providers(requested: Sequence[str]) -> list[str]:
+    """The requested providers that this onnxruntime build has, in order, always ending in CPU.
+
+    A missing provider is logged as a warning, not an error: a board without its GPU still serves.
+    """
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    chosen: list[str] = []
+    for name in requested:
+        full = PROVIDER_ALIASES.get(name.lower(), name)
+        if full not in PROVIDER_ALIASES.values():
+            raise ConfigError(f"unknown execution provider {name!r}; use one of {sorted(PROVIDER_ALIASES)}")
+        if full in available:
+            chosen.append(full)
+        else:
+            log.warning("execution provider %s is not available in this onnxruntime build; falling back", full)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class OnnxModel(Model):
+    """An ONNX graph with input `input` and output `probs`; text goes through the card's featurizer."""
+
+    def __init__(self, card: ModelCard, bundle_dir: Path, providers: Sequence[str] = ("cpu",)) -> None:
+        super().__init__(card, bundle_dir)
+        self.requested_providers = list(providers)
+        self.session = None
+        self._featurize = None
+
+    def load(self) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(self.card.options.get("intra_op_threads", 1))
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(self.bundle_dir / self.card.file), sess_options=options, providers=resolve_providers(self.requested_providers)
+            )
+        except ConfigError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise ConfigError(f"cannot load ONNX model {self.bundle_dir / self.card.file}: {exc}") from None
+        self._input_name = self.session.get_inputs()[0].name
+        if self.card.input.kind == "text":
+            from shared.text_features import featurizer_from_options
+
+            self._featurize = featurizer_from_options(self.card.options.get("featurizer", {}))
+        self.ready = True
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers() if self.session else []
+
+    def predict(self, inputs: Sequence[ModelInput]) -> np.ndarray:
+        if self._featurize is not None:
+            batch = self._featurize(list(inputs))
+        else:
+            batch = np.stack([np.asarray(x) for x in inputs])
+        (probs,) = self.session.run(None, {self._input_name: batch})
+        return np.asarray(probs, dtype=np.float32)
