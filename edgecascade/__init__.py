@@ -1,0 +1,6 @@
+"""edgecascade: edge-cloud cascade inference.
+
+Applications need one line:
+
+    from edgecascade import Client          # or AsyncClient
+"""
