@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/edgecascade.proto\x12\x0e\x65\x64gecascade.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"<\n\x07Signals\x12\x10\n\x08max_prob\x18\x01 \x01(\x02\x12\x0e\n\x06margin\x18\x02 \x01(\x02\x12\x0f\n\x07\x65ntropy\x18\x03 \x01(\x02\"\x86\x01\n\x0cInferRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12(\n\x06tensor\x18\x03 \x01(\x0b\x32\x16.edgecascade.v1.TensorH\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12\x10\n\x08priority\x18\x05 \x01(\x05\x42\x07\n\x05input\"\xc6\x02\n\rInferResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\tserved_by\x18\x02 \x01(\x0e\x32\x15.edgecascade.v1.Route\x12\r\n\x05label\x18\x03 \x01(\x05\x12\x12\n\nlabel_name\x18\x04 \x01(\t\x12-\n\rprobabilities\x18\x05 \x01(\x0b\x32\x16.edgecascade.v1.Tensor\x12(\n\x07signals\x18\x06 \x01(\x0b\x32\x17.edgecascade.v1.Signals\x12\x12\n\nmodel_name\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x0f\n\x07\x65\x64ge_ms\x18\t \x01(\x01\x12\x10\n\x08\x63loud_ms\x18\n \x01(\x01\x12\x14\n\x0c\x64\x65\x66\x65r_reason\x18\x0b \x01(\t\x12\x17\n\x0f\x66\x61llback_reason\x18\x0c \x01(\t\"\x0f\n\rStatusRequest\"\x84\x02\n\x0b\x41gentStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rbreaker_state\x18\x04 \x01(\t\x12\x42\n\x0croute_counts\x18\x05 \x03(\x0b\x32,.edgecascade.v1.AgentStatus.RouteCountsEntry\x12\x11\n\tthreshold\x18\x06 \x01(\x01\x12\x16\n\x0e\x63loud_pressure\x18\x07 \x01(\x01\x1a\x32\n\x10RouteCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"X\n\x0cRouterStatus\x12\x11\n\trouter_id\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\x03\x12\x10\n\x08pressure\x18\x04 \x01(\x01*F\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x08\n\x04\x45\x44GE\x10\x01\x12\t\n\x05\x43LOUD\x10\x02\x12\x11\n\rEDGE_FALLBACK\x10\x03\x32\x9a\x01\n\tEdgeAgent\x12\x44\n\x05Infer\x12\x1c.edgecascade.v1.InferRequest\x1a\x1d.edgecascade.v1.InferResponse\x12G\n\tGetStatus\x12\x1d.edgecascade.v1.StatusRequest\x1a\x1b.edgecascade.v1.AgentStatus2\x9d\x01\n\x0b\x43loudRouter\x12\x44\n\x05Infer\x12\x1c.edgecascade.v1.InferRequest\x1a\x1d.edgecascade.v1.InferResponse\x12H\n\tGetStatus\x12\x1d.edgecascade.v1.StatusRequest\x1a\x1c.edgecascade.v1.RouterStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/edgecascade.proto\x12\x0e\x65\x64gecascade.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"<\n\x07Signals\x12\x10\n\x08max_prob\x18\x01 \x01(\x02\x12\x0e\n\x06margin\x18\x02 \x01(\x02\x12\x0f\n\x07\x65ntropy\x18\x03 \x01(\x02\"\x9a\x01\n\x0cInferRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12(\n\x06tensor\x18\x03 \x01(\x0b\x32\x16.edgecascade.v1.TensorH\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x12\n\ntimeout_ms\x18\x06 \x01(\x01\x42\x07\n\x05input\"\xc6\x02\n\rInferResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\tserved_by\x18\x02 \x01(\x0e\x32\x15.edgecascade.v1.Route\x12\r\n\x05label\x18\x03 \x01(\x05\x12\x12\n\nlabel_name\x18\x04 \x01(\t\x12-\n\rprobabilities\x18\x05 \x01(\x0b\x32\x16.edgecascade.v1.Tensor\x12(\n\x07signals\x18\x06 \x01(\x0b\x32\x17.edgecascade.v1.Signals\x12\x12\n\nmodel_name\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x0f\n\x07\x65\x64ge_ms\x18\t \x01(\x01\x12\x10\n\x08\x63loud_ms\x18\n \x01(\x01\x12\x14\n\x0c\x64\x65\x66\x65r_reason\x18\x0b \x01(\t\x12\x17\n\x0f\x66\x61llback_reason\x18\x0c \x01(\t\"\x0f\n\rStatusRequest\"\x84\x02\n\x0b\x41gentStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rbreaker_state\x18\x04 \x01(\t\x12\x42\n\x0croute_counts\x18\x05 \x03(\x0b\x32,.edgecascade.v1.AgentStatus.RouteCountsEntry\x12\x11\n\tthreshold\x18\x06 \x01(\x01\x12\x16\n\x0e\x63loud_pressure\x18\x07 \x01(\x01\x1a\x32\n\x10RouteCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"X\n\x0cRouterStatus\x12\x11\n\trouter_id\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\x03\x12\x10\n\x08pressure\x18\x04 \x01(\x01*F\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x08\n\x04\x45\x44GE\x10\x01\x12\t\n\x05\x43LOUD\x10\x02\x12\x11\n\rEDGE_FALLBACK\x10\x03\x32\x9a\x01\n\tEdgeAgent\x12\x44\n\x05Infer\x12\x1c.edgecascade.v1.InferRequest\x1a\x1d.edgecascade.v1.InferResponse\x12G\n\tGetStatus\x12\x1d.edgecascade.v1.StatusRequest\x1a\x1b.edgecascade.v1.AgentStatus2\x9d\x01\n\x0b\x43loudRouter\x12\x44\n\x05Infer\x12\x1c.edgecascade.v1.InferRequest\x1a\x1d.edgecascade.v1.InferResponse\x12H\n\tGetStatus\x12\x1d.edgecascade.v1.StatusRequest\x1a\x1c.edgecascade.v1.RouterStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,26 +33,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENTSTATUS_ROUTECOUNTSENTRY']._loaded_options = None
   _globals['_AGENTSTATUS_ROUTECOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_ROUTE']._serialized_start=996
-  _globals['_ROUTE']._serialized_end=1066
+  _globals['_ROUTE']._serialized_start=1016
+  _globals['_ROUTE']._serialized_end=1086
   _globals['_TENSOR']._serialized_start=44
   _globals['_TENSOR']._serialized_end=96
   _globals['_SIGNALS']._serialized_start=98
   _globals['_SIGNALS']._serialized_end=158
   _globals['_INFERREQUEST']._serialized_start=161
-  _globals['_INFERREQUEST']._serialized_end=295
-  _globals['_INFERRESPONSE']._serialized_start=298
-  _globals['_INFERRESPONSE']._serialized_end=624
-  _globals['_STATUSREQUEST']._serialized_start=626
-  _globals['_STATUSREQUEST']._serialized_end=641
-  _globals['_AGENTSTATUS']._serialized_start=644
-  _globals['_AGENTSTATUS']._serialized_end=904
-  _globals['_AGENTSTATUS_ROUTECOUNTSENTRY']._serialized_start=854
-  _globals['_AGENTSTATUS_ROUTECOUNTSENTRY']._serialized_end=904
-  _globals['_ROUTERSTATUS']._serialized_start=906
-  _globals['_ROUTERSTATUS']._serialized_end=994
-  _globals['_EDGEAGENT']._serialized_start=1069
-  _globals['_EDGEAGENT']._serialized_end=1223
-  _globals['_CLOUDROUTER']._serialized_start=1226
-  _globals['_CLOUDROUTER']._serialized_end=1383
+  _globals['_INFERREQUEST']._serialized_end=315
+  _globals['_INFERRESPONSE']._serialized_start=318
+  _globals['_INFERRESPONSE']._serialized_end=644
+  _globals['_STATUSREQUEST']._serialized_start=646
+  _globals['_STATUSREQUEST']._serialized_end=661
+  _globals['_AGENTSTATUS']._serialized_start=664
+  _globals['_AGENTSTATUS']._serialized_end=924
+  _globals['_AGENTSTATUS_ROUTECOUNTSENTRY']._serialized_start=874
+  _globals['_AGENTSTATUS_ROUTECOUNTSENTRY']._serialized_end=924
+  _globals['_ROUTERSTATUS']._serialized_start=926
+  _globals['_ROUTERSTATUS']._serialized_end=1014
+  _globals['_EDGEAGENT']._serialized_start=1089
+  _globals['_EDGEAGENT']._serialized_end=1243
+  _globals['_CLOUDROUTER']._serialized_start=1246
+  _globals['_CLOUDROUTER']._serialized_end=1403
 # @@protoc_insertion_point(module_scope)

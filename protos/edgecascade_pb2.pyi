@@ -39,18 +39,20 @@ class Signals(_message.Message):
     def __init__(self, max_prob: _Optional[float] = ..., margin: _Optional[float] = ..., entropy: _Optional[float] = ...) -> None: ...
 
 class InferRequest(_message.Message):
-    __slots__ = ("model", "request_id", "tensor", "text", "priority")
+    __slots__ = ("model", "request_id", "tensor", "text", "priority", "timeout_ms")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     model: str
     request_id: str
     tensor: Tensor
     text: str
     priority: int
-    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., text: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
+    timeout_ms: float
+    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., text: _Optional[str] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[float] = ...) -> None: ...
 
 class InferResponse(_message.Message):
     __slots__ = ("request_id", "served_by", "label", "label_name", "probabilities", "signals", "model_name", "model_version", "edge_ms", "cloud_ms", "defer_reason", "fallback_reason")

@@ -1,0 +1,1 @@
+"""The cloud router: gRPC front end, dynamic batcher, schedulers, model host."""

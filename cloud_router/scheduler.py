@@ -1,0 +1,64 @@
+"""Schedulers put cloud work onto models. The router talks only to this interface.
+
+`InMemoryScheduler` (the default, single node) runs one dynamic batcher per model in this
+process. A Redis-backed scheduler spreads the same work over replicas (`redis_url`).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import numpy as np
+
+from cloud_router.batcher import DynamicBatcher
+from shared.model import Model
+
+
+class Scheduler(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def submit(self, model: Model, payload: Any, deadline_s: float, priority: int, request_id: str) -> np.ndarray:
+        """The model's output row for one request, or a typed error."""
+    def queue_depth(self, model_name: str) -> int: ...
+    def pressure(self, model_name: str) -> float:
+        """0 = idle, 1 = saturated (queue full, or the oldest request waited a whole deadline)."""
+
+
+class InMemoryScheduler:
+    def __init__(self, models: dict[str, Model], *, max_batch_size: int, max_delay_ms: float, max_queue: int,
+                 on_batch: Any = None) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.batchers = {
+            name: DynamicBatcher(
+                model.predict,
+                max_batch_size=max_batch_size,
+                max_delay_ms=max_delay_ms,
+                max_queue=max_queue,
+                executor=self._executor,
+                on_batch=(lambda size, s, name=name: on_batch(name, size, s)) if on_batch else None,
+            )
+            for name, model in models.items()
+        }
+
+    async def start(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.start()
+
+    async def stop(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, model: Model, payload: Any, deadline_s: float, priority: int, request_id: str) -> np.ndarray:
+        return await self.batchers[model.name].submit(payload, deadline_s, priority)
+
+    def queue_depth(self, model_name: str) -> int:
+        return self.batchers[model_name].queue_depth
+
+    def pressure(self, model_name: str) -> float:
+        batcher = self.batchers[model_name]
+        depth_share = batcher.queue_depth / batcher.max_queue
+        age_share = batcher.oldest_age_s(time.time()) / 1.0  # one second of queueing = saturated
+        return float(min(1.0, max(depth_share, age_share)))

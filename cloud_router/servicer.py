@@ -1,0 +1,43 @@
+"""edgecascade.v1 CloudRouter over gRPC: proto <-> internal types, nothing else."""
+
+from __future__ import annotations
+
+import grpc
+
+from cloud_router.router import Router
+from cloud_router.settings import RouterSettings
+from protos import edgecascade_pb2 as pb
+from protos import edgecascade_pb2_grpc as pb_grpc
+from shared.grpc_errors import grpc_errors
+from shared.proto_convert import response_of
+from shared.request_parsing import decode_input, request_deadline_s, request_id_of
+
+
+class CloudRouterServicer(pb_grpc.CloudRouterServicer):
+    def __init__(self, router: Router, settings: RouterSettings) -> None:
+        self.router = router
+        self.settings = settings
+
+    @grpc_errors
+    async def Infer(self, request: pb.InferRequest, context: grpc.aio.ServicerContext) -> pb.InferResponse:
+        deadline_s = request_deadline_s(
+            request.timeout_ms,
+            context.time_remaining(),
+            default_timeout_ms=self.settings.default_timeout_ms,
+            max_timeout_ms=self.settings.max_timeout_ms,
+        )
+        request_id = request_id_of(request)
+        self.router.resolve(request.model)
+        payload = decode_input(request)
+        prediction, cloud_ms = await self.router.infer(request.model, payload, deadline_s, request.priority, request_id)
+        return response_of(prediction, request_id=request_id, route="cloud", cloud_ms=cloud_ms)
+
+    @grpc_errors
+    async def GetStatus(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.RouterStatus:
+        name = self.router.default_model
+        return pb.RouterStatus(
+            router_id=self.router.router_id,
+            models=sorted(self.router.models),
+            queue_depth=sum(self.router.scheduler.queue_depth(m) for m in self.router.models),
+            pressure=self.router.pressure(name),
+        )

@@ -1,0 +1,53 @@
+"""Circuit breaker for the cloud link.
+
+closed: calls go through; `failure_threshold` consecutive failures open it.
+open: calls are refused at once (no request waits on a dead cloud) for `cooldown_s`.
+half_open: one trial call goes through; success closes, failure reopens.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+class CircuitBreaker:
+    def __init__(self, failure_threshold: int = 5, cooldown_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.failure_threshold = failure_threshold
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._state = CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._trial_in_flight = False
+
+    @property
+    def state(self) -> str:
+        if self._state == OPEN and self._clock() - self._opened_at >= self.cooldown_s:
+            return HALF_OPEN
+        return self._state
+
+    def allow(self) -> bool:
+        """May a call go to the cloud now? In half-open, only one trial at a time."""
+        state = self.state
+        if state == CLOSED:
+            return True
+        if state == HALF_OPEN and not self._trial_in_flight:
+            self._state = HALF_OPEN
+            self._trial_in_flight = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self._state = CLOSED
+        self._failures = 0
+        self._trial_in_flight = False
+
+    def record_failure(self) -> None:
+        self._failures += 1
+        self._trial_in_flight = False
+        if self._state == HALF_OPEN or self._failures >= self.failure_threshold:
+            self._state = OPEN
+            self._opened_at = self._clock()

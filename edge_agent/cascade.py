@@ -1,0 +1,99 @@
+"""The cascade on the board, independent of transport: edge model, policy, cloud, fallback.
+
+The caller always gets an answer before its deadline: from the edge when confident, from the
+cloud when deferred and the cloud answers in time, otherwise from the edge again, flagged
+`edge_fallback` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from edge_agent.cloud_link import CloudLink, CloudUnavailable
+from shared.model import Model, ModelInput
+from shared.policy import DeferralPolicy
+from shared.prediction import Prediction
+from shared.signals import Signals, signals_of
+from shared.tensor_codec import from_proto
+
+
+@dataclass
+class CascadeResult:
+    prediction: Prediction
+    route: str                 # edge, cloud, edge_fallback
+    signals: Signals
+    edge_ms: float
+    cloud_ms: float = 0.0
+    defer_reason: str = ""
+    fallback_reason: str = ""
+
+
+@dataclass
+class ActiveModel:
+    """The model and policy serving now. Swapped as one reference, so a request that started
+    on one version finishes on it."""
+
+    model: Model
+    policy: DeferralPolicy
+
+
+class Cascade:
+    def __init__(self, active: ActiveModel, cloud: Optional[CloudLink], *, fallback_reserve_ms: float = 2.0) -> None:
+        self.active = active
+        self.cloud = cloud
+        self.fallback_reserve_s = fallback_reserve_ms / 1000.0
+        self.pressure = 0.0                      # last cloud pressure seen (0..1)
+        self.route_counts: Counter[str] = Counter()
+
+    def current_threshold(self) -> float:
+        return self.active.policy.threshold_at(self.pressure)
+
+    async def infer(self, payload: ModelInput, *, deadline_s: float, request_id: str, priority: int = 0) -> CascadeResult:
+        active = self.active  # pinned for this request
+        model = active.model
+        payload = model.check_input(payload)
+        started = time.perf_counter()
+        probs = model.predict([payload])[0]
+        signals = signals_of(probs)
+        decision = active.policy.decide(signals, model.input_length(payload), self.pressure)
+        edge_ms = (time.perf_counter() - started) * 1000.0
+        edge_prediction = Prediction.from_probs(probs, model.labels, model.name, model.version)
+        if decision.accept:
+            return self._count(CascadeResult(edge_prediction, "edge", signals, edge_ms))
+
+        fallback_reason = "no_cloud"
+        cloud_ms = 0.0
+        if self.cloud is not None:
+            timeout_s = deadline_s - time.time() - self.fallback_reserve_s
+            cloud_started = time.perf_counter()
+            try:
+                response = await self.cloud.infer(payload, timeout_s=timeout_s, request_id=request_id, priority=priority)
+                cloud_ms = (time.perf_counter() - cloud_started) * 1000.0
+                cloud_prediction = Prediction(
+                    label=response.label,
+                    label_name=response.label_name,
+                    probabilities=np.asarray(from_proto(response.probabilities), dtype=np.float32),
+                    model_name=response.model_name,
+                    model_version=int(response.model_version or 0),
+                )
+                return self._count(
+                    CascadeResult(cloud_prediction, "cloud", signals, edge_ms, cloud_ms, defer_reason=decision.reason)
+                )
+            except CloudUnavailable as exc:
+                fallback_reason = exc.reason
+                cloud_ms = (time.perf_counter() - cloud_started) * 1000.0
+            except asyncio.CancelledError:
+                raise
+        return self._count(
+            CascadeResult(edge_prediction, "edge_fallback", signals, edge_ms, cloud_ms, decision.reason, fallback_reason)
+        )
+
+    def _count(self, result: CascadeResult) -> CascadeResult:
+        self.route_counts[result.route] += 1
+        return result

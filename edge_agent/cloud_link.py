@@ -1,0 +1,90 @@
+"""The edge agent's channel to the cloud router: deadline, breaker, typed failures."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+import grpc
+
+from edge_agent.breaker import CircuitBreaker
+from protos import edgecascade_pb2 as pb
+from protos import edgecascade_pb2_grpc as pb_grpc
+from shared.model import ModelInput
+from shared.tensor_codec import to_proto
+
+log = logging.getLogger(__name__)
+
+#: Cloud answers that say the cloud (not the request) is in trouble: they count against the breaker.
+CLOUD_FAULT_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+}
+
+
+class CloudUnavailable(Exception):
+    """The cloud gave no usable answer; `reason` says why (for `fallback_reason`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """Reconnect quickly after the cloud comes back (gRPC's default backoff grows to 120 s)."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+        ("grpc.enable_retries", 0),
+    ]
+
+
+class CloudLink:
+    def __init__(self, target: str, *, model: str = "", breaker: CircuitBreaker, max_message_bytes: int) -> None:
+        self.target = target
+        self.model = model
+        self.breaker = breaker
+        self._channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+        self._stub = pb_grpc.CloudRouterStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def infer(self, payload: ModelInput, *, timeout_s: float, request_id: str, priority: int = 0) -> pb.InferResponse:
+        """The cloud's answer within `timeout_s`, or CloudUnavailable with the reason."""
+        if timeout_s <= 0:  # no time left to ask: not the cloud's fault, the breaker is not touched
+            raise CloudUnavailable("deadline")
+        if not self.breaker.allow():
+            raise CloudUnavailable("breaker_open")
+        request = pb.InferRequest(model=self.model, request_id=request_id, priority=priority, timeout_ms=timeout_s * 1000.0)
+        if isinstance(payload, str):
+            request.text = payload
+        else:
+            request.tensor.CopyFrom(to_proto(payload))
+        try:
+            response = await self._stub.Infer(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code in CLOUD_FAULT_CODES:
+                self.breaker.record_failure()
+            else:
+                self.breaker.record_success()
+            log.debug("cloud call failed: %s %s", code.name, exc.details())
+            raise CloudUnavailable(_reason_of(code)) from None
+        self.breaker.record_success()
+        return response
+
+
+def _reason_of(code: grpc.StatusCode) -> str:
+    return {
+        grpc.StatusCode.DEADLINE_EXCEEDED: "deadline",
+        grpc.StatusCode.UNAVAILABLE: "cloud_unavailable",
+        grpc.StatusCode.RESOURCE_EXHAUSTED: "cloud_overloaded",
+    }.get(code, f"cloud_error_{code.name.lower()}")

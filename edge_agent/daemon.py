@@ -1,0 +1,69 @@
+"""`edgecascade edge run`: load the edge bundle, connect to the cloud, serve until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from edge_agent.breaker import CircuitBreaker
+from edge_agent.cascade import ActiveModel, Cascade
+from edge_agent.cloud_link import CloudLink
+from edge_agent.servicer import EdgeAgentServicer
+from edge_agent.settings import EdgeSettings
+from protos import edgecascade_pb2 as pb
+from protos import edgecascade_pb2_grpc as pb_grpc
+from shared.grpc_server import add_health_and_reflection, bind, create_server, run_until_signal, set_serving
+from shared.model import load_model
+from shared.model_card import POLICY_FILE
+from shared.policy import load_policy
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeAgent"].full_name
+
+
+def load_active_model(settings: EdgeSettings) -> ActiveModel:
+    """Load the bundle and its policy; refuse a policy made for another model."""
+    model = load_model(settings.bundle_dir, providers=settings.providers, edge=True)
+    policy = load_policy(settings.policy_file or settings.bundle_dir / POLICY_FILE)
+    policy.check_matches(model.card)
+    model.load()
+    return ActiveModel(model, policy)
+
+
+def build_cascade(settings: EdgeSettings) -> Cascade:
+    active = load_active_model(settings)
+    cloud = None
+    if settings.cloud_target:
+        breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s)
+        cloud = CloudLink(settings.cloud_target, model=settings.cloud_model, breaker=breaker,
+                          max_message_bytes=settings.max_message_bytes)
+    return Cascade(active, cloud, fallback_reserve_ms=settings.fallback_reserve_ms)
+
+
+async def serve(settings: EdgeSettings, ready_callback=None) -> None:
+    cascade = build_cascade(settings)
+    server = create_server(settings.max_message_bytes)
+    pb_grpc.add_EdgeAgentServicer_to_server(EdgeAgentServicer(cascade, settings), server)
+    health = add_health_and_reflection(server, [SERVICE_NAME])
+    port = bind(server, settings.listen)
+    await server.start()
+    await set_serving(health, [SERVICE_NAME], True)
+    log.info("edge agent %s serving %s v%d on port %d (cloud: %s)", settings.agent_id,
+             cascade.active.model.name, cascade.active.model.version, port, settings.cloud_target or "none")
+    if ready_callback:
+        ready_callback(port)
+
+    async def stopped() -> None:
+        if cascade.cloud:
+            await cascade.cloud.close()
+
+    await run_until_signal(
+        server,
+        grace_s=settings.shutdown_grace_s,
+        on_draining=lambda: set_serving(health, [SERVICE_NAME], False),
+        on_stopped=stopped,
+    )
+
+
+def run(settings: EdgeSettings) -> None:
+    asyncio.run(serve(settings))

@@ -1,0 +1,61 @@
+"""edgecascade.v1 EdgeAgent over gRPC: proto <-> internal types, nothing else."""
+
+from __future__ import annotations
+
+import grpc
+
+from edge_agent.cascade import Cascade
+from edge_agent.settings import EdgeSettings
+from protos import edgecascade_pb2 as pb
+from protos import edgecascade_pb2_grpc as pb_grpc
+from shared.errors import ModelNotFoundError
+from shared.grpc_errors import grpc_errors
+from shared.proto_convert import response_of
+from shared.request_parsing import decode_input, request_deadline_s, request_id_of
+
+
+class EdgeAgentServicer(pb_grpc.EdgeAgentServicer):
+    def __init__(self, cascade: Cascade, settings: EdgeSettings) -> None:
+        self.cascade = cascade
+        self.settings = settings
+
+    def check_model(self, name: str) -> None:
+        served = self.cascade.active.model.name
+        if name and name != served:
+            raise ModelNotFoundError(f"unknown model {name!r}; this agent serves {served!r}")
+
+    @grpc_errors
+    async def Infer(self, request: pb.InferRequest, context: grpc.aio.ServicerContext) -> pb.InferResponse:
+        deadline_s = request_deadline_s(
+            request.timeout_ms,
+            context.time_remaining(),
+            default_timeout_ms=self.settings.default_timeout_ms,
+            max_timeout_ms=self.settings.max_timeout_ms,
+        )
+        request_id = request_id_of(request)
+        self.check_model(request.model)
+        result = await self.cascade.infer(decode_input(request), deadline_s=deadline_s, request_id=request_id, priority=request.priority)
+        return response_of(
+            result.prediction,
+            request_id=request_id,
+            route=result.route,
+            signals=result.signals,
+            edge_ms=result.edge_ms,
+            cloud_ms=result.cloud_ms,
+            defer_reason=result.defer_reason,
+            fallback_reason=result.fallback_reason,
+        )
+
+    @grpc_errors
+    async def GetStatus(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.AgentStatus:
+        model = self.cascade.active.model
+        cloud = self.cascade.cloud
+        return pb.AgentStatus(
+            agent_id=self.settings.agent_id,
+            model_name=model.name,
+            model_version=str(model.version),
+            breaker_state=cloud.breaker.state if cloud else "none",
+            route_counts=dict(self.cascade.route_counts),
+            threshold=self.cascade.current_threshold(),
+            cloud_pressure=self.cascade.pressure,
+        )

@@ -1,0 +1,46 @@
+"""Settings of the edge agent (env prefix `EDGECASCADE_EDGE_`, or a YAML file)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EdgeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGECASCADE_EDGE_", extra="forbid")
+
+    agent_id: str = Field(default_factory=lambda: f"edge-{socket.gethostname()}-{os.getpid()}")
+    """Name this agent reports to the fleet registry and in metrics."""
+    listen: str = "127.0.0.1:50061"
+    """host:port of the agent's gRPC server (edgecascade.v1 EdgeAgent, health, KServe v2)."""
+    bundle_dir: Path
+    """The edge model bundle (model.json, model.onnx, policy.json)."""
+    policy_file: Optional[Path] = None
+    """Deferral policy; defaults to policy.json inside bundle_dir."""
+    providers: list[str] = Field(default_factory=lambda: ["cpu"])
+    """ONNX Runtime execution providers in order of preference: tensorrt, cuda, cpu."""
+    cloud_target: Optional[str] = "127.0.0.1:50051"
+    """host:port of the cloud router; None runs edge-only (every deferral falls back)."""
+    cloud_model: str = ""
+    """Model name to ask the router for; empty means the router's default model."""
+    default_timeout_ms: float = Field(default=2_000.0, gt=0)
+    """Deadline for a request that carries none."""
+    max_timeout_ms: float = Field(default=600_000.0, gt=0)
+    """Longer deadlines are refused as absurd (INVALID_ARGUMENT)."""
+    fallback_reserve_ms: float = Field(default=2.0, ge=0)
+    """Time kept back from the cloud call so the fallback answer still meets the deadline."""
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    """Consecutive cloud failures that open the circuit breaker."""
+    breaker_cooldown_s: float = Field(default=2.0, gt=0)
+    """How long the breaker stays open before it lets one trial request through."""
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """Largest gRPC message accepted or sent; larger requests get RESOURCE_EXHAUSTED."""
+    metrics_port: Optional[int] = None
+    """Port of the Prometheus /metrics endpoint; None disables it."""
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    """On SIGTERM, how long in-flight requests may take to finish."""

@@ -1,0 +1,71 @@
+"""What both daemons' gRPC servers share: message limits, health, reflection, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Awaitable, Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+
+def create_server(max_message_bytes: int) -> grpc.aio.Server:
+    """An aio server; messages over the limit are refused with RESOURCE_EXHAUSTED by gRPC."""
+    return grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+
+
+def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:
+    """Standard grpc.health.v1 (overall and per service) and server reflection."""
+    names = list(service_names)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
+    return health_servicer
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, service_names: Iterable[str], serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ["", *service_names]:
+        await health_servicer.set(name, status)
+
+
+def bind(server: grpc.aio.Server, listen: str) -> int:
+    """Bind insecurely to host:port; port 0 picks a free one. Returns the bound port."""
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        from shared.errors import ConfigError
+
+        raise ConfigError(f"cannot listen on {listen!r} (in use or not a valid host:port)")
+    return port
+
+
+async def run_until_signal(
+    server: grpc.aio.Server,
+    *,
+    grace_s: float,
+    on_draining: Callable[[], Awaitable[None]],
+    on_stopped: Callable[[], Awaitable[None]],
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain: report NOT_SERVING, let in-flight RPCs finish
+    for up to `grace_s`, and only then stop the model side."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: draining for up to %.1f s", grace_s)
+    await on_draining()
+    await server.stop(grace_s)
+    await on_stopped()
+    log.info("stopped")

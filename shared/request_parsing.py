@@ -1,0 +1,57 @@
+"""What both servicers do to an incoming `InferRequest`: decode the input, fix the deadline."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Optional
+
+from protos import edgecascade_pb2 as pb
+from shared.errors import InvalidInputError
+from shared.model import ModelInput
+from shared.tensor_codec import from_proto
+
+
+def decode_input(request: pb.InferRequest) -> ModelInput:
+    kind = request.WhichOneof("input")
+    if kind == "tensor":
+        return from_proto(request.tensor)
+    if kind == "text":
+        if not request.text.strip():
+            raise InvalidInputError("text input is empty")
+        return request.text
+    raise InvalidInputError("request has no input: set `tensor` or `text`")
+
+
+def request_deadline_s(
+    timeout_ms: float,
+    grpc_remaining_s: Optional[float],
+    *,
+    default_timeout_ms: float,
+    max_timeout_ms: float,
+    now_s: Optional[float] = None,
+) -> float:
+    """Absolute deadline (time.time() clock): the earlier of the request's `timeout_ms` and the
+    gRPC deadline, or the default. Negative, NaN or absurdly long budgets are refused."""
+    now_s = time.time() if now_s is None else now_s
+    if timeout_ms != timeout_ms or timeout_ms < 0:  # NaN or negative
+        raise InvalidInputError(f"timeout_ms must be >= 0, got {timeout_ms}")
+    if timeout_ms > max_timeout_ms:
+        raise InvalidInputError(f"timeout_ms {timeout_ms:g} is beyond the limit of {max_timeout_ms:g} ms")
+    budgets_s = []
+    if timeout_ms > 0:
+        budgets_s.append(timeout_ms / 1000.0)
+    if grpc_remaining_s is not None:
+        if grpc_remaining_s * 1000.0 > max_timeout_ms:
+            raise InvalidInputError(
+                f"gRPC deadline {grpc_remaining_s:.0f} s is beyond the limit of {max_timeout_ms / 1000.0:g} s"
+            )
+        budgets_s.append(grpc_remaining_s)
+    budget_s = min(budgets_s) if budgets_s else default_timeout_ms / 1000.0
+    return now_s + budget_s
+
+
+def request_id_of(request: pb.InferRequest) -> str:
+    if len(request.request_id) > 128:
+        raise InvalidInputError("request_id is longer than 128 characters")
+    return request.request_id or uuid.uuid4().hex

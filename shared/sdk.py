@@ -1,0 +1,180 @@
+"""The client SDK: `Client` (blocking) and `AsyncClient` (asyncio) for an edge agent or a router.
+
+    from edgecascade import Client
+    with Client("127.0.0.1:50061") as client:
+        result = client.infer(np.zeros(64, np.float32), timeout_s=1.0)
+        print(result.label_name, result.served_by)
+
+Each call has a deadline (`timeout_s`). UNAVAILABLE is retried with exponential backoff within
+that deadline; every other failure raises the typed error from `shared.errors` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import grpc
+import numpy as np
+
+from protos import edgecascade_pb2 as pb
+from protos import edgecascade_pb2_grpc as pb_grpc
+from shared.errors import DeadlineError, InvalidInputError, error_for_code
+from shared.proto_convert import ROUTE_FROM_PROTO
+from shared.tensor_codec import from_proto, to_proto
+
+Input = Union[np.ndarray, str]
+
+
+@dataclass(frozen=True)
+class InferResult:
+    request_id: str
+    label: int
+    label_name: str
+    probabilities: np.ndarray
+    served_by: str             # edge, cloud, edge_fallback
+    max_prob: float
+    margin: float
+    entropy: float
+    model_name: str
+    model_version: str
+    edge_ms: float
+    cloud_ms: float
+    defer_reason: str
+    fallback_reason: str
+
+    @classmethod
+    def from_proto(cls, r: pb.InferResponse) -> "InferResult":
+        return cls(
+            request_id=r.request_id, label=r.label, label_name=r.label_name,
+            probabilities=from_proto(r.probabilities), served_by=ROUTE_FROM_PROTO.get(r.served_by, "unspecified"),
+            max_prob=r.signals.max_prob, margin=r.signals.margin, entropy=r.signals.entropy,
+            model_name=r.model_name, model_version=r.model_version, edge_ms=r.edge_ms, cloud_ms=r.cloud_ms,
+            defer_reason=r.defer_reason, fallback_reason=r.fallback_reason,
+        )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 4
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+
+    def backoff_s(self, attempt: int) -> float:
+        """Full-jitter exponential backoff before attempt `attempt` (1-based retries)."""
+        return random.uniform(0, min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1)))
+
+
+def build_request(value: Input, *, model: str, request_id: str, priority: int, timeout_s: float) -> pb.InferRequest:
+    if not (timeout_s > 0) or timeout_s == float("inf"):
+        raise InvalidInputError(f"timeout_s must be a positive number of seconds, got {timeout_s}")
+    request = pb.InferRequest(model=model, request_id=request_id, priority=priority, timeout_ms=timeout_s * 1000.0)
+    if isinstance(value, str):
+        request.text = value
+    else:
+        request.tensor.CopyFrom(to_proto(np.asarray(value)))
+    return request
+
+
+def _options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+
+
+def _typed(exc: grpc.RpcError) -> Exception:
+    return error_for_code(exc.code(), exc.details() or exc.code().name)
+
+
+class Client:
+    """Blocking client for `EdgeAgent` (default) or `CloudRouter` (`service="router"`)."""
+
+    def __init__(self, target: str, *, timeout_s: float = 2.0, retry: RetryPolicy = RetryPolicy(),
+                 service: str = "agent", max_message_bytes: int = 16 * 1024 * 1024) -> None:
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self._channel = grpc.insecure_channel(target, options=_options(max_message_bytes))
+        self._stub = pb_grpc.EdgeAgentStub(self._channel) if service == "agent" else pb_grpc.CloudRouterStub(self._channel)
+
+    def infer(self, value: Input, *, model: str = "", timeout_s: Optional[float] = None,
+              request_id: str = "", priority: int = 0) -> InferResult:
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline_s = time.monotonic() + timeout_s
+        attempt = 0
+        while True:
+            remaining_s = deadline_s - time.monotonic()
+            if remaining_s <= 0:
+                raise DeadlineError(f"no answer within {timeout_s} s")
+            request = build_request(value, model=model, request_id=request_id, priority=priority, timeout_s=remaining_s)
+            try:
+                return InferResult.from_proto(self._stub.Infer(request, timeout=remaining_s))
+            except grpc.RpcError as exc:
+                attempt += 1
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self.retry.max_attempts:
+                    raise _typed(exc) from None
+                time.sleep(min(self.retry.backoff_s(attempt), max(0.0, deadline_s - time.monotonic())))
+
+    def status(self, timeout_s: float = 2.0):
+        try:
+            return self._stub.GetStatus(pb.StatusRequest(), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise _typed(exc) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """asyncio client with the same behaviour as `Client`."""
+
+    def __init__(self, target: str, *, timeout_s: float = 2.0, retry: RetryPolicy = RetryPolicy(),
+                 service: str = "agent", max_message_bytes: int = 16 * 1024 * 1024) -> None:
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self._channel = grpc.aio.insecure_channel(target, options=_options(max_message_bytes))
+        self._stub = pb_grpc.EdgeAgentStub(self._channel) if service == "agent" else pb_grpc.CloudRouterStub(self._channel)
+
+    async def infer(self, value: Input, *, model: str = "", timeout_s: Optional[float] = None,
+                    request_id: str = "", priority: int = 0) -> InferResult:
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline_s = time.monotonic() + timeout_s
+        attempt = 0
+        while True:
+            remaining_s = deadline_s - time.monotonic()
+            if remaining_s <= 0:
+                raise DeadlineError(f"no answer within {timeout_s} s")
+            request = build_request(value, model=model, request_id=request_id, priority=priority, timeout_s=remaining_s)
+            try:
+                return InferResult.from_proto(await self._stub.Infer(request, timeout=remaining_s))
+            except grpc.aio.AioRpcError as exc:
+                attempt += 1
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self.retry.max_attempts:
+                    raise _typed(exc) from None
+                await asyncio.sleep(min(self.retry.backoff_s(attempt), max(0.0, deadline_s - time.monotonic())))
+
+    async def status(self, timeout_s: float = 2.0):
+        try:
+            return await self._stub.GetStatus(pb.StatusRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _typed(exc) from None
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
