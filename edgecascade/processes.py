@@ -1,0 +1,112 @@
+"""Start daemons as child processes on loopback and wait until their health check says SERVING.
+
+Used by `edgecascade demo`, the benchmarks and the tests, so all of them exercise the real
+daemons over real gRPC.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared.errors import UnavailableError
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_serving(target: str, timeout_s: float = 30.0, process: Optional[subprocess.Popen] = None) -> None:
+    """Block until the gRPC health service at `target` reports SERVING."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise UnavailableError(f"daemon for {target} exited with code {process.returncode} before serving")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+    raise UnavailableError(f"daemon at {target} did not become ready within {timeout_s} s")
+
+
+class Daemon:
+    """One `edgecascade edge|cloud run` child process with a YAML config it writes itself."""
+
+    def __init__(self, kind: str, settings: dict[str, Any], work_dir: Path, *, name: str = "", log_to_file: bool = True,
+                 env: Optional[dict[str, str]] = None) -> None:
+        if kind not in ("edge", "cloud"):
+            raise ValueError(kind)
+        self.kind = kind
+        self.name = name or kind
+        self.port = free_port() if "listen" not in settings else int(str(settings["listen"]).rsplit(":", 1)[1])
+        self.settings = {"listen": f"127.0.0.1:{self.port}", **settings}
+        self.work_dir = Path(work_dir)
+        self.config_path = self.work_dir / f"{self.name}.yaml"
+        self.log_path = self.work_dir / f"{self.name}.log"
+        self.log_to_file = log_to_file
+        self.env = env
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 60.0) -> "Daemon":
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump({k: (str(v) if isinstance(v, Path) else v) for k, v in self.settings.items()}))
+        out = open(self.log_path, "ab") if self.log_to_file else subprocess.DEVNULL
+        env = {**os.environ, **(self.env or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edgecascade.cli", self.kind, "run", "--config", str(self.config_path)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        try:
+            wait_serving(self.target, timeout_s, self.process)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self, timeout_s: float = 15.0) -> Optional[int]:
+        """SIGTERM and wait for the drain; SIGKILL if it does not exit in time."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> "Daemon":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
