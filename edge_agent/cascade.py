@@ -44,7 +44,7 @@ class ActiveModel:
 
 
 class Cascade:
-    def __init__(self, active: ActiveModel, cloud: Optional[CloudLink], *, fallback_reserve_ms: float = 2.0) -> None:
+    def __init__(self, active: ActiveModel, cloud: Optional[CloudLink], *, fallback_reserve_ms: float = 15.0) -> None:
         self.active = active
         self.cloud = cloud
         self.fallback_reserve_s = fallback_reserve_ms / 1000.0

@@ -32,7 +32,7 @@ class EdgeSettings(BaseSettings):
     """Deadline for a request that carries none."""
     max_timeout_ms: float = Field(default=600_000.0, gt=0)
     """Longer deadlines are refused as absurd (INVALID_ARGUMENT)."""
-    fallback_reserve_ms: float = Field(default=2.0, ge=0)
+    fallback_reserve_ms: float = Field(default=15.0, ge=0)
     """Time kept back from the cloud call so the fallback answer still meets the deadline."""
     breaker_failure_threshold: int = Field(default=5, ge=1)
     """Consecutive cloud failures that open the circuit breaker."""
