@@ -68,9 +68,13 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1)))
 
 
-def build_request(value: Input, *, model: str, request_id: str, priority: int, timeout_s: float) -> pb.InferRequest:
-    if not (timeout_s > 0) or timeout_s == float("inf"):
+def _checked_timeout_s(timeout_s: float) -> float:
+    if not (0 < timeout_s < float("inf")):
         raise InvalidInputError(f"timeout_s must be a positive number of seconds, got {timeout_s}")
+    return timeout_s
+
+
+def build_request(value: Input, *, model: str, request_id: str, priority: int, timeout_s: float) -> pb.InferRequest:
     request = pb.InferRequest(model=model, request_id=request_id, priority=priority, timeout_ms=timeout_s * 1000.0)
     if isinstance(value, str):
         request.text = value
@@ -104,7 +108,7 @@ class Client:
 
     def infer(self, value: Input, *, model: str = "", timeout_s: Optional[float] = None,
               request_id: str = "", priority: int = 0) -> InferResult:
-        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        timeout_s = _checked_timeout_s(self.timeout_s if timeout_s is None else timeout_s)
         deadline_s = time.monotonic() + timeout_s
         attempt = 0
         while True:
@@ -148,7 +152,7 @@ class AsyncClient:
 
     async def infer(self, value: Input, *, model: str = "", timeout_s: Optional[float] = None,
                     request_id: str = "", priority: int = 0) -> InferResult:
-        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        timeout_s = _checked_timeout_s(self.timeout_s if timeout_s is None else timeout_s)
         deadline_s = time.monotonic() + timeout_s
         attempt = 0
         while True:
