@@ -17,6 +17,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos"
+#: Protos whose symbols another installed package also registers (tritonclient ships its own
+#: `inference.*` messages). Their generated code uses a private descriptor pool, so both can
+#: be imported in one process; the default pool would refuse the duplicate symbols.
+PRIVATE_POOL_PROTOS = frozenset({"grpc_service"})
+_DEFAULT_POOL_LINE = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
+_PRIVATE_POOL_LINE = (
+    "_PRIVATE_POOL = _descriptor_pool.DescriptorPool()  # see PRIVATE_POOL_PROTOS in protos/generate.py\n"
+    "DESCRIPTOR = _PRIVATE_POOL.AddSerializedFile("
+)
+
+
+def use_private_pool(pb2_path: Path) -> None:
+    """Rewrite a generated *_pb2.py to register its file in its own descriptor pool."""
+    text = pb2_path.read_text()
+    if text.count(_DEFAULT_POOL_LINE) != 1:
+        raise SystemExit(f"{pb2_path.name}: generated code changed shape; cannot move it to a private pool")
+    pb2_path.write_text(text.replace(_DEFAULT_POOL_LINE, _PRIVATE_POOL_LINE))
 
 
 def generate(out_root: Path) -> list[Path]:
@@ -42,6 +59,8 @@ def generate(out_root: Path) -> list[Path]:
         if protoc.main(args) != 0:
             raise SystemExit(f"protoc failed on {rel}")
         stem = proto.stem
+        if stem in PRIVATE_POOL_PROTOS:
+            use_private_pool(out_root / "protos" / f"{stem}_pb2.py")
         written += [out_root / "protos" / f"{stem}{suffix}" for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")]
     return written
 
