@@ -1,0 +1,72 @@
+"""`edgecascade bench cascade|delta|scale|serve`: the benchmarks behind every performance claim.
+
+Each writes JSON to benchmarks/results/ (or --out) and compares against a baseline measured
+in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS_DIR = Path("benchmarks/results")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("bench", help="run a benchmark and write its JSON to benchmarks/results/")
+    bench_sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+
+    cascade = bench_sub.add_parser("cascade", help="BANKING77 text cascade: accuracy, deferral curve, calibration guarantee")
+    cascade.add_argument("--data-dir", type=Path, default=None, help="directory with train.csv and test.csv (default: ../shared/data/banking77)")
+    cascade.add_argument("--e2e", action="store_true", help="also send the test set through SDK -> edge agent -> cloud router")
+    cascade.add_argument("--quick", action="store_true", help="a small subset, for smoke tests")
+    cascade.add_argument("--out", type=Path, default=RESULTS_DIR, help="output directory")
+    cascade.set_defaults(func=_cascade)
+
+    delta = bench_sub.add_parser("delta", help="delta updates: patch size, diff/apply time and memory, swap under load")
+    delta.add_argument("--quick", action="store_true", help="small models, for smoke tests")
+    delta.add_argument("--out", type=Path, default=RESULTS_DIR / "delta.json", help="output JSON file")
+    delta.set_defaults(func=_delta)
+
+    scale = bench_sub.add_parser("scale", help="Redis scheduling: throughput and latency for 1, 2 and 4 workers")
+    scale.add_argument("--quick", action="store_true", help="short runs, for smoke tests")
+    scale.add_argument("--out", type=Path, default=RESULTS_DIR / "scale.json", help="output JSON file")
+    scale.set_defaults(func=_scale)
+
+    serve = bench_sub.add_parser("serve", help="serving overhead against the bare model and a raw gRPC echo")
+    serve.add_argument("--quick", action="store_true", help="a few seconds, no targets checked, for smoke tests")
+    serve.add_argument("--out", type=Path, default=RESULTS_DIR / "serve.json", help="output JSON file")
+    serve.set_defaults(func=_serve)
+
+
+def _print(result: dict) -> None:
+    print(json.dumps(result, indent=2))
+
+
+def _cascade(args: argparse.Namespace) -> int:
+    from edgecascade.bench_cascade import run_cascade_bench
+
+    _print(run_cascade_bench(args.data_dir, args.out, e2e=args.e2e, quick=args.quick))
+    return 0
+
+
+def _delta(args: argparse.Namespace) -> int:
+    from edgecascade.bench_delta import run_delta_bench
+
+    _print(run_delta_bench(args.out, quick=args.quick))
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from edgecascade.bench_scale import run_scale_bench
+
+    _print(run_scale_bench(args.out, quick=args.quick))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from edgecascade.bench_serve import run_serve_bench
+
+    _print(run_serve_bench(args.out, quick=args.quick))
+    return 0
