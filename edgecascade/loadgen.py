@@ -1,0 +1,72 @@
+"""A closed-loop gRPC load generator: N requests in flight for a fixed time, latencies kept.
+
+Used by the benchmarks so the echo baseline and the daemons are driven the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: int
+    duration_s: float
+    latencies_ms: np.ndarray
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.duration_s if self.duration_s > 0 else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
+
+
+async def closed_loop(call: Callable[[int], Awaitable[object]], *, concurrency: int, duration_s: float,
+                      warmup_s: float = 0.5) -> LoadResult:
+    """Keep `concurrency` calls in flight; count only those that finish inside the window."""
+    latencies: list[float] = []
+    errors = 0
+    counter = 0
+    start = time.perf_counter()
+    window_start = start + warmup_s
+    window_end = window_start + duration_s
+
+    async def worker() -> None:
+        nonlocal errors, counter
+        while True:
+            now = time.perf_counter()
+            if now >= window_end:
+                return
+            i = counter
+            counter += 1
+            try:
+                await call(i)
+            except Exception:  # noqa: BLE001 - counted
+                if now >= window_start:
+                    errors += 1
+                continue
+            done = time.perf_counter()
+            if now >= window_start and done <= window_end:
+                latencies.append((done - now) * 1000.0)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return LoadResult(len(latencies), errors, duration_s, np.asarray(latencies))
+
+
+def sequential_latencies_ms(call: Callable[[int], object], *, count: int, warmup: int = 50) -> np.ndarray:
+    """One call at a time (no queueing): the latency floor of a path."""
+    for i in range(warmup):
+        call(i)
+    out = np.empty(count)
+    for i in range(count):
+        started = time.perf_counter()
+        call(i)
+        out[i] = (time.perf_counter() - started) * 1000.0
+    return out
