@@ -63,6 +63,12 @@ class UpdateRejectedError(EdgecascadeError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class CalibrationError(EdgecascadeError):
+    """The held-out data cannot certify a deferral threshold (too few examples, risk too high)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 _BY_CODE: dict[grpc.StatusCode, type[EdgecascadeError]] = {
     cls.code: cls
     for cls in (
