@@ -1,0 +1,63 @@
+"""`edgecascade demo` end to end: real models, real daemons, the JSON it promises; and clean-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory):
+    """One model build for the module, in a private cache (never the user's)."""
+    return tmp_path_factory.mktemp("demo-cache")
+
+
+def _env(cache):
+    return {**os.environ, "EDGECASCADE_CACHE_DIR": str(cache)}
+
+
+def test_demo_writes_json_and_png_and_beats_edge_only(tmp_path, demo_cache):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "edgecascade.cli", "demo", "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, timeout=600, env=_env(demo_cache))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "demo.json").read_text())
+    for key in ("edge_only_accuracy", "cloud_only_accuracy", "cascade_accuracy", "deferral_rate", "routes", "latency_ms"):
+        assert key in summary
+    assert summary["cascade_accuracy"] > summary["edge_only_accuracy"]
+    assert sum(summary["routes"].values()) == summary["n"]            # every query answered exactly once
+    assert summary["routes"]["edge_fallback"] == 0                     # a healthy cloud: no fallbacks
+    assert 0 < summary["deferral_rate"] < 1
+    # live cascade through the daemons agrees with the offline computation
+    assert abs(summary["cascade_accuracy"] - summary["offline_cascade_accuracy"]) < 1e-9
+    assert set(summary["latency_ms"]["edge"]) == {"p50", "p99"}
+    assert (out / "deferral_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "cascade accuracy" in proc.stdout
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()
+            if "edgecascade.cli" in line and ("edge run" in line or "cloud run" in line) and int(line.split()[1]) == pid]
+
+
+def test_demo_cleans_up_on_ctrl_c(tmp_path, demo_cache):
+    proc = subprocess.Popen([sys.executable, "-m", "edgecascade.cli", "demo", "--out", str(tmp_path / "o"), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(demo_cache))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(_children(proc.pid)) < 3:   # router + two agents up
+        time.sleep(0.1)
+    children = _children(proc.pid)
+    assert len(children) == 3, "demo did not start its daemons"
+    proc.send_signal(signal.SIGINT)
+    proc.wait(60)
+    assert proc.returncode == 130
+    time.sleep(0.5)
+    alive = [pid for pid in children if os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read().lower()]
+    assert alive == [], f"daemons left running: {alive}"
