@@ -1,0 +1,167 @@
+"""The default model pair for `edgecascade demo`, built once and cached.
+
+    $EDGECASCADE_CACHE_DIR (default ~/.cache/edgecascade)/demo-v1/
+      demo.json          what was built: split sizes, accuracies, policy, build time, file sizes
+      edge/              runtime "onnx" bundle: model.json, model.onnx (INT8), policy.json
+      cloud/             runtime "torch_mlp" bundle: model.json, weights.safetensors
+      calibration.npz    X float32 [350, 64], y int64 [350]
+      test.npz           X float32 [450, 64], y int64 [450]  (what the demo replays)
+
+The first call builds it (about 10 s, see `edgecascade.demo_build`) in a hidden sibling
+directory and renames it into place, so an interrupted build never leaves a half cache.
+Later calls only read demo.json, and import neither torch nor scikit-learn.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Name of the cache directory; bump it when the build changes what it produces.
+DEMO_FORMAT = "demo-v1"
+CACHE_ENV = "EDGECASCADE_CACHE_DIR"
+INFO_FILE = "demo.json"
+_REQUIRED = ("edge/model.json", "edge/model.onnx", "edge/policy.json", "cloud/model.json", "cloud/weights.safetensors",
+             "calibration.npz", "test.npz")
+#: Build directories older than this are leftovers of a killed build and are removed.
+_STALE_BUILD_S = 3600
+
+
+@dataclass(frozen=True)
+class Split:
+    """Inputs X float32 [n, 64] (pixel / 16) and digit labels y int64 [n]."""
+
+    X: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True)
+class DemoModels:
+    """A built demo cache: where the two bundles are, and what the build measured."""
+
+    root: Path
+    info: dict[str, Any]
+
+    @property
+    def edge_dir(self) -> Path:
+        return self.root / "edge"
+
+    @property
+    def cloud_dir(self) -> Path:
+        return self.root / "cloud"
+
+    def test_split(self) -> Split:
+        """The held-out images the demo replays (never used for training or thresholds)."""
+        return load_split(self.root / "test.npz")
+
+    def calibration_split(self) -> Split:
+        """Held-out images for choosing the deferral threshold."""
+        return load_split(self.root / "calibration.npz")
+
+
+def default_cache_root() -> Path:
+    """$EDGECASCADE_CACHE_DIR, or ~/.cache/edgecascade."""
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "edgecascade"
+
+
+def demo_dir(cache_dir: Path | None = None) -> Path:
+    """Where the demo pair lives: `<cache_dir or default_cache_root()>/demo-v1`."""
+    return Path(cache_dir if cache_dir is not None else default_cache_root()).expanduser() / DEMO_FORMAT
+
+
+def ensure_demo_models(cache_dir: Path | None = None, *, rebuild: bool = False) -> DemoModels:
+    """The demo pair under `cache_dir` (see `demo_dir`), building it the first time.
+
+    `rebuild=True` builds afresh and swaps the new cache in. A cache that exists but is
+    incomplete (files deleted by hand) is a ConfigError naming it, not silently rebuilt.
+    """
+    root = demo_dir(cache_dir)
+    if root.exists() and not rebuild:
+        return _open(root)
+    _build_into(root)
+    return _open(root)
+
+
+def load_split(path: str | Path) -> Split:
+    path = Path(path)
+    try:
+        with np.load(path) as data:
+            X, y = data["X"], data["y"]
+    except FileNotFoundError:
+        raise ConfigError(f"split file {path} not found") from None
+    except (KeyError, ValueError, OSError) as exc:
+        raise ConfigError(f"split file {path} is not a demo split (arrays X and y): {exc}") from None
+    if X.dtype != np.float32 or X.ndim != 2 or y.shape != (len(X),):
+        raise ConfigError(f"split file {path}: want X float32 [n, d] and y [n], got X {X.dtype} {list(X.shape)}, y {list(y.shape)}")
+    return Split(X, y)
+
+
+def _open(root: Path) -> DemoModels:
+    info_path = root / INFO_FILE
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"demo cache {root} is unreadable ({exc}); delete it to rebuild") from None
+    missing = [name for name in _REQUIRED if not (root / name).is_file()]
+    if info.get("format") != DEMO_FORMAT or missing:
+        raise ConfigError(f"demo cache {root} is incomplete (missing {missing or [INFO_FILE]}); delete it to rebuild")
+    return DemoModels(root=root, info=info)
+
+
+def _build_into(root: Path) -> None:
+    from edgecascade.demo_build import build_demo  # imports torch and scikit-learn
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(root)
+    building = root.parent / f".{root.name}.build-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    building.mkdir()
+    log.info("building the demo models in %s (first run only)", root)
+    try:
+        facts = build_demo(building)
+        info = {"format": DEMO_FORMAT, "created_unix_s": round(time.time(), 3), **facts}
+        (building / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        _swap_in(building, root)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    log.info("demo models ready in %s (%.1f s)", root, info["build_s"]["total"])
+
+
+def _swap_in(building: Path, root: Path) -> None:
+    """Rename the finished build to `root`, replacing an older cache; a concurrent winner is kept."""
+    old = None
+    if root.exists():
+        old = root.parent / f".{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        root.rename(old)
+    try:
+        building.rename(root)
+    except OSError:
+        if not root.exists():
+            raise
+        # another process finished first: keep its cache, drop ours (the finally clause does)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale_builds(root: Path) -> None:
+    now = time.time()
+    for leftover in root.parent.glob(f".{root.name}.*-*"):
+        try:
+            if now - leftover.stat().st_mtime > _STALE_BUILD_S:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            pass
+
