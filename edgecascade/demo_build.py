@@ -67,6 +67,7 @@ def load_digit_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def build_demo(out_dir: Path) -> dict[str, Any]:
     """Write edge/, cloud/, calibration.npz and test.npz under `out_dir`; return the build facts."""
     started = time.perf_counter()
+    _import_build_dependencies()
     splits = load_digit_splits()
     X_train, y_train = splits["train"]
     for name in ("calibration", "test"):
@@ -107,6 +108,15 @@ def build_demo(out_dir: Path) -> dict[str, Any]:
         str(path.relative_to(out_dir)): path.stat().st_size for path in sorted(out_dir.rglob("*")) if path.is_file()
     }
     return facts
+
+
+def _import_build_dependencies() -> None:
+    """Fail in a second, not after training, when the cloud extra is missing (torch first)."""
+    import torch  # noqa: F401, I001
+    import sklearn  # noqa: F401
+    import safetensors  # noqa: F401
+    import onnx  # noqa: F401
+    import onnxruntime.quantization  # noqa: F401
 
 
 def train_edge_mlp(X: np.ndarray, y: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:

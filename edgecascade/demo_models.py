@@ -36,6 +36,8 @@ CACHE_ENV = "EDGECASCADE_CACHE_DIR"
 INFO_FILE = "demo.json"
 _REQUIRED = ("edge/model.json", "edge/model.onnx", "edge/policy.json", "cloud/model.json", "cloud/weights.safetensors",
              "calibration.npz", "test.npz")
+#: Top-level packages the build needs beyond the edge install.
+_BUILD_MODULES = {"torch", "sklearn", "safetensors", "onnx", "onnxruntime", "scipy"}
 #: Build directories older than this are leftovers of a killed build and are removed.
 _STALE_BUILD_S = 3600
 
@@ -78,12 +80,12 @@ def default_cache_root() -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "edgecascade"
 
 
-def demo_dir(cache_dir: Path | None = None) -> Path:
+def demo_dir(cache_dir: str | Path | None = None) -> Path:
     """Where the demo pair lives: `<cache_dir or default_cache_root()>/demo-v1`."""
     return Path(cache_dir if cache_dir is not None else default_cache_root()).expanduser() / DEMO_FORMAT
 
 
-def ensure_demo_models(cache_dir: Path | None = None, *, rebuild: bool = False) -> DemoModels:
+def ensure_demo_models(cache_dir: str | Path | None = None, *, rebuild: bool = False) -> DemoModels:
     """The demo pair under `cache_dir` (see `demo_dir`), building it the first time.
 
     `rebuild=True` builds afresh and swaps the new cache in. A cache that exists but is
@@ -92,7 +94,7 @@ def ensure_demo_models(cache_dir: Path | None = None, *, rebuild: bool = False) 
     root = demo_dir(cache_dir)
     if root.exists() and not rebuild:
         return _open(root)
-    _build_into(root)
+    _build_into(root, replace=rebuild)
     return _open(root)
 
 
@@ -122,28 +124,40 @@ def _open(root: Path) -> DemoModels:
     return DemoModels(root=root, info=info)
 
 
-def _build_into(root: Path) -> None:
-    from edgecascade.demo_build import build_demo  # imports torch and scikit-learn
-
-    root.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(root)
+def _build_into(root: Path, *, replace: bool) -> None:
     building = root.parent / f".{root.name}.build-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    building.mkdir()
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_builds(root)
+        building.mkdir()
+    except OSError as exc:
+        raise ConfigError(f"cannot create the demo cache in {root.parent}: {exc}; set {CACHE_ENV} elsewhere") from None
     log.info("building the demo models in %s (first run only)", root)
     try:
-        facts = build_demo(building)
+        try:
+            from edgecascade.demo_build import build_demo
+
+            facts = build_demo(building)  # imports torch, scikit-learn and the ONNX quantizer
+        except ModuleNotFoundError as exc:
+            if exc.name not in _BUILD_MODULES:
+                raise
+            raise ConfigError(
+                f"building the demo models needs {exc.name!r}, which is not installed; "
+                "install the cloud extra (pip install 'edgecascade[cloud]')"
+            ) from None
         info = {"format": DEMO_FORMAT, "created_unix_s": round(time.time(), 3), **facts}
         (building / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        _swap_in(building, root)
+        _swap_in(building, root, replace=replace)
     finally:
         shutil.rmtree(building, ignore_errors=True)
     log.info("demo models ready in %s (%.1f s)", root, info["build_s"]["total"])
 
 
-def _swap_in(building: Path, root: Path) -> None:
-    """Rename the finished build to `root`, replacing an older cache; a concurrent winner is kept."""
+def _swap_in(building: Path, root: Path, *, replace: bool) -> None:
+    """Rename the finished build to `root`. With `replace`, an existing cache is swapped out;
+    without it, a cache another process finished meanwhile is kept and ours is left to discard."""
     old = None
-    if root.exists():
+    if replace and root.exists():
         old = root.parent / f".{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         root.rename(old)
     try:
@@ -151,7 +165,6 @@ def _swap_in(building: Path, root: Path) -> None:
     except OSError:
         if not root.exists():
             raise
-        # another process finished first: keep its cache, drop ours (the finally clause does)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
