@@ -21,6 +21,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,20 @@ class DemoModels:
     def calibration_split(self) -> Split:
         """Held-out images for choosing the deferral threshold."""
         return load_split(self.root / "calibration.npz")
+
+    @cached_property
+    def _test(self) -> Split:
+        return self.test_split()
+
+    @property
+    def test_inputs(self) -> np.ndarray:
+        """Test split inputs, float32 [450, 64]; iterate it for one request per row."""
+        return self._test.X
+
+    @property
+    def test_labels(self) -> np.ndarray:
+        """Test split digits, int64 [450]."""
+        return self._test.y
 
 
 def default_cache_root() -> Path:

@@ -57,6 +57,8 @@ def test_cache_layout_and_info(demo, cache_root):
 
 def test_splits_are_float32_pixels_with_every_digit(demo):
     test, cal = demo.test_split(), demo.calibration_split()
+    np.testing.assert_array_equal(demo.test_inputs, test.X)
+    np.testing.assert_array_equal(demo.test_labels, test.y)
     assert test.X.shape == (450, 64) and cal.X.shape == (350, 64)
     for split in (test, cal):
         assert split.X.dtype == np.float32 and 0.0 <= split.X.min() and split.X.max() <= 1.0
