@@ -78,7 +78,7 @@ class Daemon:
         )
         try:
             wait_serving(self.target, timeout_s, self.process)
-        except Exception:
+        except BaseException:  # Ctrl-C while waiting too: never leave an untracked daemon behind
             self.stop()
             raise
         return self
