@@ -70,3 +70,9 @@ def edge_daemon(tmp_path: Path, bundles, cloud_daemon):
                 "breaker_failure_threshold": 2, "breaker_cooldown_s": 0.5}
     with Daemon("edge", settings, tmp_path, name="edge") as daemon:
         yield daemon
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory):
+    """One demo-model build per test session, in a private cache (never the user's)."""
+    return tmp_path_factory.mktemp("demo-cache")

@@ -12,12 +12,6 @@ import time
 import pytest
 
 
-@pytest.fixture(scope="module")
-def demo_cache(tmp_path_factory):
-    """One model build for the module, in a private cache (never the user's)."""
-    return tmp_path_factory.mktemp("demo-cache")
-
-
 def _env(cache):
     return {**os.environ, "EDGECASCADE_CACHE_DIR": str(cache)}
 
