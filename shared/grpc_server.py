@@ -8,8 +8,12 @@ import signal
 from typing import Awaitable, Callable, Iterable
 
 import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from protos import edgecascade_pb2, grpc_service_pb2
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +29,45 @@ def create_server(max_message_bytes: int) -> grpc.aio.Server:
     )
 
 
+#: Every proto file a daemon serves. The KServe file lives in a private descriptor pool (so
+#: tritonclient can share a process with it), so reflection gets a pool of its own holding all.
+SERVED_PROTO_FILES: tuple[FileDescriptor, ...] = (
+    edgecascade_pb2.DESCRIPTOR,
+    grpc_service_pb2.DESCRIPTOR,
+    health_pb2.DESCRIPTOR,
+    reflection_pb2.DESCRIPTOR,
+)
+
+
+def reflection_pool(files: Iterable[FileDescriptor] = SERVED_PROTO_FILES) -> descriptor_pool.DescriptorPool:
+    """A descriptor pool holding `files` and their imports (imports added first)."""
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: FileDescriptor) -> None:
+        if file.name in added:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        pool.AddSerializedFile(file.serialized_pb)
+        added.add(file.name)
+
+    for file in files:
+        add(file)
+    return pool
+
+
 def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:
-    """Standard grpc.health.v1 (overall and per service) and server reflection."""
+    """Standard grpc.health.v1 (overall and per service) and server reflection over every
+    file in SERVED_PROTO_FILES, so grpcurl-style tools can list, describe and call services."""
     names = list(service_names)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
+    reflection.enable_server_reflection(
+        names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+        pool=reflection_pool(),
+    )
     return health_servicer
 
 

@@ -1,0 +1,316 @@
+"""Prometheus metrics of both daemons: one registry per daemon, served over HTTP on `metrics_port`.
+
+Per request, only a counter and a histogram are touched (`DaemonMetrics.track`). State
+(queue depth, pressure, breaker, model version, deferral ratio) is read from the live objects
+when /metrics is scraped, so it costs nothing on the hot path.
+
+    edge agent                                   cloud router
+    edgecascade_requests_total{api,route,status} edgecascade_requests_total{api,route,status}
+    edgecascade_request_duration_seconds{api,route}  (same)
+    edgecascade_deferrals_total{reason}          edgecascade_batch_size{model}
+    edgecascade_fallbacks_total{reason}          edgecascade_batch_duration_seconds{model}
+    edgecascade_deferral_ratio                   edgecascade_queue_depth{model}
+    edgecascade_deferral_threshold               edgecascade_pressure{model}
+    edgecascade_breaker_state{state}             edgecascade_model_version{model}
+    edgecascade_cloud_pressure                   edgecascade_update_state{state}
+    edgecascade_model_version{model}             edgecascade_daemon_info{daemon,id}
+    edgecascade_update_state{state}
+    edgecascade_daemon_info{daemon,id}
+
+Each registry also carries the standard process_* and python_info metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
+
+from shared.errors import ConfigError, EdgecascadeError
+
+if TYPE_CHECKING:  # only for annotations: the daemons hand their live objects in
+    from cloud_router.router import Router
+    from edge_agent.cascade import Cascade
+
+log = logging.getLogger(__name__)
+
+#: Labels of `edgecascade_requests_total`.
+API_EDGECASCADE, API_KSERVE = "edgecascade", "kserve"
+#: The route of a request that failed before any model answered it.
+NO_ROUTE = "none"
+EDGE_ROUTES = ("edge", "cloud", "edge_fallback")
+ROUTER_ROUTES = ("cloud",)
+BREAKER_STATES = ("closed", "open", "half_open")
+#: What `set_update_state` accepts: the states of an edge model update, in their usual order.
+UPDATE_STATES = ("downloading", "verified", "applied", "active", "rolled_back", "rejected")
+
+REQUEST_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+BATCH_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass
+class RequestOutcome:
+    """What `track` records for one request; the caller fills in the route once it is known."""
+
+    route: str = NO_ROUTE
+    status: str = "OK"
+    defer_reason: str = ""
+    fallback_reason: str = ""
+
+
+class DaemonMetrics:
+    """What both daemons record: requests by API, route and status, latency, update state."""
+
+    def __init__(self, daemon: str, daemon_id: str, routes: Iterable[str]) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        Info("edgecascade_daemon", "Which daemon this is.", registry=self.registry).info(
+            {"daemon": daemon, "id": daemon_id}
+        )
+        self.requests = Counter(
+            "edgecascade_requests",
+            "Inference requests finished, by API (edgecascade, kserve), route that answered "
+            "(edge, cloud, edge_fallback; none when it failed first) and gRPC status. "
+            "A KServe request counts once per batch row.",
+            ["api", "route", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "edgecascade_request_duration_seconds",
+            "Time from receiving a request to its answer, by API and route.",
+            ["api", "route"],
+            buckets=REQUEST_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.update_state = Gauge(
+            "edgecascade_update_state",
+            "1 for the model-update state this daemon is in, 0 for the others.",
+            ["state"],
+            registry=self.registry,
+        )
+        self.update_target_version = Gauge(
+            "edgecascade_update_target_version",
+            "Model version the current update state refers to (0 when none).",
+            registry=self.registry,
+        )
+        self._children: dict[tuple[str, ...], object] = {}
+        for api in (API_EDGECASCADE, API_KSERVE):
+            for route in routes:
+                self._child(self.requests, (api, route, "OK"))
+                self._child(self.request_seconds, (api, route))
+        self.set_update_state("active")
+
+    def _child(self, metric: Counter | Histogram, labels: tuple[str, ...]):
+        """The labelled child, cached: cheaper than `labels()` on every request."""
+        key = (metric._name, *labels)  # noqa: SLF001 - the metric name keeps the two caches apart
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def record(self, api: str, outcome: RequestOutcome, duration_s: float) -> None:
+        self._child(self.requests, (api, outcome.route, outcome.status)).inc()
+        self._child(self.request_seconds, (api, outcome.route)).observe(duration_s)
+
+    @contextmanager
+    def track(self, api: str) -> Iterator[RequestOutcome]:
+        """Count one request and time it. Set `outcome.route` (and reasons) when it is answered;
+        an exception sets the status to its gRPC code name and is re-raised."""
+        outcome = RequestOutcome()
+        started = time.perf_counter()
+        try:
+            yield outcome
+        except EdgecascadeError as exc:
+            outcome.status = exc.code.name
+            raise
+        except asyncio.CancelledError:
+            outcome.status = "CANCELLED"
+            raise
+        except Exception:
+            outcome.status = "INTERNAL"
+            raise
+        finally:
+            if outcome.status != "OK":
+                outcome.route = NO_ROUTE
+            self.record(api, outcome, time.perf_counter() - started)
+
+    @contextmanager
+    def refusals(self, api: str) -> Iterator[None]:
+        """Count a request refused as a whole (bad tensor, unknown model) if the block raises;
+        a block that passes records nothing (its rows are counted by `track`)."""
+        started = time.perf_counter()
+        try:
+            yield
+        except EdgecascadeError as exc:
+            self.record(api, RequestOutcome(status=exc.code.name), time.perf_counter() - started)
+            raise
+
+    def set_update_state(self, state: str, version: Optional[int] = None) -> None:
+        """Show the model-update state (one of UPDATE_STATES), and the version it concerns."""
+        if state not in UPDATE_STATES:
+            raise EdgecascadeError(f"unknown update state {state!r}; use one of {list(UPDATE_STATES)}")
+        for name in UPDATE_STATES:
+            self.update_state.labels(name).set(1.0 if name == state else 0.0)
+        self.update_target_version.set(float(version or 0))
+
+
+class AgentMetrics(DaemonMetrics):
+    """The edge agent's metrics; state is read from the live `Cascade` at scrape time."""
+
+    def __init__(self, cascade: "Cascade", agent_id: str = "edge") -> None:
+        super().__init__("edge_agent", agent_id, EDGE_ROUTES)
+        self.deferrals = Counter(
+            "edgecascade_deferrals",
+            "Requests the edge model deferred to the cloud, by reason (low_confidence, input_too_long, ...).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "edgecascade_fallbacks",
+            "Deferred requests the edge answered itself because the cloud did not, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        _CallbackCollector(lambda: _agent_state(cascade), registry=self.registry)
+
+    def record(self, api: str, outcome: RequestOutcome, duration_s: float) -> None:
+        super().record(api, outcome, duration_s)
+        if outcome.defer_reason:
+            self._child(self.deferrals, (outcome.defer_reason,)).inc()
+        if outcome.fallback_reason:
+            self._child(self.fallbacks, (outcome.fallback_reason,)).inc()
+
+
+class RouterMetrics(DaemonMetrics):
+    """The cloud router's metrics; `observe_batch` is the scheduler's `on_batch` callback."""
+
+    def __init__(self, router_id: str = "router") -> None:
+        super().__init__("cloud_router", router_id, ROUTER_ROUTES)
+        self.batch_size = Histogram(
+            "edgecascade_batch_size",
+            "Requests per batch the dynamic batcher ran, by model.",
+            ["model"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "edgecascade_batch_duration_seconds",
+            "Time the model spent on one batch, by model.",
+            ["model"],
+            buckets=BATCH_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self._router: Optional["Router"] = None
+        _CallbackCollector(self._router_state, registry=self.registry)
+
+    def watch(self, router: "Router") -> None:
+        """Report this router's queues, pressure and models from now on."""
+        self._router = router
+
+    def observe_batch(self, model_name: str, size: int, duration_s: float) -> None:
+        self._child(self.batch_size, (model_name,)).observe(size)
+        self._child(self.batch_seconds, (model_name,)).observe(duration_s)
+
+    def _router_state(self) -> list[Metric]:
+        return [] if self._router is None else _router_state(self._router)
+
+
+class _CallbackCollector(Collector):
+    """A collector whose samples come from a function called at scrape time."""
+
+    def __init__(self, collect: Callable[[], list[Metric]], registry: CollectorRegistry) -> None:
+        self._collect = collect
+        registry.register(self)
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            return self._collect()
+        except Exception:  # noqa: BLE001 - a scrape must never take the daemon down
+            log.exception("collecting daemon state for /metrics failed")
+            return []
+
+
+def _agent_state(cascade: "Cascade") -> list[Metric]:
+    model = cascade.active.model
+    version = GaugeMetricFamily("edgecascade_model_version", "Version of the model serving now.", labels=["model"])
+    version.add_metric([model.name], model.version)
+    breaker = GaugeMetricFamily(
+        "edgecascade_breaker_state",
+        "1 for the cloud circuit breaker's current state, 0 for the others (all 0 without a cloud).",
+        labels=["state"],
+    )
+    current = cascade.cloud.breaker.state if cascade.cloud is not None else None
+    for state in BREAKER_STATES:
+        breaker.add_metric([state], 1.0 if state == current else 0.0)
+    counts = cascade.route_counts
+    answered = sum(counts.values())
+    deferred = counts.get("cloud", 0) + counts.get("edge_fallback", 0)
+    return [
+        version,
+        breaker,
+        GaugeMetricFamily("edgecascade_cloud_pressure", "Last cloud pressure the agent saw (0 idle, 1 saturated).",
+                          value=cascade.pressure),
+        GaugeMetricFamily("edgecascade_deferral_threshold", "Deferral threshold in force, after any pressure shift.",
+                          value=cascade.current_threshold()),
+        GaugeMetricFamily(
+            "edgecascade_deferral_ratio",
+            "Share of answered requests the edge deferred, since start. For a window use "
+            "sum(rate(edgecascade_deferrals_total[5m])) / sum(rate(edgecascade_requests_total{status=\"OK\"}[5m])).",
+            value=deferred / answered if answered else 0.0,
+        ),
+    ]
+
+
+def _router_state(router: "Router") -> list[Metric]:
+    depth = GaugeMetricFamily("edgecascade_queue_depth", "Requests waiting for a batch, by model.", labels=["model"])
+    pressure = GaugeMetricFamily("edgecascade_pressure", "Pressure published to agents (0 idle, 1 saturated), by model.",
+                                 labels=["model"])
+    version = GaugeMetricFamily("edgecascade_model_version", "Version of each hosted model.", labels=["model"])
+    for name, model in router.models.items():
+        depth.add_metric([name], router.scheduler.queue_depth(name))
+        pressure.add_metric([name], router.scheduler.pressure(name))
+        version.add_metric([name], model.version)
+    return [depth, pressure, version]
+
+
+class MetricsEndpoint:
+    """The /metrics HTTP server of one daemon (a daemon thread); `close()` stops it."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        try:
+            self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise ConfigError(f"setting 'metrics_port': cannot serve /metrics on {host}:{port}: {exc.strerror or exc}") from None
+        self.host = host
+        self.port = int(self._server.server_address[1])
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def listen_host(listen: str) -> str:
+    """The host part of a gRPC `listen` address ("[::]:50051" -> "::", ":50051" -> "0.0.0.0")."""
+    host = listen.rsplit(":", 1)[0] if ":" in listen else listen
+    host = host.strip("[]")
+    return host or "0.0.0.0"
+
+
+def serve_metrics(metrics: DaemonMetrics, listen: str, metrics_port: Optional[int]) -> Optional[MetricsEndpoint]:
+    """Start /metrics on the gRPC listen host and `metrics_port`; None when the port is unset."""
+    if metrics_port is None:
+        return None
+    endpoint = MetricsEndpoint(metrics.registry, listen_host(listen), metrics_port)
+    log.info("Prometheus metrics on http://%s:%d/metrics", endpoint.host, endpoint.port)
+    return endpoint
