@@ -11,8 +11,9 @@ Stock clients work unchanged, e.g. `tritonclient.grpc.InferenceServerClient("hos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator, ContextManager, Optional
 
 import grpc
 
@@ -23,6 +24,9 @@ from shared.grpc_errors import grpc_errors
 from shared.kserve_backend import InferenceRequest, KServeBackend
 from shared.kserve_codec import decode_request, encode_response, model_metadata_response, server_metadata_response
 
+if TYPE_CHECKING:
+    from shared.metrics import DaemonMetrics
+
 log = logging.getLogger(__name__)
 
 #: Full gRPC service name, e.g. for health checks and reflection.
@@ -32,8 +36,9 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     """GRPCInferenceService over a `KServeBackend`; always answers with raw_output_contents."""
 
-    def __init__(self, backend: KServeBackend) -> None:
+    def __init__(self, backend: KServeBackend, metrics: Optional["DaemonMetrics"] = None) -> None:
         self._backend = backend
+        self._metrics = metrics
 
     @grpc_errors
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
@@ -81,13 +86,18 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
                 continue
             yield pb.ModelStreamInferResponse(infer_response=response)
 
+    def _refusals(self) -> ContextManager[None]:
+        """Counts requests refused here, before the backend sees them (the backend counts the rest)."""
+        return self._metrics.refusals("kserve") if self._metrics is not None else contextlib.nullcontext()
+
     async def _infer(self, message: pb.ModelInferRequest, grpc_time_left_s: float | None) -> pb.ModelInferResponse:
-        request = decode_request(message, grpc_time_left_s)
-        if request.requested_outputs:
-            self._check_requested_outputs(request)
-        time_left_s = request.time_left_s()
-        if time_left_s is not None and time_left_s <= 0:
-            raise DeadlineError(f"request for model {request.model_name!r} arrived with no time left")
+        with self._refusals():
+            request = decode_request(message, grpc_time_left_s)
+            if request.requested_outputs:
+                self._check_requested_outputs(request)
+            time_left_s = request.time_left_s()
+            if time_left_s is not None and time_left_s <= 0:
+                raise DeadlineError(f"request for model {request.model_name!r} arrived with no time left")
         try:
             async with asyncio.timeout(time_left_s):
                 result = await self._backend.infer(request)
@@ -109,8 +119,11 @@ def _require_model_name(name: str) -> None:
         raise InvalidInputError("the request names no model (name is empty)")
 
 
-def add_kserve_servicer(server: grpc.aio.Server, backend: KServeBackend) -> KServeServicer:
-    """Register GRPCInferenceService over `backend` on an aio server; returns the servicer."""
-    servicer = KServeServicer(backend)
+def add_kserve_servicer(
+    server: grpc.aio.Server, backend: KServeBackend, metrics: Optional["DaemonMetrics"] = None
+) -> KServeServicer:
+    """Register GRPCInferenceService over `backend` on an aio server; returns the servicer.
+    With `metrics`, requests refused before reaching the backend are counted there."""
+    servicer = KServeServicer(backend, metrics)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     return servicer

@@ -45,7 +45,8 @@ def resolve_providers(requested: Sequence[str]) -> list[str]:
 
 
 class OnnxModel(Model):
-    """An ONNX graph with input `input` and output `probs`; text goes through the card's featurizer."""
+    """An ONNX graph with input `input` and output `probs`. Text goes through the card's
+    featurizer (options["featurizer"]), or without one straight into the graph as STRING [N]."""
 
     def __init__(self, card: ModelCard, bundle_dir: Path, providers: Sequence[str] = ("cpu",)) -> None:
         super().__init__(card, bundle_dir)
@@ -68,7 +69,7 @@ class OnnxModel(Model):
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ConfigError(f"cannot load ONNX model {self.bundle_dir / self.card.file}: {exc}") from None
         self._input_name = self.session.get_inputs()[0].name
-        if self.card.input.kind == "text":
+        if self.card.input.kind == "text" and "featurizer" in self.card.options:
             from shared.text_features import featurizer_from_options
 
             self._featurize = featurizer_from_options(self.card.options.get("featurizer", {}))
@@ -81,6 +82,8 @@ class OnnxModel(Model):
     def predict(self, inputs: Sequence[ModelInput]) -> np.ndarray:
         if self._featurize is not None:
             batch = self._featurize(list(inputs))
+        elif self.card.input.kind == "text":  # no featurizer: the graph takes a STRING tensor [N]
+            batch = np.array(list(inputs), dtype=object)
         else:
             batch = np.stack([np.asarray(x) for x in inputs])
         (probs,) = self.session.run(None, {self._input_name: batch})

@@ -1,0 +1,117 @@
+"""KServe v2 on the edge agent: every batch row goes through the cascade, like an SDK request.
+
+Besides `probs`, `label` and `label_name` (see `shared.kserve_models`), each row reports the
+route that served it (`served_by`: edge, cloud, edge_fallback) and the edge model's
+confidence (`max_prob`, `margin`, `entropy`). The response parameters say the same for the
+request: `served_by`, `model_name`, `model_version` (of the model that produced the label),
+`defer_reason` and `fallback_reason` are the rows' values joined by commas (one value for a
+one-row request); `max_prob`, `margin` and `entropy` are those of the least confident row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from edge_agent.cascade import Cascade, CascadeResult
+from edge_agent.settings import EdgeSettings
+from shared import kserve_models as km
+from shared.errors import ModelNotFoundError, UnavailableError
+from shared.kserve_backend import InferenceRequest, InferenceResult, ModelMetadata, ServerMetadata, TensorSpec
+from shared.metrics import API_KSERVE, AgentMetrics
+from shared.model import Model, ModelInput
+
+SERVER_NAME = "edgecascade-edge-agent"
+SERVED_BY, MAX_PROB, MARGIN, ENTROPY = "served_by", "max_prob", "margin", "entropy"
+ROUTE_OUTPUTS = (
+    TensorSpec(SERVED_BY, "BYTES", (-1,)),
+    TensorSpec(MAX_PROB, "FP32", (-1,)),
+    TensorSpec(MARGIN, "FP32", (-1,)),
+    TensorSpec(ENTROPY, "FP32", (-1,)),
+)
+
+
+class EdgeKServeBackend:
+    """`KServeBackend` over the agent's cascade; `serving` is cleared while the agent drains."""
+
+    def __init__(self, cascade: Cascade, settings: EdgeSettings, metrics: AgentMetrics | None = None) -> None:
+        self.cascade = cascade
+        self.settings = settings
+        self.metrics = metrics or AgentMetrics(cascade, settings.agent_id)
+        self.serving = True
+
+    def server_live(self) -> bool:
+        return True
+
+    def server_ready(self) -> bool:
+        return self.serving and self.cascade.active.model.ready
+
+    def model_ready(self, name: str, version: str) -> bool:
+        model = self.cascade.active.model
+        return self.server_ready() and name == model.name and version in ("", str(model.version))
+
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(name=SERVER_NAME, version=km.server_version())
+
+    def model_metadata(self, name: str, version: str) -> ModelMetadata:
+        return km.model_metadata(self._model(name, version), ROUTE_OUTPUTS)
+
+    def _model(self, name: str, version: str) -> Model:
+        model = self.cascade.active.model
+        if name != model.name:
+            raise ModelNotFoundError(f"unknown model {name!r}; this agent serves {model.name!r}")
+        km.check_version(model, version)
+        return model
+
+    async def infer(self, request: InferenceRequest) -> InferenceResult:
+        with self.metrics.refusals(API_KSERVE):
+            model = self._model(request.model_name, request.model_version)
+            if not self.server_ready():
+                raise UnavailableError("the edge agent is not ready (loading or shutting down)")
+            rows = km.request_rows(request, model)
+            deadline_s = km.absolute_deadline_s(
+                request, default_timeout_ms=self.settings.default_timeout_ms, max_timeout_ms=self.settings.max_timeout_ms
+            )
+            priority = km.batch_priority(request.priority)
+            ids = km.row_request_ids(request, len(rows))
+        outcomes = await asyncio.gather(
+            *(self._row(row, deadline_s, request_id, priority) for row, request_id in zip(rows, ids)),
+            return_exceptions=True,
+        )
+        error = km.first_error(outcomes)
+        if error is not None:
+            raise error
+        results: list[CascadeResult] = outcomes  # type: ignore[assignment]
+        return InferenceResult(outputs=_outputs(results), model_version=str(model.version), parameters=_parameters(results))
+
+    async def _row(self, payload: ModelInput, deadline_s: float, request_id: str, priority: int) -> CascadeResult:
+        with self.metrics.track(API_KSERVE) as outcome:
+            result = await self.cascade.infer(payload, deadline_s=deadline_s, request_id=request_id, priority=priority)
+            outcome.route = result.route
+            outcome.defer_reason = result.defer_reason
+            outcome.fallback_reason = result.fallback_reason
+            return result
+
+
+def _outputs(results: list[CascadeResult]) -> dict[str, np.ndarray]:
+    outputs = km.prediction_outputs([r.prediction for r in results])
+    outputs[SERVED_BY] = np.array([r.route for r in results], dtype=object)
+    outputs[MAX_PROB] = np.array([r.signals.max_prob for r in results], dtype=np.float32)
+    outputs[MARGIN] = np.array([r.signals.margin for r in results], dtype=np.float32)
+    outputs[ENTROPY] = np.array([r.signals.entropy for r in results], dtype=np.float32)
+    return outputs
+
+
+def _parameters(results: list[CascadeResult]) -> km.ParameterMap:
+    least = min(results, key=lambda r: r.signals.max_prob).signals
+    return {
+        SERVED_BY: km.joined([r.route for r in results]),
+        "model_name": km.joined([r.prediction.model_name for r in results]),
+        "model_version": km.joined([str(r.prediction.model_version) for r in results]),
+        "defer_reason": km.joined([r.defer_reason for r in results]),
+        "fallback_reason": km.joined([r.fallback_reason for r in results]),
+        MAX_PROB: least.max_prob,
+        MARGIN: least.margin,
+        ENTROPY: least.entropy,
+    }
