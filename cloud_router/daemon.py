@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from cloud_router.kserve_backend import RouterKServeBackend
 from cloud_router.router import Router
 from cloud_router.scheduler import InMemoryScheduler
 from cloud_router.servicer import CloudRouterServicer
@@ -13,13 +14,17 @@ from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import ConfigError
 from shared.grpc_server import add_health_and_reflection, bind, create_server, run_until_signal, set_serving
+from shared.kserve_service import SERVICE_NAME as KSERVE_SERVICE_NAME
+from shared.kserve_service import add_kserve_servicer
+from shared.metrics import RouterMetrics, serve_metrics
 from shared.model import load_model
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CloudRouter"].full_name
 
 
-def build_router(settings: RouterSettings) -> Router:
+def build_router(settings: RouterSettings, on_batch=None) -> Router:
+    """The router and its scheduler; `on_batch(model_name, size, seconds)` sees every batch."""
     if not settings.model_dirs:
         raise ConfigError("setting 'model_dirs': the router needs at least one model bundle")
     models = {}
@@ -29,28 +34,40 @@ def build_router(settings: RouterSettings) -> Router:
             raise ConfigError(f"setting 'model_dirs': two bundles are named {model.name!r}")
         models[model.name] = model
     batch, delay = (settings.max_batch_size, settings.max_delay_ms) if settings.batching else (1, 0.0)
-    scheduler = InMemoryScheduler(models, max_batch_size=batch, max_delay_ms=delay, max_queue=settings.max_queue)
+    scheduler = InMemoryScheduler(models, max_batch_size=batch, max_delay_ms=delay, max_queue=settings.max_queue,
+                                  on_batch=on_batch)
     return Router(models, scheduler, router_id=settings.router_id)
 
 
 async def serve(settings: RouterSettings, ready_callback=None) -> None:
-    router = build_router(settings)
+    metrics = RouterMetrics(settings.router_id)
+    router = build_router(settings, on_batch=metrics.observe_batch)
+    metrics.watch(router)
     await router.start()
     server = create_server(settings.max_message_bytes)
-    pb_grpc.add_CloudRouterServicer_to_server(CloudRouterServicer(router, settings), server)
-    health = add_health_and_reflection(server, [SERVICE_NAME])
+    pb_grpc.add_CloudRouterServicer_to_server(CloudRouterServicer(router, settings, metrics), server)
+    kserve = RouterKServeBackend(router, settings, metrics)
+    add_kserve_servicer(server, kserve, metrics)
+    services = [SERVICE_NAME, KSERVE_SERVICE_NAME]
+    health = add_health_and_reflection(server, services)
     port = bind(server, settings.listen)
+    metrics_endpoint = serve_metrics(metrics, settings.listen, settings.metrics_port)
     await server.start()
-    await set_serving(health, [SERVICE_NAME], True)
+    await set_serving(health, services, True)
     log.info("cloud router %s serving %s on port %d", settings.router_id, sorted(router.models), port)
     if ready_callback:
         ready_callback(port)
-    await run_until_signal(
-        server,
-        grace_s=settings.shutdown_grace_s,
-        on_draining=lambda: set_serving(health, [SERVICE_NAME], False),
-        on_stopped=router.stop,
-    )
+
+    async def draining() -> None:
+        kserve.serving = False
+        await set_serving(health, services, False)
+
+    async def stopped() -> None:
+        await router.stop()
+        if metrics_endpoint:
+            metrics_endpoint.close()
+
+    await run_until_signal(server, grace_s=settings.shutdown_grace_s, on_draining=draining, on_stopped=stopped)
 
 
 def run(settings: RouterSettings) -> None:

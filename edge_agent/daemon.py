@@ -8,11 +8,15 @@ import logging
 from edge_agent.breaker import CircuitBreaker
 from edge_agent.cascade import ActiveModel, Cascade
 from edge_agent.cloud_link import CloudLink
+from edge_agent.kserve_backend import EdgeKServeBackend
 from edge_agent.servicer import EdgeAgentServicer
 from edge_agent.settings import EdgeSettings
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.grpc_server import add_health_and_reflection, bind, create_server, run_until_signal, set_serving
+from shared.kserve_service import SERVICE_NAME as KSERVE_SERVICE_NAME
+from shared.kserve_service import add_kserve_servicer
+from shared.metrics import AgentMetrics, serve_metrics
 from shared.model import load_model
 from shared.model_card import POLICY_FILE
 from shared.policy import load_policy
@@ -42,27 +46,33 @@ def build_cascade(settings: EdgeSettings) -> Cascade:
 
 async def serve(settings: EdgeSettings, ready_callback=None) -> None:
     cascade = build_cascade(settings)
+    metrics = AgentMetrics(cascade, settings.agent_id)
     server = create_server(settings.max_message_bytes)
-    pb_grpc.add_EdgeAgentServicer_to_server(EdgeAgentServicer(cascade, settings), server)
-    health = add_health_and_reflection(server, [SERVICE_NAME])
+    pb_grpc.add_EdgeAgentServicer_to_server(EdgeAgentServicer(cascade, settings, metrics), server)
+    kserve = EdgeKServeBackend(cascade, settings, metrics)
+    add_kserve_servicer(server, kserve, metrics)
+    services = [SERVICE_NAME, KSERVE_SERVICE_NAME]
+    health = add_health_and_reflection(server, services)
     port = bind(server, settings.listen)
+    metrics_endpoint = serve_metrics(metrics, settings.listen, settings.metrics_port)
     await server.start()
-    await set_serving(health, [SERVICE_NAME], True)
+    await set_serving(health, services, True)
     log.info("edge agent %s serving %s v%d on port %d (cloud: %s)", settings.agent_id,
              cascade.active.model.name, cascade.active.model.version, port, settings.cloud_target or "none")
     if ready_callback:
         ready_callback(port)
 
+    async def draining() -> None:
+        kserve.serving = False
+        await set_serving(health, services, False)
+
     async def stopped() -> None:
         if cascade.cloud:
             await cascade.cloud.close()
+        if metrics_endpoint:
+            metrics_endpoint.close()
 
-    await run_until_signal(
-        server,
-        grace_s=settings.shutdown_grace_s,
-        on_draining=lambda: set_serving(health, [SERVICE_NAME], False),
-        on_stopped=stopped,
-    )
+    await run_until_signal(server, grace_s=settings.shutdown_grace_s, on_draining=draining, on_stopped=stopped)
 
 
 def run(settings: EdgeSettings) -> None:

@@ -10,14 +10,16 @@ from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import ModelNotFoundError
 from shared.grpc_errors import grpc_errors
+from shared.metrics import API_EDGECASCADE, AgentMetrics
 from shared.proto_convert import response_of
 from shared.request_parsing import decode_input, request_deadline_s, request_id_of
 
 
 class EdgeAgentServicer(pb_grpc.EdgeAgentServicer):
-    def __init__(self, cascade: Cascade, settings: EdgeSettings) -> None:
+    def __init__(self, cascade: Cascade, settings: EdgeSettings, metrics: AgentMetrics | None = None) -> None:
         self.cascade = cascade
         self.settings = settings
+        self.metrics = metrics or AgentMetrics(cascade, settings.agent_id)
 
     def check_model(self, name: str) -> None:
         served = self.cascade.active.model.name
@@ -26,15 +28,19 @@ class EdgeAgentServicer(pb_grpc.EdgeAgentServicer):
 
     @grpc_errors
     async def Infer(self, request: pb.InferRequest, context: grpc.aio.ServicerContext) -> pb.InferResponse:
-        deadline_s = request_deadline_s(
-            request.timeout_ms,
-            context.time_remaining(),
-            default_timeout_ms=self.settings.default_timeout_ms,
-            max_timeout_ms=self.settings.max_timeout_ms,
-        )
-        request_id = request_id_of(request)
-        self.check_model(request.model)
-        result = await self.cascade.infer(decode_input(request), deadline_s=deadline_s, request_id=request_id, priority=request.priority)
+        with self.metrics.track(API_EDGECASCADE) as outcome:
+            deadline_s = request_deadline_s(
+                request.timeout_ms,
+                context.time_remaining(),
+                default_timeout_ms=self.settings.default_timeout_ms,
+                max_timeout_ms=self.settings.max_timeout_ms,
+            )
+            request_id = request_id_of(request)
+            self.check_model(request.model)
+            result = await self.cascade.infer(decode_input(request), deadline_s=deadline_s, request_id=request_id, priority=request.priority)
+            outcome.route = result.route
+            outcome.defer_reason = result.defer_reason
+            outcome.fallback_reason = result.fallback_reason
         return response_of(
             result.prediction,
             request_id=request_id,
