@@ -103,7 +103,7 @@ class DaemonMetrics:
             "Model version the current update state refers to (0 when none).",
             registry=self.registry,
         )
-        self._children: dict[tuple[str, ...], object] = {}
+        self._children: dict[tuple, object] = {}
         for api in (API_EDGECASCADE, API_KSERVE):
             for route in routes:
                 self._child(self.requests, (api, route, "OK"))
@@ -112,7 +112,7 @@ class DaemonMetrics:
 
     def _child(self, metric: Counter | Histogram, labels: tuple[str, ...]):
         """The labelled child, cached: cheaper than `labels()` on every request."""
-        key = (metric._name, *labels)  # noqa: SLF001 - the metric name keeps the two caches apart
+        key = (id(metric), *labels)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metric.labels(*labels)
