@@ -21,6 +21,7 @@ from shared.model import load_model
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CloudRouter"].full_name
+SERVICE_NAMES = [SERVICE_NAME, KSERVE_SERVICE_NAME]
 
 
 def build_router(settings: RouterSettings, on_batch=None) -> Router:
@@ -46,28 +47,21 @@ async def serve(settings: RouterSettings, ready_callback=None) -> None:
     await router.start()
     server = create_server(settings.max_message_bytes)
     pb_grpc.add_CloudRouterServicer_to_server(CloudRouterServicer(router, settings, metrics), server)
-    kserve = RouterKServeBackend(router, settings, metrics)
-    add_kserve_servicer(server, kserve, metrics)
-    services = [SERVICE_NAME, KSERVE_SERVICE_NAME]
-    health = add_health_and_reflection(server, services)
+    add_kserve_servicer(server, RouterKServeBackend(router, settings, metrics), metrics)
+    health = add_health_and_reflection(server, SERVICE_NAMES)
     port = bind(server, settings.listen)
-    metrics_endpoint = serve_metrics(metrics, settings.listen, settings.metrics_port)
+    serve_metrics(metrics, settings.listen, settings.metrics_port)
     await server.start()
-    await set_serving(health, services, True)
+    await set_serving(health, SERVICE_NAMES, True)
     log.info("cloud router %s serving %s on port %d", settings.router_id, sorted(router.models), port)
     if ready_callback:
         ready_callback(port)
-
-    async def draining() -> None:
-        kserve.serving = False
-        await set_serving(health, services, False)
-
-    async def stopped() -> None:
-        await router.stop()
-        if metrics_endpoint:
-            metrics_endpoint.close()
-
-    await run_until_signal(server, grace_s=settings.shutdown_grace_s, on_draining=draining, on_stopped=stopped)
+    await run_until_signal(
+        server,
+        grace_s=settings.shutdown_grace_s,
+        on_draining=lambda: set_serving(health, SERVICE_NAMES, False),
+        on_stopped=router.stop,
+    )
 
 
 def run(settings: RouterSettings) -> None:

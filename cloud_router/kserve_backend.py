@@ -22,19 +22,19 @@ SERVER_NAME = "edgecascade-cloud-router"
 
 
 class RouterKServeBackend:
-    """`KServeBackend` over the router; `serving` is cleared while the router drains."""
+    """`KServeBackend` over the router. (While the daemon drains, gRPC itself refuses new
+    calls, and health says NOT_SERVING.)"""
 
     def __init__(self, router: Router, settings: RouterSettings, metrics: RouterMetrics | None = None) -> None:
         self.router = router
         self.settings = settings
         self.metrics = metrics or RouterMetrics(settings.router_id)
-        self.serving = True
 
     def server_live(self) -> bool:
         return True
 
     def server_ready(self) -> bool:
-        return self.serving and self.router.ready
+        return self.router.ready
 
     def model_ready(self, name: str, version: str) -> bool:
         model = self.router.models.get(name)
@@ -55,7 +55,7 @@ class RouterKServeBackend:
         with self.metrics.refusals(API_KSERVE):
             model = self._model(request.model_name, request.model_version)
             if not self.server_ready():
-                raise UnavailableError("the cloud router is not ready (loading or shutting down)")
+                raise UnavailableError("the cloud router is not ready (models still loading)")
             rows = km.request_rows(request, model)
             deadline_s = km.absolute_deadline_s(
                 request, default_timeout_ms=self.settings.default_timeout_ms, max_timeout_ms=self.settings.max_timeout_ms

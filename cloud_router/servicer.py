@@ -9,7 +9,7 @@ from cloud_router.settings import RouterSettings
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.grpc_errors import grpc_errors
-from shared.metrics import API_EDGECASCADE, RouterMetrics
+from shared.metrics import API_EDGECASCADE, RouterMetrics, counted
 from shared.proto_convert import response_of
 from shared.request_parsing import decode_input, request_deadline_s, request_id_of
 
@@ -21,19 +21,18 @@ class CloudRouterServicer(pb_grpc.CloudRouterServicer):
         self.metrics = metrics or RouterMetrics(settings.router_id)
 
     @grpc_errors
+    @counted(API_EDGECASCADE)
     async def Infer(self, request: pb.InferRequest, context: grpc.aio.ServicerContext) -> pb.InferResponse:
-        with self.metrics.track(API_EDGECASCADE) as outcome:
-            deadline_s = request_deadline_s(
-                request.timeout_ms,
-                context.time_remaining(),
-                default_timeout_ms=self.settings.default_timeout_ms,
-                max_timeout_ms=self.settings.max_timeout_ms,
-            )
-            request_id = request_id_of(request)
-            self.router.resolve(request.model)
-            payload = decode_input(request)
-            prediction, cloud_ms = await self.router.infer(request.model, payload, deadline_s, request.priority, request_id)
-            outcome.route = "cloud"
+        deadline_s = request_deadline_s(
+            request.timeout_ms,
+            context.time_remaining(),
+            default_timeout_ms=self.settings.default_timeout_ms,
+            max_timeout_ms=self.settings.max_timeout_ms,
+        )
+        request_id = request_id_of(request)
+        self.router.resolve(request.model)
+        payload = decode_input(request)
+        prediction, cloud_ms = await self.router.infer(request.model, payload, deadline_s, request.priority, request_id)
         return response_of(prediction, request_id=request_id, route="cloud", cloud_ms=cloud_ms)
 
     @grpc_errors

@@ -23,6 +23,7 @@ from shared.policy import load_policy
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeAgent"].full_name
+SERVICE_NAMES = [SERVICE_NAME, KSERVE_SERVICE_NAME]
 
 
 def load_active_model(settings: EdgeSettings) -> ActiveModel:
@@ -49,30 +50,27 @@ async def serve(settings: EdgeSettings, ready_callback=None) -> None:
     metrics = AgentMetrics(cascade, settings.agent_id)
     server = create_server(settings.max_message_bytes)
     pb_grpc.add_EdgeAgentServicer_to_server(EdgeAgentServicer(cascade, settings, metrics), server)
-    kserve = EdgeKServeBackend(cascade, settings, metrics)
-    add_kserve_servicer(server, kserve, metrics)
-    services = [SERVICE_NAME, KSERVE_SERVICE_NAME]
-    health = add_health_and_reflection(server, services)
+    add_kserve_servicer(server, EdgeKServeBackend(cascade, settings, metrics), metrics)
+    health = add_health_and_reflection(server, SERVICE_NAMES)
     port = bind(server, settings.listen)
-    metrics_endpoint = serve_metrics(metrics, settings.listen, settings.metrics_port)
+    serve_metrics(metrics, settings.listen, settings.metrics_port)
     await server.start()
-    await set_serving(health, services, True)
+    await set_serving(health, SERVICE_NAMES, True)
     log.info("edge agent %s serving %s v%d on port %d (cloud: %s)", settings.agent_id,
              cascade.active.model.name, cascade.active.model.version, port, settings.cloud_target or "none")
     if ready_callback:
         ready_callback(port)
 
-    async def draining() -> None:
-        kserve.serving = False
-        await set_serving(health, services, False)
-
     async def stopped() -> None:
         if cascade.cloud:
             await cascade.cloud.close()
-        if metrics_endpoint:
-            metrics_endpoint.close()
 
-    await run_until_signal(server, grace_s=settings.shutdown_grace_s, on_draining=draining, on_stopped=stopped)
+    await run_until_signal(
+        server,
+        grace_s=settings.shutdown_grace_s,
+        on_draining=lambda: set_serving(health, SERVICE_NAMES, False),
+        on_stopped=stopped,
+    )
 
 
 def run(settings: EdgeSettings) -> None:

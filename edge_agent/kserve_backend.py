@@ -33,19 +33,19 @@ ROUTE_OUTPUTS = (
 
 
 class EdgeKServeBackend:
-    """`KServeBackend` over the agent's cascade; `serving` is cleared while the agent drains."""
+    """`KServeBackend` over the agent's cascade. (While the daemon drains, gRPC itself refuses
+    new calls, and health says NOT_SERVING.)"""
 
     def __init__(self, cascade: Cascade, settings: EdgeSettings, metrics: AgentMetrics | None = None) -> None:
         self.cascade = cascade
         self.settings = settings
         self.metrics = metrics or AgentMetrics(cascade, settings.agent_id)
-        self.serving = True
 
     def server_live(self) -> bool:
         return True
 
     def server_ready(self) -> bool:
-        return self.serving and self.cascade.active.model.ready
+        return self.cascade.active.model.ready
 
     def model_ready(self, name: str, version: str) -> bool:
         model = self.cascade.active.model
@@ -68,7 +68,7 @@ class EdgeKServeBackend:
         with self.metrics.refusals(API_KSERVE):
             model = self._model(request.model_name, request.model_version)
             if not self.server_ready():
-                raise UnavailableError("the edge agent is not ready (loading or shutting down)")
+                raise UnavailableError("the edge agent is not ready (models still loading)")
             rows = km.request_rows(request, model)
             deadline_s = km.absolute_deadline_s(
                 request, default_timeout_ms=self.settings.default_timeout_ms, max_timeout_ms=self.settings.max_timeout_ms

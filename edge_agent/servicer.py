@@ -10,7 +10,7 @@ from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import ModelNotFoundError
 from shared.grpc_errors import grpc_errors
-from shared.metrics import API_EDGECASCADE, AgentMetrics
+from shared.metrics import API_EDGECASCADE, AgentMetrics, counted
 from shared.proto_convert import response_of
 from shared.request_parsing import decode_input, request_deadline_s, request_id_of
 
@@ -27,20 +27,17 @@ class EdgeAgentServicer(pb_grpc.EdgeAgentServicer):
             raise ModelNotFoundError(f"unknown model {name!r}; this agent serves {served!r}")
 
     @grpc_errors
+    @counted(API_EDGECASCADE)
     async def Infer(self, request: pb.InferRequest, context: grpc.aio.ServicerContext) -> pb.InferResponse:
-        with self.metrics.track(API_EDGECASCADE) as outcome:
-            deadline_s = request_deadline_s(
-                request.timeout_ms,
-                context.time_remaining(),
-                default_timeout_ms=self.settings.default_timeout_ms,
-                max_timeout_ms=self.settings.max_timeout_ms,
-            )
-            request_id = request_id_of(request)
-            self.check_model(request.model)
-            result = await self.cascade.infer(decode_input(request), deadline_s=deadline_s, request_id=request_id, priority=request.priority)
-            outcome.route = result.route
-            outcome.defer_reason = result.defer_reason
-            outcome.fallback_reason = result.fallback_reason
+        deadline_s = request_deadline_s(
+            request.timeout_ms,
+            context.time_remaining(),
+            default_timeout_ms=self.settings.default_timeout_ms,
+            max_timeout_ms=self.settings.max_timeout_ms,
+        )
+        request_id = request_id_of(request)
+        self.check_model(request.model)
+        result = await self.cascade.infer(decode_input(request), deadline_s=deadline_s, request_id=request_id, priority=request.priority)
         return response_of(
             result.prediction,
             request_id=request_id,

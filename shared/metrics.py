@@ -23,11 +23,12 @@ Each registry also carries the standard process_* and python_info metrics.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Iterator, Optional, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -35,6 +36,7 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
 from shared.errors import ConfigError, EdgecascadeError
+from shared.proto_convert import ROUTE_FROM_PROTO
 
 if TYPE_CHECKING:  # only for annotations: the daemons hand their live objects in
     from cloud_router.router import Router
@@ -164,6 +166,29 @@ class DaemonMetrics:
         self.update_target_version.set(float(version or 0))
 
 
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def counted(api: str) -> Callable[[F], F]:
+    """Decorate an async servicer method answering an edgecascade.v1 `InferResponse`: count and
+    time each call in `self.metrics`, with the route and reasons the response reports. Put it
+    under `@grpc_errors`, so it sees the typed error before it becomes a gRPC status."""
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        async def wrapper(self: Any, request: Any, context: Any) -> Any:
+            with self.metrics.track(api) as outcome:
+                response = await method(self, request, context)
+                outcome.route = ROUTE_FROM_PROTO.get(response.served_by, NO_ROUTE)
+                outcome.defer_reason = response.defer_reason
+                outcome.fallback_reason = response.fallback_reason
+                return response
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
 class AgentMetrics(DaemonMetrics):
     """The edge agent's metrics; state is read from the live `Cascade` at scrape time."""
 
@@ -284,7 +309,8 @@ def _router_state(router: "Router") -> list[Metric]:
 
 
 class MetricsEndpoint:
-    """The /metrics HTTP server of one daemon (a daemon thread); `close()` stops it."""
+    """The /metrics HTTP server of one daemon: a daemon thread that lives as long as the
+    process (the daemons never close it); `close()` stops it earlier."""
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
         try:

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from onnx import TensorProto, helper
 from prometheus_client.parser import text_string_to_metric_families
@@ -247,18 +248,18 @@ def test_timeout_parameter_becomes_the_deadline(triton):
     assert code == "StatusCode.DEADLINE_EXCEEDED"  # 1 µs: gone before the cascade can start
 
 
-def test_not_ready_edge_is_unavailable(daemons):
-    """In process: the backend refuses with UNAVAILABLE while the agent drains."""
+def test_edge_is_unavailable_until_its_model_is_loaded(daemons):
+    """In process: the backend refuses with UNAVAILABLE while the model is not loaded."""
     settings = EdgeSettings(bundle_dir=daemons["bundles"]["toy-edge"], cloud_target=None)
     model = load_model(settings.bundle_dir, edge=True)
-    model.load()
     backend = EdgeKServeBackend(Cascade(ActiveModel(model, load_policy(settings.bundle_dir / "policy.json")), None), settings)
     request = InferenceRequest(model_name="toy-edge", model_version="", request_id="r", inputs={"input": CONFIDENT[None, :]})
-    assert asyncio.run(backend.infer(request)).parameters["served_by"] == "edge"
-    backend.serving = False
-    assert not backend.server_ready() and not backend.model_ready("toy-edge", "")
+    assert backend.server_live() and not backend.server_ready() and not backend.model_ready("toy-edge", "")
     with pytest.raises(UnavailableError):
         asyncio.run(backend.infer(request))
+    model.load()
+    assert backend.server_ready() and backend.model_ready("toy-edge", "")
+    assert asyncio.run(backend.infer(request)).parameters["served_by"] == "edge"
 
 
 def test_deadline_and_priority_mapping():
@@ -398,6 +399,10 @@ def test_reflection_lists_describes_and_calls_services(daemons):
             call = channel.unary_unary(f"/{kserve.full_name}/{method.name}", request_serializer=request_class.SerializeToString,
                                        response_deserializer=response_class.FromString)
             assert call(request_class(), timeout=5).name.startswith("edgecascade-")
+            health = health_pb2_grpc.HealthStub(channel)
+            for checked in (service, "inference.GRPCInferenceService"):
+                status = health.Check(health_pb2.HealthCheckRequest(service=checked), timeout=5).status
+                assert status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_stream_infer_goes_through_the_cascade(triton):
