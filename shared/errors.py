@@ -58,9 +58,85 @@ class ConfigError(EdgecascadeError):
 
 
 class UpdateRejectedError(EdgecascadeError):
-    """A model update failed verification and was not installed."""
+    """A model update failed verification and was not installed.
+
+    Each subclass is one reason; `reason` is a stable string for logs, metrics and fleet status.
+    """
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+    reason: str = "rejected"
+
+
+class BadSignatureError(UpdateRejectedError):
+    """The manifest signature does not verify against the pinned public key."""
+
+    reason = "bad_signature"
+
+
+class BadManifestError(UpdateRejectedError):
+    """The manifest is signed but is not a valid manifest (bad JSON or field)."""
+
+    reason = "bad_manifest"
+
+
+class WrongModelError(UpdateRejectedError):
+    """The manifest is for another model than the one it was offered for."""
+
+    reason = "wrong_model"
+
+
+class ExpiredUpdateError(UpdateRejectedError):
+    """The manifest's expiry time has passed."""
+
+    reason = "expired"
+
+
+class StaleVersionError(UpdateRejectedError):
+    """The version is not above the active one and the manifest is not a signed rollback."""
+
+    reason = "stale_version"
+
+
+class OversizedPatchError(UpdateRejectedError):
+    """More patch bytes arrived than the manifest states."""
+
+    reason = "oversized_patch"
+
+
+class TruncatedPatchError(UpdateRejectedError):
+    """Fewer patch bytes arrived than the manifest states."""
+
+    reason = "truncated_patch"
+
+
+class CorruptPatchError(UpdateRejectedError):
+    """Patch bytes do not match the manifest's hashes, or do not decode."""
+
+    reason = "corrupt_patch"
+
+
+class WrongBaseError(UpdateRejectedError):
+    """The file on disk is not the base the patch was made against."""
+
+    reason = "wrong_base"
+
+
+class ApplyFailedError(UpdateRejectedError):
+    """The child process applying the patch crashed or ran out of time."""
+
+    reason = "apply_failed"
+
+
+class ResultHashMismatchError(UpdateRejectedError):
+    """The patched file does not hash to the manifest's target SHA-256."""
+
+    reason = "result_hash_mismatch"
+
+
+class GoldenMismatchError(UpdateRejectedError):
+    """The new model's outputs on the golden inputs are outside the tolerance."""
+
+    reason = "golden_mismatch"
 
 
 class CalibrationError(EdgecascadeError):

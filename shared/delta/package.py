@@ -1,0 +1,237 @@
+"""Build a signed delta package (cloud side) and verify-and-apply one (agent side).
+
+Agent order, each step refusing with its own UpdateRejectedError subclass:
+signature -> manifest fields, model, expiry, version -> payload length and chunk hashes ->
+base hash on disk -> apply in a child process -> result hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+import shared
+from shared.delta.chunks import chunk_hashes, verify_payload
+from shared.delta.golden import Golden
+from shared.delta.install import temp_path_for
+from shared.delta.manifest import DEFAULT_CHUNK_BYTES, Manifest, SignedManifest, parse_manifest, sign_manifest, verify_manifest
+from shared.delta.payload import build_payload, mapped_file, read_header
+from shared.errors import (
+    ApplyFailedError,
+    InvalidInputError,
+    ResultHashMismatchError,
+    UpdateRejectedError,
+    WrongBaseError,
+)
+
+DEFAULT_APPLY_TIMEOUT_S = 600.0
+
+
+class DeltaPackage(NamedTuple):
+    """What the cloud publishes: the signed manifest envelope and the payload bytes."""
+
+    signed_manifest: bytes
+    payload: bytes
+
+    @property
+    def manifest(self) -> Manifest:
+        return parse_manifest(SignedManifest.from_bytes(self.signed_manifest).manifest_bytes)
+
+
+@dataclass(frozen=True)
+class AppliedUpdate:
+    manifest: Manifest
+    path: Path
+    """The verified target file (not yet installed)."""
+
+
+def build_package(
+    base_path: str | Path,
+    target_path: str | Path,
+    *,
+    model_name: str,
+    version: int,
+    signing_key: Ed25519PrivateKey,
+    expires_in_s: float,
+    golden: Optional[Golden] = None,
+    policy: Optional[dict[str, Any]] = None,
+    card: Optional[dict[str, Any]] = None,
+    rollback: bool = False,
+    file_name: Optional[str] = None,
+    chunk_size: int = DEFAULT_CHUNK_BYTES,
+    now: Optional[float] = None,
+) -> DeltaPackage:
+    """Diff `base_path` -> `target_path` and sign a manifest for the payload."""
+    if expires_in_s <= 0:
+        raise InvalidInputError(f"expires_in_s must be positive, got {expires_in_s}")
+    payload, _ = build_payload(base_path, target_path)
+    header, _ = read_header(payload)
+    issued_at = int(time.time() if now is None else now)
+    manifest = Manifest(
+        model_name=model_name,
+        version=version,
+        rollback=rollback,
+        file=file_name or Path(target_path).name,
+        base_sha256=file_sha256(base_path),
+        base_size=os.path.getsize(base_path),
+        target_sha256=file_sha256(target_path),
+        target_size=os.path.getsize(target_path),
+        patch_format=header["format"],
+        payload_size=len(payload),
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
+        chunk_size=chunk_size,
+        chunk_sha256=chunk_hashes(payload, chunk_size),
+        issued_at=issued_at,
+        expires_at=issued_at + max(1, int(expires_in_s)),
+        golden=golden,
+        policy=policy,
+        card=card,
+    )
+    return DeltaPackage(sign_manifest(manifest, signing_key).to_bytes(), payload)
+
+
+def payload_summary(payload: bytes) -> dict[str, Any]:
+    """What a payload holds: format, and per tensor its name, method and bytes sent."""
+    header, body_at = read_header(payload)
+    summary: dict[str, Any] = {"format": header["format"], "payload_bytes": len(payload), "header_bytes": body_at}
+    if header["format"] == "tensor":
+        summary["layout"] = header.get("layout")
+        summary["glue"] = {"method": header["glue"]["method"], "bytes": header["glue"].get("len", 0)}
+        summary["tensors"] = [
+            {"name": t["name"], "method": t["method"], "length": t["length"], "bytes": t.get("len", 0)}
+            for t in header["tensors"]
+        ]
+    return summary
+
+
+def verify_and_apply(
+    manifest_bytes: bytes,
+    signature: bytes,
+    payload: bytes | str | Path,
+    base_path: str | Path,
+    public_key: Ed25519PublicKey,
+    *,
+    active_version: Optional[int],
+    now: Optional[float] = None,
+    out_path: str | Path,
+    model_name: Optional[str] = None,
+    apply_timeout_s: float = DEFAULT_APPLY_TIMEOUT_S,
+) -> AppliedUpdate:
+    """Run every check in order and write the verified target file to `out_path`.
+
+    `payload` is the whole payload (bytes) or the path of a file holding it. On any refusal
+    nothing is left at `out_path`.
+    """
+    manifest = verify_manifest(
+        manifest_bytes, signature, public_key,
+        active_version=active_version, now=time.time() if now is None else now, model_name=model_name,
+    )
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        verify_payload(manifest, payload)
+        payload_path = temp_path_for(out_path)
+        try:
+            payload_path.write_bytes(payload)
+            return apply_verified(manifest, payload_path, base_path, out_path, timeout_s=apply_timeout_s)
+        finally:
+            payload_path.unlink(missing_ok=True)
+    with mapped_file(payload) as mapped:
+        verify_payload(manifest, mapped)
+    return apply_verified(manifest, Path(payload), base_path, out_path, timeout_s=apply_timeout_s)
+
+
+def apply_verified(
+    manifest: Manifest,
+    payload_path: str | Path,
+    base_path: str | Path,
+    out_path: str | Path,
+    *,
+    timeout_s: float = DEFAULT_APPLY_TIMEOUT_S,
+) -> AppliedUpdate:
+    """The steps after the payload is verified: base hash, apply in a child, result hash."""
+    out_path = Path(out_path)
+    try:
+        base_sha256 = file_sha256(base_path)
+    except FileNotFoundError:
+        raise WrongBaseError(f"base file {base_path} does not exist") from None
+    if base_sha256 != manifest.base_sha256:
+        raise WrongBaseError(
+            f"base file {base_path} has SHA-256 {base_sha256[:16]}..., the patch needs {manifest.base_sha256[:16]}..."
+        )
+    try:
+        apply_in_subprocess(
+            payload_path, base_path, out_path,
+            payload_sha256=manifest.payload_sha256, base_sha256=manifest.base_sha256, timeout_s=timeout_s,
+        )
+        result = file_sha256(out_path)
+        if result != manifest.target_sha256:
+            raise ResultHashMismatchError(
+                f"patched file has SHA-256 {result[:16]}..., manifest states {manifest.target_sha256[:16]}..."
+            )
+    except BaseException:
+        out_path.unlink(missing_ok=True)
+        raise
+    return AppliedUpdate(manifest, out_path)
+
+
+def apply_in_subprocess(
+    payload_path: str | Path,
+    base_path: str | Path,
+    out_path: str | Path,
+    *,
+    payload_sha256: Optional[str] = None,
+    base_sha256: Optional[str] = None,
+    timeout_s: float = DEFAULT_APPLY_TIMEOUT_S,
+) -> tuple[int, str]:
+    """Apply in `python -m shared.delta.apply_worker`; returns (size, sha256) of the written file.
+
+    Raises the worker's rejection as its own UpdateRejectedError subclass, and
+    ApplyFailedError when the child crashes, prints nonsense or runs past `timeout_s`.
+    """
+    cmd = [sys.executable, "-m", "shared.delta.apply_worker", "--payload", str(payload_path), "--base", str(base_path), "--out", str(out_path)]
+    if payload_sha256:
+        cmd += ["--payload-sha256", payload_sha256]
+    if base_sha256:
+        cmd += ["--base-sha256", base_sha256]
+    env = dict(os.environ)
+    root = str(Path(shared.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        raise ApplyFailedError(f"applying the patch took longer than {timeout_s:g} s; child killed") from None
+    lines = proc.stdout.strip().splitlines()
+    try:
+        reply = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        reply = None
+    if proc.returncode == 0 and isinstance(reply, dict) and "sha256" in reply:
+        return int(reply["size"]), str(reply["sha256"])
+    if isinstance(reply, dict) and "reason" in reply:
+        raise rejection_for(str(reply["reason"]), str(reply.get("message", "")))
+    detail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+    raise ApplyFailedError(f"apply worker exited with status {proc.returncode}: {detail[0]}")
+
+
+def rejection_for(reason: str, message: str) -> UpdateRejectedError:
+    """The UpdateRejectedError subclass for a reason string (ApplyFailedError when unknown)."""
+    for cls in UpdateRejectedError.__subclasses__():
+        if cls.reason == reason:
+            return cls(message)
+    return ApplyFailedError(f"{reason}: {message}")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,351 @@
+"""The patch payload: build it from two files, apply it to the base.
+
+Layout of a payload:
+
+    b"ECDELTA1" | u32 little-endian header length | header (JSON) | body (blobs)
+
+`header.format` is one of
+- `tensor`: per-tensor delta. `base_spans` are the base file's tensor spans; the base file
+  minus those spans is the base glue. `glue` turns it into the target glue. `tensors` lists
+  the target's spans in file order, each with a method and, where it needs one, a base span.
+  The target file is the target glue with each tensor's bytes inserted at its offset.
+- `bsdiff4`: one bsdiff4 patch of the whole file (opaque files).
+- `zstd`: the whole target file, zstd-compressed (when a delta would not save enough).
+
+bsdiff4 patches carry no checksum: apply only a payload whose hashes were verified against a
+signed manifest. Every header value is still bounds-checked, so a bad payload fails with
+CorruptPatchError rather than an IndexError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import mmap
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator, Optional
+
+import bsdiff4
+import numpy as np
+import zstandard
+
+from shared.delta import tensor_diff
+from shared.delta.layout import Layout, TensorSpan, detect_layout
+from shared.errors import CorruptPatchError
+
+MAGIC = b"ECDELTA1"
+_PREFIX = struct.Struct("<8sI")
+#: Send the full file when the delta is not below this fraction of the zstd-compressed file.
+FULL_FALLBACK_RATIO = 0.8
+#: Opaque files above this are sent whole: whole-file bsdiff4 needs ~17x their size in memory.
+WHOLE_BSDIFF_MAX_BYTES = 256 << 20
+_MAX_HEADER_BYTES = 64 << 20
+_COMPARE_BLOCK = 16 << 20
+
+
+@dataclass
+class BuildStats:
+    """What went into a payload, for logs and benchmarks."""
+
+    format: str
+    layout: str = "opaque"
+    tensors_total: int = 0
+    tensors_unchanged: int = 0
+    methods: dict[str, int] = field(default_factory=dict)
+    delta_bytes: Optional[int] = None
+    """Size the delta had before the full-file fallback decision (None for opaque > limit)."""
+    full_zstd_bytes: int = 0
+
+
+# --- build -------------------------------------------------------------------------------------
+
+
+def build_payload(base_path: str | Path, target_path: str | Path) -> tuple[bytes, BuildStats]:
+    """The payload that turns `base_path` into `target_path`, and what it contains."""
+    with mapped_file(base_path) as base, mapped_file(target_path) as target:
+        full_zstd_bytes = _zstd_size(target)
+        base_layout, target_layout = detect_layout(base), detect_layout(target)
+        if base_layout.format != "opaque" and base_layout.format == target_layout.format:
+            delta, stats = _tensor_payload(base, target, base_layout, target_layout)
+        elif len(base) + len(target) <= WHOLE_BSDIFF_MAX_BYTES:
+            delta = _assemble({"format": "bsdiff4"}, base, target, [bsdiff4.diff(bytes(base), bytes(target))])
+            stats = BuildStats("bsdiff4")
+        else:
+            delta, stats = None, BuildStats("bsdiff4")
+        stats.full_zstd_bytes = full_zstd_bytes
+        stats.delta_bytes = None if delta is None else len(delta)
+        if delta is None or len(delta) >= FULL_FALLBACK_RATIO * full_zstd_bytes:
+            delta = _assemble({"format": "zstd"}, base, target, [tensor_diff.zstd_compress(target)])
+            stats.format = "zstd"
+        return delta, stats
+
+
+def _tensor_payload(base, target, base_layout: Layout, target_layout: Layout) -> tuple[bytes, BuildStats]:
+    base_view, target_view = memoryview(base), memoryview(target)
+    base_by_name = {s.name: s for s in base_layout.spans}
+    base_by_hash: Optional[dict[bytes, TensorSpan]] = None
+    stats = BuildStats("tensor", layout=target_layout.format, tensors_total=len(target_layout.spans))
+    blobs: list[bytes] = []
+    entries: list[dict[str, Any]] = []
+    body_at = 0
+
+    def add_blob(blob: bytes) -> tuple[int, int]:
+        nonlocal body_at
+        blobs.append(blob)
+        body_at += len(blob)
+        return body_at - len(blob), len(blob)
+
+    glue_entry: dict[str, Any] = {"size": _glue_size(len(target), target_layout.spans)}
+    base_glue = _glue(base_view, base_layout.spans)
+    target_glue = _glue(target_view, target_layout.spans)
+    if base_glue == target_glue:
+        glue_entry["method"] = "same"
+    else:
+        patch = bsdiff4.diff(base_glue, target_glue)
+        raw = tensor_diff.zstd_compress(target_glue)
+        glue_entry["method"], blob = ("bsdiff4", patch) if len(patch) < len(raw) else ("zstd", raw)
+        glue_entry["at"], glue_entry["len"] = add_blob(blob)
+    del base_glue, target_glue
+
+    for span in target_layout.spans:
+        itemsize = span.itemsize if span.itemsize > 0 and span.length % span.itemsize == 0 else 1
+        entry: dict[str, Any] = {"name": span.name, "offset": span.offset, "length": span.length, "itemsize": itemsize}
+        new = target_view[span.offset : span.end]
+        old_span = base_by_name.get(span.name)
+        if old_span is not None and old_span.length == span.length and _equal(base_view[old_span.offset : old_span.end], new):
+            entry.update(method="copy", base=[old_span.offset, old_span.length])
+            stats.tensors_unchanged += 1
+        else:
+            if old_span is None:
+                if base_by_hash is None:
+                    base_by_hash = {_digest(base_view[s.offset : s.end]): s for s in base_layout.spans}
+                same = base_by_hash.get(_digest(new))
+                if same is not None and same.length == span.length:
+                    entry.update(method="copy", base=[same.offset, same.length])
+                    stats.tensors_unchanged += 1
+            if "method" not in entry:
+                old = None if old_span is None else base_view[old_span.offset : old_span.end]
+                method, blob = tensor_diff.encode(span.kind, itemsize, old, new)
+                entry["method"] = method
+                if method != "zstd":
+                    entry["base"] = [old_span.offset, old_span.length]
+                entry["at"], entry["len"] = add_blob(blob)
+        stats.methods[entry["method"]] = stats.methods.get(entry["method"], 0) + 1
+        entries.append(entry)
+
+    header = {
+        "format": "tensor",
+        "layout": target_layout.format,
+        "base_spans": [[s.offset, s.length] for s in base_layout.spans],
+        "glue": glue_entry,
+        "tensors": entries,
+    }
+    return _assemble(header, base, target, blobs), stats
+
+
+def _assemble(header: dict[str, Any], base, target, blobs: list[bytes]) -> bytes:
+    header = {**header, "base_size": len(base), "target_size": len(target)}
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join([_PREFIX.pack(MAGIC, len(header_bytes)), header_bytes, *blobs])
+
+
+def _glue(view: memoryview, spans) -> bytes:
+    parts, pos = [], 0
+    for s in spans:
+        parts.append(view[pos : s.offset])
+        pos = s.end
+    parts.append(view[pos:])
+    return b"".join(parts)
+
+
+def _glue_size(size: int, spans) -> int:
+    return size - sum(s.length for s in spans)
+
+
+def _equal(a: memoryview, b: memoryview) -> bool:
+    if len(a) != len(b):
+        return False
+    for i in range(0, len(a), _COMPARE_BLOCK):
+        if not np.array_equal(np.frombuffer(a[i : i + _COMPARE_BLOCK], np.uint8), np.frombuffer(b[i : i + _COMPARE_BLOCK], np.uint8)):
+            return False
+    return True
+
+
+def _digest(view: memoryview) -> bytes:
+    return hashlib.sha256(view).digest()
+
+
+def _zstd_size(data) -> int:
+    """Length of the zstd-compressed data, without keeping the compressed bytes."""
+
+    class _Counter:
+        n = 0
+
+        def write(self, chunk) -> int:
+            self.n += len(chunk)
+            return len(chunk)
+
+    counter = _Counter()
+    with zstandard.ZstdCompressor(level=tensor_diff.ZSTD_LEVEL).stream_writer(counter, size=len(data), closefd=False) as writer:
+        view = memoryview(data)
+        for i in range(0, len(view), _COMPARE_BLOCK):
+            writer.write(view[i : i + _COMPARE_BLOCK])
+    return counter.n
+
+
+@contextlib.contextmanager
+def mapped_file(path: str | Path) -> Iterator[Any]:
+    """A read-only view of a file: an mmap, or b"" for an empty file."""
+    with open(path, "rb") as f:
+        if f.seek(0, 2) == 0:
+            yield b""
+            return
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            yield mm
+        finally:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # a view is still exported; the map goes when it is collected
+
+
+# --- read and apply ---------------------------------------------------------------------------
+
+
+def read_header(payload) -> tuple[dict[str, Any], int]:
+    """The header dict and the offset where the body starts."""
+    if len(payload) < _PREFIX.size:
+        raise CorruptPatchError(f"payload is {len(payload)} bytes; too short for a header")
+    magic, header_len = _PREFIX.unpack_from(payload, 0)
+    if magic != MAGIC:
+        raise CorruptPatchError(f"payload does not start with {MAGIC!r}")
+    if header_len > _MAX_HEADER_BYTES or _PREFIX.size + header_len > len(payload):
+        raise CorruptPatchError(f"payload header length {header_len} runs past the payload")
+    try:
+        header = json.loads(bytes(payload[_PREFIX.size : _PREFIX.size + header_len]))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptPatchError(f"payload header is not JSON: {exc}") from None
+    if not isinstance(header, dict) or header.get("format") not in ("tensor", "bsdiff4", "zstd"):
+        raise CorruptPatchError("payload header has no known format")
+    return header, _PREFIX.size + header_len
+
+
+def apply_payload(payload, base, out: BinaryIO) -> tuple[int, str]:
+    """Write the target file to `out`; returns (size, sha256 hex) of what was written."""
+    header, body_at = read_header(payload)
+    body = memoryview(payload)[body_at:]
+    base_view = memoryview(base)
+    target_size = _int(header, "target_size")
+    if _int(header, "base_size") != len(base_view):
+        raise CorruptPatchError(f"payload was made for a {header['base_size']}-byte base, got {len(base_view)} bytes")
+    writer = _HashingWriter(out)
+    fmt = header["format"]
+    if fmt == "zstd":
+        writer.write(tensor_diff.zstd_decompress(body, target_size))
+    elif fmt == "bsdiff4":
+        writer.write(tensor_diff.decode("bsdiff4", 1, base_view, body, target_size))
+    else:
+        _apply_tensor(header, body, base_view, target_size, writer)
+    if writer.size != target_size:
+        raise CorruptPatchError(f"patched file is {writer.size} bytes, header says {target_size}")
+    return writer.size, writer.sha256.hexdigest()
+
+
+def _apply_tensor(header: dict, body: memoryview, base: memoryview, target_size: int, writer: "_HashingWriter") -> None:
+    try:
+        base_spans = [_span(pair, len(base)) for pair in header["base_spans"]]
+        glue_entry, tensors = header["glue"], header["tensors"]
+        if not isinstance(tensors, list):
+            raise TypeError("tensors is not a list")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptPatchError(f"payload header is malformed: {exc}") from None
+    glue_size = _int(glue_entry, "size")
+    ordered = [_Span(o, n) for o, n in sorted(base_spans)]
+    if any(a.end > b.offset for a, b in zip(ordered, ordered[1:])):
+        raise CorruptPatchError("payload header lists overlapping base spans")
+    base_glue = _glue(base, ordered)
+    method = glue_entry.get("method")
+    if method == "same":
+        glue = base_glue
+    elif method in ("bsdiff4", "zstd"):
+        glue = tensor_diff.decode(method, 1, memoryview(base_glue), _blob(glue_entry, body), glue_size)
+    else:
+        raise CorruptPatchError(f"unknown glue method {method!r}")
+    if len(glue) != glue_size:
+        raise CorruptPatchError(f"glue is {len(glue)} bytes, header says {glue_size}")
+    del base_glue
+
+    pos = glue_at = 0
+    for entry in tensors:
+        if not isinstance(entry, dict):
+            raise CorruptPatchError("tensor entry is not an object")
+        offset, length = _int(entry, "offset"), _int(entry, "length")
+        gap = offset - pos
+        if gap < 0 or glue_at + gap > len(glue):
+            raise CorruptPatchError(f"tensor {entry.get('name')!r} at {offset} overlaps or leaves the file")
+        writer.write(glue[glue_at : glue_at + gap])
+        glue_at += gap
+        method = entry.get("method")
+        old = None
+        if entry.get("base") is not None:
+            o, n = _span(entry["base"], len(base))
+            old = base[o : o + n]
+        if method == "copy":
+            if old is None or len(old) != length:
+                raise CorruptPatchError(f"tensor {entry.get('name')!r}: copy needs a base span of {length} bytes")
+            writer.write(old)
+        else:
+            writer.write(tensor_diff.decode(str(method), _int(entry, "itemsize"), old, _blob(entry, body), length))
+        pos = offset + length
+    writer.write(glue[glue_at:])
+    if glue_at > len(glue):
+        raise CorruptPatchError("tensors run past the glue")
+
+
+@dataclass(frozen=True)
+class _Span:
+    offset: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+def _span(pair, limit: int) -> tuple[int, int]:
+    if not isinstance(pair, list) or len(pair) != 2 or not all(type(v) is int for v in pair):
+        raise CorruptPatchError(f"bad span {pair!r}")
+    offset, length = pair
+    if offset < 0 or length < 0 or offset + length > limit:
+        raise CorruptPatchError(f"span {pair} is outside a {limit}-byte file")
+    return offset, length
+
+
+def _int(obj: Any, key: str) -> int:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if type(value) is not int or value < 0:
+        raise CorruptPatchError(f"payload header field {key!r} is {value!r}, expected a non-negative integer")
+    return value
+
+
+def _blob(entry: dict, body: memoryview) -> memoryview:
+    at, n = _int(entry, "at"), _int(entry, "len")
+    if at + n > len(body):
+        raise CorruptPatchError(f"blob at {at} of {n} bytes runs past the payload body ({len(body)} bytes)")
+    return body[at : at + n]
+
+
+class _HashingWriter:
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> None:
+        self.out.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
