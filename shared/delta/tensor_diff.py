@@ -3,13 +3,13 @@
 Methods (the name is stored in the patch header):
 - `xor_zstd`: XOR with the base, split into byte planes (all first bytes of each element,
   then all second bytes...), zstd. Small float updates leave sign/exponent bytes equal, so
-  those planes are near-zero and compress well. Used for same-size float tensors, and for
-  same-size wide integer tensors too large for bsdiff4.
+  those planes are near-zero and compress well. Used for same-size float tensors of any
+  size, and for same-size wide integer tensors too large for bsdiff4.
 - `sub_zstd`: byte-wise difference (target - base mod 256), zstd. For large same-size int8
   tensors: a retrained quantized weight moves by a few steps, which this captures as bsdiff4
   would on aligned data, without bsdiff4's suffix sort (its time and ~17x memory).
-- `bsdiff4`: small tensors, int8 tensors up to `BSDIFF_MAX_BYTES`, and tensors whose size
-  changed.
+- `bsdiff4`: same-size non-float tensors up to `BSDIFF_MAX_BYTES` (int8 weights, int32/int64
+  tables), and tensors whose size changed.
 - `zstd`: the new bytes alone, when there is no base or the delta is no smaller.
 """
 
@@ -27,8 +27,6 @@ from shared.errors import CorruptPatchError
 ZSTD_LEVEL = 3
 #: Same-size tensors above this skip bsdiff4 (its memory is ~17x the input).
 BSDIFF_MAX_BYTES = 1 << 20
-#: Below this, any tensor goes through bsdiff4 (fast enough, and it finds moved bytes).
-SMALL_TENSOR_BYTES = 64 << 10
 #: If a delta is above this fraction of the tensor, also try plain zstd and keep the smaller.
 TRY_RAW_ABOVE = 0.5
 
@@ -56,11 +54,11 @@ def choose_method(kind: Kind, base_length: Optional[int], length: int) -> str:
         return "zstd"
     if base_length != length:
         return "bsdiff4"
-    if length <= SMALL_TENSOR_BYTES:
+    if kind == "float":
+        return "xor_zstd"
+    if length <= BSDIFF_MAX_BYTES:
         return "bsdiff4"
-    if kind == "int8":
-        return "bsdiff4" if length <= BSDIFF_MAX_BYTES else "sub_zstd"
-    return "xor_zstd"
+    return "sub_zstd" if kind == "int8" else "xor_zstd"
 
 
 def encode(kind: Kind, itemsize: int, base: Optional[memoryview], target: memoryview) -> tuple[str, bytes]:
