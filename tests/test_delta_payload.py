@@ -9,11 +9,13 @@ import struct
 import numpy as np
 import onnx
 import pytest
+import zstandard
 
 from delta_helpers import mlp_weights, nudge, write_onnx_mlp, write_safetensors
 from shared.delta.layout import detect_layout
 from shared.delta.package import payload_summary
-from shared.delta.payload import MAGIC, apply_payload, build_payload
+from shared.delta.payload import apply_payload, build_payload
+from shared.delta.tensor_diff import ZSTD_LEVEL
 from shared.errors import CorruptPatchError
 
 
@@ -56,7 +58,7 @@ def test_onnx_round_trip_is_byte_identical_and_skips_unchanged(tmp_path):
     assert summary["format"] == "tensor" and summary["layout"] == "onnx"
     got = methods(payload)
     assert got["w1"] == "xor_zstd"
-    assert got["q"] == "bsdiff4"
+    assert got["q"] in ("sub_zstd", "bsdiff4")  # whichever is smaller
     assert got["b1"] == "copy" and got["w2"] == "copy"
     sent = {t["name"]: t["bytes"] for t in summary["tensors"]}
     assert sent["b1"] == 0 and sent["w2"] == 0
@@ -126,6 +128,18 @@ def test_unrelated_target_falls_back_to_the_full_file(tmp_path):
     target = write_safetensors(tmp_path / "b.safetensors", {"w": rng.standard_normal((128, 128)).astype(np.float32)})
     payload = roundtrip(base, target)
     assert payload_summary(payload)["format"] == "zstd"
+    assert payload == zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(target.read_bytes())
+
+
+def test_large_int8_tensors_use_the_byte_difference(tmp_path):
+    rng = np.random.default_rng(8)
+    q = rng.integers(-100, 100, size=(1024, 512)).astype(np.int8)
+    moved = (q + rng.integers(-2, 3, size=q.shape)).astype(np.int8)
+    base = write_safetensors(tmp_path / "a.safetensors", {"q": q})
+    target = write_safetensors(tmp_path / "b.safetensors", {"q": moved})
+    payload = roundtrip(base, target)
+    assert methods(payload) == {"q": "sub_zstd"}
+    assert len(payload) < 0.5 * q.nbytes
 
 
 def test_empty_and_tiny_files_round_trip(tmp_path):
@@ -145,7 +159,8 @@ def test_truncated_safetensors_header_is_treated_as_opaque(tmp_path):
     "mutate",
     [
         lambda p: b"NOTDELTA" + p[8:],
-        lambda p: p[:12] + b"}" + p[13:],
+        lambda p: p[:-5] + b"x" + p[-4:],
+        lambda p: p[:-4] + struct.pack("<I", len(p)),
         lambda p: p[: len(p) // 2],
         lambda p: _rewrite_header(p, lambda h: h["tensors"][0].update(offset=10**9)),
         lambda p: _rewrite_header(p, lambda h: h["tensors"][0].update(method="copy", base=[0, 3])),
@@ -163,9 +178,9 @@ def test_malformed_payloads_fail_as_corrupt_patch(tmp_path, mutate):
 
 
 def _rewrite_header(payload: bytes, change) -> bytes:
-    (length,) = struct.unpack_from("<I", payload, len(MAGIC))
-    start = len(MAGIC) + 4
+    (length,) = struct.unpack_from("<I", payload, len(payload) - 4)
+    start = len(payload) - 4 - length
     header = json.loads(payload[start : start + length])
     change(header)
     raw = json.dumps(header).encode()
-    return MAGIC + struct.pack("<I", len(raw)) + raw + payload[start + length :]
+    return payload[:start] + raw + struct.pack("<I", len(raw))

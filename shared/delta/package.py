@@ -101,8 +101,8 @@ def build_package(
 
 def payload_summary(payload: bytes) -> dict[str, Any]:
     """What a payload holds: format, and per tensor its name, method and bytes sent."""
-    header, body_at = read_header(payload)
-    summary: dict[str, Any] = {"format": header["format"], "payload_bytes": len(payload), "header_bytes": body_at}
+    header, (body_start, body_end) = read_header(payload)
+    summary: dict[str, Any] = {"format": header["format"], "payload_bytes": len(payload), "body_bytes": body_end - body_start}
     if header["format"] == "tensor":
         summary["layout"] = header.get("layout")
         summary["glue"] = {"method": header["glue"]["method"], "bytes": header["glue"].get("len", 0)}

@@ -1,16 +1,18 @@
 """The patch payload: build it from two files, apply it to the base.
 
-Layout of a payload:
+A payload is either a bare zstd frame holding the whole target file (format `zstd`, sent
+when a delta would not save enough; nothing is added to it, so it is never larger than the
+compressed file), or
 
-    b"ECDELTA1" | u32 little-endian header length | header (JSON) | body (blobs)
+    b"ECDELTA1" | body (blobs) | header (JSON) | u32 little-endian header length
 
-`header.format` is one of
+The header comes last so the builder can stream blobs out as it makes them and never holds
+the body twice. `header.format` is one of
 - `tensor`: per-tensor delta. `base_spans` are the base file's tensor spans; the base file
   minus those spans is the base glue. `glue` turns it into the target glue. `tensors` lists
   the target's spans in file order, each with a method and, where it needs one, a base span.
   The target file is the target glue with each tensor's bytes inserted at its offset.
 - `bsdiff4`: one bsdiff4 patch of the whole file (opaque files).
-- `zstd`: the whole target file, zstd-compressed (when a delta would not save enough).
 
 bsdiff4 patches carry no checksum: apply only a payload whose hashes were verified against a
 signed manifest. Every header value is still bounds-checked, so a bad payload fails with
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import mmap
 import struct
@@ -37,13 +40,14 @@ from shared.delta.layout import Layout, TensorSpan, detect_layout
 from shared.errors import CorruptPatchError
 
 MAGIC = b"ECDELTA1"
-_PREFIX = struct.Struct("<8sI")
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_HEADER_LEN = struct.Struct("<I")
 #: Send the full file when the delta is not below this fraction of the zstd-compressed file.
 FULL_FALLBACK_RATIO = 0.8
 #: Opaque files above this are sent whole: whole-file bsdiff4 needs ~17x their size in memory.
 WHOLE_BSDIFF_MAX_BYTES = 256 << 20
 _MAX_HEADER_BYTES = 64 << 20
-_COMPARE_BLOCK = 16 << 20
+DROP_PAGES_MIN_BYTES = 1 << 20
 
 
 @dataclass
@@ -66,19 +70,24 @@ class BuildStats:
 def build_payload(base_path: str | Path, target_path: str | Path) -> tuple[bytes, BuildStats]:
     """The payload that turns `base_path` into `target_path`, and what it contains."""
     with mapped_file(base_path) as base, mapped_file(target_path) as target:
-        full_zstd_bytes = _zstd_size(target)
+        full_zstd_bytes = tensor_diff.zstd_size(target, on_block=lambda at, n: drop_pages(target, at, n))
         base_layout, target_layout = detect_layout(base), detect_layout(target)
         if base_layout.format != "opaque" and base_layout.format == target_layout.format:
             delta, stats = _tensor_payload(base, target, base_layout, target_layout)
         elif len(base) + len(target) <= WHOLE_BSDIFF_MAX_BYTES:
-            delta = _assemble({"format": "bsdiff4"}, base, target, [bsdiff4.diff(bytes(base), bytes(target))])
+            body = _Body()
+            body.add(bsdiff4.diff(bytes(base), bytes(target)))
+            delta = body.finish({"format": "bsdiff4", "base_size": len(base), "target_size": len(target)})
             stats = BuildStats("bsdiff4")
         else:
             delta, stats = None, BuildStats("bsdiff4")
         stats.full_zstd_bytes = full_zstd_bytes
         stats.delta_bytes = None if delta is None else len(delta)
         if delta is None or len(delta) >= FULL_FALLBACK_RATIO * full_zstd_bytes:
-            delta = _assemble({"format": "zstd"}, base, target, [tensor_diff.zstd_compress(target)])
+            del delta
+            out = io.BytesIO()
+            tensor_diff.zstd_compress_into(out, target, on_block=lambda at, n: drop_pages(target, at, n))
+            delta = out.getvalue()
             stats.format = "zstd"
         return delta, stats
 
@@ -88,15 +97,8 @@ def _tensor_payload(base, target, base_layout: Layout, target_layout: Layout) ->
     base_by_name = {s.name: s for s in base_layout.spans}
     base_by_hash: Optional[dict[bytes, TensorSpan]] = None
     stats = BuildStats("tensor", layout=target_layout.format, tensors_total=len(target_layout.spans))
-    blobs: list[bytes] = []
+    body = _Body()
     entries: list[dict[str, Any]] = []
-    body_at = 0
-
-    def add_blob(blob: bytes) -> tuple[int, int]:
-        nonlocal body_at
-        blobs.append(blob)
-        body_at += len(blob)
-        return body_at - len(blob), len(blob)
 
     glue_entry: dict[str, Any] = {"size": _glue_size(len(target), target_layout.spans)}
     base_glue = _glue(base_view, base_layout.spans)
@@ -107,7 +109,7 @@ def _tensor_payload(base, target, base_layout: Layout, target_layout: Layout) ->
         patch = bsdiff4.diff(base_glue, target_glue)
         raw = tensor_diff.zstd_compress(target_glue)
         glue_entry["method"], blob = ("bsdiff4", patch) if len(patch) < len(raw) else ("zstd", raw)
-        glue_entry["at"], glue_entry["len"] = add_blob(blob)
+        glue_entry["at"], glue_entry["len"] = body.add(blob)
     del base_glue, target_glue
 
     for span in target_layout.spans:
@@ -115,41 +117,73 @@ def _tensor_payload(base, target, base_layout: Layout, target_layout: Layout) ->
         entry: dict[str, Any] = {"name": span.name, "offset": span.offset, "length": span.length, "itemsize": itemsize}
         new = target_view[span.offset : span.end]
         old_span = base_by_name.get(span.name)
-        if old_span is not None and old_span.length == span.length and _equal(base_view[old_span.offset : old_span.end], new):
+        if old_span is not None and _spans_equal(base, old_span, target, span):
             entry.update(method="copy", base=[old_span.offset, old_span.length])
             stats.tensors_unchanged += 1
         else:
             if old_span is None:
                 if base_by_hash is None:
-                    base_by_hash = {_digest(base_view[s.offset : s.end]): s for s in base_layout.spans}
+                    base_by_hash = {}
+                    for s in base_layout.spans:
+                        base_by_hash[_digest(base_view[s.offset : s.end])] = s
+                        drop_pages(base, s.offset, s.length)
                 same = base_by_hash.get(_digest(new))
                 if same is not None and same.length == span.length:
                     entry.update(method="copy", base=[same.offset, same.length])
                     stats.tensors_unchanged += 1
             if "method" not in entry:
                 old = None if old_span is None else base_view[old_span.offset : old_span.end]
-                method, blob = tensor_diff.encode(span.kind, itemsize, old, new)
+                def release(at: int, n: int, span=span, old_span=old_span) -> None:
+                    drop_pages(target, span.offset + at, n)
+                    if old_span is not None:
+                        drop_pages(base, old_span.offset + at, n)
+
+                entry["at"], entry["len"], method = body.add_encoded(span.kind, itemsize, old, new, release)
                 entry["method"] = method
                 if method != "zstd":
                     entry["base"] = [old_span.offset, old_span.length]
-                entry["at"], entry["len"] = add_blob(blob)
         stats.methods[entry["method"]] = stats.methods.get(entry["method"], 0) + 1
         entries.append(entry)
+        drop_pages(target, span.offset, span.length)
+        if old_span is not None:
+            drop_pages(base, old_span.offset, old_span.length)
 
     header = {
         "format": "tensor",
+        "base_size": len(base),
+        "target_size": len(target),
         "layout": target_layout.format,
         "base_spans": [[s.offset, s.length] for s in base_layout.spans],
         "glue": glue_entry,
         "tensors": entries,
     }
-    return _assemble(header, base, target, blobs), stats
+    return body.finish(header), stats
 
 
-def _assemble(header: dict[str, Any], base, target, blobs: list[bytes]) -> bytes:
-    header = {**header, "base_size": len(base), "target_size": len(target)}
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    return b"".join([_PREFIX.pack(MAGIC, len(header_bytes)), header_bytes, *blobs])
+class _Body:
+    """Blobs written out as they are made; `finish` appends the header and returns the payload."""
+
+    def __init__(self) -> None:
+        self._out = io.BytesIO()
+        self._out.write(MAGIC)
+
+    def add(self, blob) -> tuple[int, int]:
+        """Append a blob; returns its (offset in the body, length)."""
+        at = self._out.tell() - len(MAGIC)
+        self._out.write(blob)
+        return at, len(blob)
+
+    def add_encoded(self, kind, itemsize: int, old: Optional[memoryview], new: memoryview, on_block=None) -> tuple[int, int, str]:
+        """Encode a tensor straight into the body; returns (offset, length, method)."""
+        start = self._out.tell()
+        method = tensor_diff.encode_into(self._out, kind, itemsize, old, new, on_block)
+        return start - len(MAGIC), self._out.tell() - start, method
+
+    def finish(self, header: dict[str, Any]) -> bytes:
+        header_bytes = json.dumps(header, separators=(",", ":")).encode()
+        self._out.write(header_bytes)
+        self._out.write(_HEADER_LEN.pack(len(header_bytes)))
+        return self._out.getvalue()
 
 
 def _glue(view: memoryview, spans) -> bytes:
@@ -165,11 +199,19 @@ def _glue_size(size: int, spans) -> int:
     return size - sum(s.length for s in spans)
 
 
-def _equal(a: memoryview, b: memoryview) -> bool:
-    if len(a) != len(b):
+def _spans_equal(base, base_span: TensorSpan, target, target_span: TensorSpan) -> bool:
+    """Byte equality of two spans, block by block, giving back the pages it has read."""
+    if base_span.length != target_span.length:
         return False
-    for i in range(0, len(a), _COMPARE_BLOCK):
-        if not np.array_equal(np.frombuffer(a[i : i + _COMPARE_BLOCK], np.uint8), np.frombuffer(b[i : i + _COMPARE_BLOCK], np.uint8)):
+    a, b = memoryview(base), memoryview(target)
+    for i in range(0, base_span.length, tensor_diff.BLOCK_BYTES):
+        n = min(tensor_diff.BLOCK_BYTES, base_span.length - i)
+        x = np.frombuffer(a[base_span.offset + i : base_span.offset + i + n], np.uint8)
+        y = np.frombuffer(b[target_span.offset + i : target_span.offset + i + n], np.uint8)
+        same = np.array_equal(x, y)
+        drop_pages(base, base_span.offset + i, n)
+        drop_pages(target, target_span.offset + i, n)
+        if not same:
             return False
     return True
 
@@ -178,22 +220,19 @@ def _digest(view: memoryview) -> bytes:
     return hashlib.sha256(view).digest()
 
 
-def _zstd_size(data) -> int:
-    """Length of the zstd-compressed data, without keeping the compressed bytes."""
+def drop_pages(mapped, offset: int, length: int) -> None:
+    """Give back the resident pages of a read-only file mapping we are done with.
 
-    class _Counter:
-        n = 0
-
-        def write(self, chunk) -> int:
-            self.n += len(chunk)
-            return len(chunk)
-
-    counter = _Counter()
-    with zstandard.ZstdCompressor(level=tensor_diff.ZSTD_LEVEL).stream_writer(counter, size=len(data), closefd=False) as writer:
-        view = memoryview(data)
-        for i in range(0, len(view), _COMPARE_BLOCK):
-            writer.write(view[i : i + _COMPARE_BLOCK])
-    return counter.n
+    Only RSS changes: the pages stay in the page cache and are read again if touched. Keeps
+    the diff and apply footprint near the size of what they produce rather than of both
+    files. No-op for small ranges and for anything that is not an mmap.
+    """
+    if length < DROP_PAGES_MIN_BYTES or not isinstance(mapped, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = offset - offset % mmap.PAGESIZE
+    end = min(offset + length, len(mapped))
+    if end > start:
+        mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 @contextlib.contextmanager
@@ -216,46 +255,58 @@ def mapped_file(path: str | Path) -> Iterator[Any]:
 # --- read and apply ---------------------------------------------------------------------------
 
 
-def read_header(payload) -> tuple[dict[str, Any], int]:
-    """The header dict and the offset where the body starts."""
-    if len(payload) < _PREFIX.size:
-        raise CorruptPatchError(f"payload is {len(payload)} bytes; too short for a header")
-    magic, header_len = _PREFIX.unpack_from(payload, 0)
-    if magic != MAGIC:
-        raise CorruptPatchError(f"payload does not start with {MAGIC!r}")
-    if header_len > _MAX_HEADER_BYTES or _PREFIX.size + header_len > len(payload):
-        raise CorruptPatchError(f"payload header length {header_len} runs past the payload")
+def read_header(payload) -> tuple[dict[str, Any], tuple[int, int]]:
+    """The header dict and the (start, end) of the body; a bare zstd frame is `{"format": "zstd"}`."""
+    if bytes(payload[:4]) == ZSTD_MAGIC:
+        try:
+            size = zstandard.frame_content_size(bytes(payload[:18]))
+        except zstandard.ZstdError as exc:
+            raise CorruptPatchError(f"zstd payload has a bad frame header: {exc}") from None
+        if size < 0:
+            raise CorruptPatchError("zstd payload does not state its content size")
+        return {"format": "zstd", "target_size": size}, (0, len(payload))
+    size = len(payload)
+    if size < len(MAGIC) + _HEADER_LEN.size or bytes(payload[: len(MAGIC)]) != MAGIC:
+        raise CorruptPatchError(f"payload does not start with {MAGIC!r} or a zstd frame")
+    (header_len,) = _HEADER_LEN.unpack_from(payload, size - _HEADER_LEN.size)
+    body_end = size - _HEADER_LEN.size - header_len
+    if header_len > _MAX_HEADER_BYTES or body_end < len(MAGIC):
+        raise CorruptPatchError(f"payload header length {header_len} does not fit a {size}-byte payload")
     try:
-        header = json.loads(bytes(payload[_PREFIX.size : _PREFIX.size + header_len]))
+        header = json.loads(bytes(payload[body_end : body_end + header_len]))
     except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptPatchError(f"payload header is not JSON: {exc}") from None
-    if not isinstance(header, dict) or header.get("format") not in ("tensor", "bsdiff4", "zstd"):
+    if not isinstance(header, dict) or header.get("format") not in ("tensor", "bsdiff4"):
         raise CorruptPatchError("payload header has no known format")
-    return header, _PREFIX.size + header_len
+    return header, (len(MAGIC), body_end)
 
 
 def apply_payload(payload, base, out: BinaryIO) -> tuple[int, str]:
     """Write the target file to `out`; returns (size, sha256 hex) of what was written."""
-    header, body_at = read_header(payload)
-    body = memoryview(payload)[body_at:]
+    header, (body_start, body_end) = read_header(payload)
+    body = memoryview(payload)[body_start:body_end]
     base_view = memoryview(base)
     target_size = _int(header, "target_size")
-    if _int(header, "base_size") != len(base_view):
-        raise CorruptPatchError(f"payload was made for a {header['base_size']}-byte base, got {len(base_view)} bytes")
     writer = _HashingWriter(out)
     fmt = header["format"]
     if fmt == "zstd":
-        writer.write(tensor_diff.zstd_decompress(body, target_size))
-    elif fmt == "bsdiff4":
-        writer.write(tensor_diff.decode("bsdiff4", 1, base_view, body, target_size))
+        tensor_diff.zstd_decompress_into(writer.write, body, target_size)
+        return writer.size, writer.sha256.hexdigest()
+    if _int(header, "base_size") != len(base_view):
+        raise CorruptPatchError(f"payload was made for a {header['base_size']}-byte base, got {len(base_view)} bytes")
+    if fmt == "bsdiff4":
+        writer.write(tensor_diff.bsdiff4_patch(base_view, body, target_size))
     else:
-        _apply_tensor(header, body, base_view, target_size, writer)
+        _apply_tensor(header, body, base_view, target_size, writer, base, payload, body_start)
     if writer.size != target_size:
         raise CorruptPatchError(f"patched file is {writer.size} bytes, header says {target_size}")
     return writer.size, writer.sha256.hexdigest()
 
 
-def _apply_tensor(header: dict, body: memoryview, base: memoryview, target_size: int, writer: "_HashingWriter") -> None:
+def _apply_tensor(
+    header: dict, body: memoryview, base: memoryview, target_size: int, writer: "_HashingWriter",
+    base_mapped, payload_mapped, body_start: int,
+) -> None:
     try:
         base_spans = [_span(pair, len(base)) for pair in header["base_spans"]]
         glue_entry, tensors = header["glue"], header["tensors"]
@@ -297,9 +348,18 @@ def _apply_tensor(header: dict, body: memoryview, base: memoryview, target_size:
         if method == "copy":
             if old is None or len(old) != length:
                 raise CorruptPatchError(f"tensor {entry.get('name')!r}: copy needs a base span of {length} bytes")
-            writer.write(old)
+            for i in range(0, length, tensor_diff.BLOCK_BYTES):
+                writer.write(old[i : i + tensor_diff.BLOCK_BYTES])
+                drop_pages(base_mapped, o + i, min(tensor_diff.BLOCK_BYTES, length - i))
         else:
-            writer.write(tensor_diff.decode(str(method), _int(entry, "itemsize"), old, _blob(entry, body), length))
+            base_at = o if old is not None else 0
+            tensor_diff.decode_into(
+                writer.write, str(method), _int(entry, "itemsize"), old, _blob(entry, body), length,
+                on_block=lambda at, size: drop_pages(base_mapped, base_at + at, size),
+            )
+            drop_pages(payload_mapped, body_start + entry["at"], entry["len"])
+        if old is not None:
+            drop_pages(base_mapped, o, n)
         pos = offset + length
     writer.write(glue[glue_at:])
     if glue_at > len(glue):

@@ -4,18 +4,22 @@ Methods (the name is stored in the patch header):
 - `xor_zstd`: XOR with the base, split into byte planes (all first bytes of each element,
   then all second bytes...), zstd. Small float updates leave sign/exponent bytes equal, so
   those planes are near-zero and compress well. Used for same-size float tensors of any
-  size, and for same-size wide integer tensors too large for bsdiff4.
-- `sub_zstd`: byte-wise difference (target - base mod 256), zstd. For large same-size int8
-  tensors: a retrained quantized weight moves by a few steps, which this captures as bsdiff4
-  would on aligned data, without bsdiff4's suffix sort (its time and ~17x memory).
-- `bsdiff4`: same-size non-float tensors up to `BSDIFF_MAX_BYTES` (int8 weights, int32/int64
-  tables), and tensors whose size changed.
-- `zstd`: the new bytes alone, when there is no base or the delta is no smaller.
+  size, and for same-size wide integer tensors too large for bsdiff4. Planes are formed per
+  block of `BLOCK_BYTES`, so both sides work in bounded memory.
+- `sub_zstd`: byte-wise difference (target - base mod 256), zstd, per block. For same-size
+  int8 tensors: a retrained quantized weight moves by a few steps everywhere, a
+  small-integer signal zstd's entropy coder handles well. bsdiff4 does poorly there (it
+  finds few exact matches and stores most bytes as "extra"), costs a suffix sort and ~17x
+  memory; up to `BSDIFF_MAX_BYTES` it is still tried and kept when smaller.
+- `bsdiff4`: small int8 tensors (when it wins), same-size tensors of other integer types up
+  to `BSDIFF_MAX_BYTES`, and tensors whose size changed.
+- `zstd`: the new bytes alone, when there is no base, the delta is no smaller, or a resized
+  tensor is too large for bsdiff4.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import BinaryIO, Callable, Iterator, Optional
 
 import bsdiff4
 import numpy as np
@@ -25,93 +29,212 @@ from shared.delta.layout import Kind
 from shared.errors import CorruptPatchError
 
 ZSTD_LEVEL = 3
-#: Same-size tensors above this skip bsdiff4 (its memory is ~17x the input).
-BSDIFF_MAX_BYTES = 1 << 20
+#: Same-size tensors above this skip bsdiff4 (its memory is ~17x the input, its time n log n).
+BSDIFF_MAX_BYTES = 256 << 10
+#: Resized tensors above this are sent whole rather than bsdiffed (memory).
+BSDIFF_RESIZED_MAX_BYTES = 32 << 20
+#: Block size for XOR / subtraction / byte planes on both sides; a multiple of every itemsize.
+BLOCK_BYTES = 1 << 20
 #: If a delta is above this fraction of the tensor, also try plain zstd and keep the smaller.
 TRY_RAW_ABOVE = 0.5
 
 METHODS = ("xor_zstd", "sub_zstd", "bsdiff4", "zstd")
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def choose_method(kind: Kind, base_length: Optional[int], length: int) -> str:
+    """The main method for a changed tensor (`encode_into` may keep a smaller alternative)."""
+    if base_length is None:
+        return "zstd"
+    if base_length != length:
+        return "bsdiff4" if max(base_length, length) <= BSDIFF_RESIZED_MAX_BYTES else "zstd"
+    if kind == "float":
+        return "xor_zstd"
+    if kind == "int8":
+        return "sub_zstd"
+    return "bsdiff4" if length <= BSDIFF_MAX_BYTES else "xor_zstd"
+
+
+def encode_into(
+    out: BinaryIO, kind: Kind, itemsize: int, base: Optional[memoryview], target: memoryview,
+    on_block: Optional[Callable[[int, int], object]] = None,
+) -> str:
+    """Append the encoded target tensor to the seekable `out`; returns the method used.
+
+    `on_block(offset, length)` is called after each block of the tensor has been read (the
+    caller may release those pages).
+    """
+    start = out.tell()
+    method = choose_method(kind, None if base is None else len(base), len(target))
+    if method == "xor_zstd":
+        _blockwise_zstd(out, base, target, lambda old, new: _planes(np.bitwise_xor(old, new), itemsize), on_block)
+    elif method == "sub_zstd":
+        _blockwise_zstd(out, base, target, lambda old, new: np.subtract(new, old), on_block)
+        if len(target) <= BSDIFF_MAX_BYTES:
+            patch = bsdiff4.diff(bytes(base), bytes(target))
+            if len(patch) < out.tell() - start:
+                _rewind(out, start)
+                out.write(patch)
+                method = "bsdiff4"
+    elif method == "bsdiff4":
+        out.write(bsdiff4.diff(bytes(base), bytes(target)))
+    else:
+        zstd_compress_into(out, target, on_block)
+        return "zstd"
+    written = out.tell() - start
+    if written > TRY_RAW_ABOVE * len(target) and zstd_size(target, on_block) <= written:
+        _rewind(out, start)
+        zstd_compress_into(out, target, on_block)
+        return "zstd"
+    return method
+
+
+def decode_into(
+    write: Callable[[bytes], object], method: str, itemsize: int, base: Optional[memoryview], blob, length: int,
+    on_block: Optional[Callable[[int, int], object]] = None,
+) -> None:
+    """Pass the target tensor bytes to `write` (in blocks for the large methods).
+
+    `on_block(offset, length)` is called after each block of the base has been used.
+    CorruptPatchError when the blob does not fit the header.
+    """
+    if method == "zstd":
+        zstd_decompress_into(write, blob, length)
+        return
+    if base is None:
+        raise CorruptPatchError(f"method {method} needs a base tensor but none is referenced")
+    if method == "bsdiff4":
+        write(bsdiff4_patch(base, blob, length))
+        return
+    if len(base) != length:
+        raise CorruptPatchError(f"{method} needs a base of {length} bytes, got {len(base)}")
+    old = np.frombuffer(base, np.uint8)
+    if method == "sub_zstd":
+        undo = np.add
+    elif method == "xor_zstd":
+        if itemsize < 1 or length % itemsize or BLOCK_BYTES % itemsize:
+            raise CorruptPatchError(f"tensor of {length} bytes does not split into {itemsize}-byte items")
+        undo = lambda old_block, planes: np.bitwise_xor(old_block, _unplanes(planes, itemsize))  # noqa: E731
+    else:
+        raise CorruptPatchError(f"unknown tensor method {method!r}")
+    at = 0
+    for block in _zstd_blocks(blob, length, BLOCK_BYTES):
+        n = len(block)
+        write(undo(old[at : at + n], np.frombuffer(block, np.uint8)).tobytes())
+        if on_block is not None:
+            on_block(at, n)
+        at += n
+
+
+def decode(method: str, itemsize: int, base: Optional[memoryview], blob, length: int) -> bytes:
+    """The target bytes in one piece (for small things such as the glue)."""
+    parts: list[bytes] = []
+    decode_into(parts.append, method, itemsize, base, blob, length)
+    return b"".join(parts)
+
+
+def bsdiff4_patch(base, patch, length: int) -> bytes:
+    try:
+        out = bsdiff4.patch(bytes(base), bytes(patch))
+    except Exception as exc:  # noqa: BLE001 - bsdiff4 raises bare ValueError/MemoryError on junk
+        raise CorruptPatchError(f"bsdiff4 patch does not apply: {exc}") from None
+    if len(out) != length:
+        raise CorruptPatchError(f"bsdiff4 patch gives {len(out)} bytes, expected {length}")
+    return out
+
+
+# --- zstd helpers ----------------------------------------------------------------------------
 
 
 def zstd_compress(data, level: int = ZSTD_LEVEL) -> bytes:
     return zstandard.ZstdCompressor(level=level).compress(data)
 
 
-def zstd_decompress(blob, size: int) -> bytes:
-    """Decompress a frame that must hold exactly `size` bytes."""
+def zstd_compress_into(out: BinaryIO, data, on_block: Optional[Callable[[int, int], object]] = None) -> int:
+    """Stream zstd(data) into `out` (one frame, content size recorded); returns bytes written.
+
+    `on_block(offset, length)` is called after each block of `data` is consumed.
+    """
+    return _blockwise_zstd(out, None, data, None, on_block)
+
+
+def zstd_size(data, on_block: Optional[Callable[[int, int], object]] = None) -> int:
+    """Length of zstd(data), without keeping the compressed bytes."""
+    return zstd_compress_into(_Counter(), data, on_block)
+
+
+def _blockwise_zstd(out, base: Optional[memoryview], target, transform, on_block=None) -> int:
+    """One zstd frame of transform(old_block, new_block) over the target's blocks."""
+    new = np.frombuffer(target, np.uint8)
+    old = None if base is None else np.frombuffer(base, np.uint8)
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj(size=len(new))
+    written = 0
+    for a in range(0, len(new), BLOCK_BYTES):
+        block = new[a : a + BLOCK_BYTES] if transform is None else transform(old[a : a + BLOCK_BYTES], new[a : a + BLOCK_BYTES])
+        written += out.write(compressor.compress(block)) or 0
+        if on_block is not None:
+            on_block(a, min(BLOCK_BYTES, len(new) - a))
+    written += out.write(compressor.flush()) or 0
+    return written
+
+
+def _zstd_blocks(blob, length: int, block_bytes: int) -> Iterator[bytearray]:
+    """The decompressed frame in blocks of `block_bytes`; it must hold exactly `length` bytes.
+
+    Reads through a stream reader, so memory stays at one block whatever the frame claims.
+    """
+    if bytes(blob[:4]) != ZSTD_MAGIC:
+        raise CorruptPatchError("blob is not a zstd frame")
+    reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=False)
+    remaining = length
     try:
-        out = zstandard.ZstdDecompressor().decompress(blob, max_output_size=size)
+        while remaining > 0:
+            block = bytearray(min(block_bytes, remaining))
+            got = _fill(reader, memoryview(block))
+            if got < len(block):
+                raise CorruptPatchError(f"zstd frame holds {length - remaining + got} bytes, expected {length}")
+            remaining -= got
+            yield block
+        if reader.read(1):
+            raise CorruptPatchError(f"zstd frame holds more than the expected {length} bytes")
     except zstandard.ZstdError as exc:
         raise CorruptPatchError(f"zstd frame does not decode: {exc}") from None
-    if len(out) != size:
-        raise CorruptPatchError(f"zstd frame holds {len(out)} bytes, expected {size}")
-    return out
 
 
-def choose_method(kind: Kind, base_length: Optional[int], length: int) -> str:
-    """The first method to try for a changed tensor."""
-    if base_length is None:
-        return "zstd"
-    if base_length != length:
-        return "bsdiff4"
-    if kind == "float":
-        return "xor_zstd"
-    if length <= BSDIFF_MAX_BYTES:
-        return "bsdiff4"
-    return "sub_zstd" if kind == "int8" else "xor_zstd"
+def _fill(reader, view: memoryview) -> int:
+    got = 0
+    while got < len(view):
+        n = reader.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
 
 
-def encode(kind: Kind, itemsize: int, base: Optional[memoryview], target: memoryview) -> tuple[str, bytes]:
-    """(method, blob) for the target tensor bytes against the base tensor bytes (or None)."""
-    method = choose_method(kind, None if base is None else len(base), len(target))
-    if method == "xor_zstd":
-        blob = _xor_planes_zstd(base, target, itemsize)
-    elif method == "sub_zstd":
-        diff = np.frombuffer(target, np.uint8) - np.frombuffer(base, np.uint8)
-        blob = zstd_compress(diff)
-    elif method == "bsdiff4":
-        blob = bsdiff4.diff(bytes(base), bytes(target))
-    else:
-        return "zstd", zstd_compress(target)
-    if len(blob) > TRY_RAW_ABOVE * len(target):
-        raw = zstd_compress(target)
-        if len(raw) <= len(blob):
-            return "zstd", raw
-    return method, blob
+def zstd_decompress(blob, size: int) -> bytes:
+    """Decompress a frame that must hold exactly `size` bytes."""
+    return b"".join(_zstd_blocks(blob, size, max(size, 1)))
 
 
-def decode(method: str, itemsize: int, base: Optional[memoryview], blob, length: int) -> bytes:
-    """The target tensor bytes; CorruptPatchError when the blob does not fit the header."""
-    if method == "zstd":
-        return zstd_decompress(blob, length)
-    if base is None:
-        raise CorruptPatchError(f"method {method} needs a base tensor but none is referenced")
-    if method == "bsdiff4":
-        try:
-            out = bsdiff4.patch(bytes(base), bytes(blob))
-        except Exception as exc:  # noqa: BLE001 - bsdiff4 raises bare ValueError/MemoryError on junk
-            raise CorruptPatchError(f"bsdiff4 patch does not apply: {exc}") from None
-        if len(out) != length:
-            raise CorruptPatchError(f"bsdiff4 patch gives {len(out)} bytes, expected {length}")
-        return out
-    if len(base) != length:
-        raise CorruptPatchError(f"{method} needs a base of {length} bytes, got {len(base)}")
-    if method == "sub_zstd":
-        diff = np.frombuffer(zstd_decompress(blob, length), np.uint8)
-        return (np.frombuffer(base, np.uint8) + diff).tobytes()
-    if method == "xor_zstd":
-        if itemsize < 1 or length % itemsize:
-            raise CorruptPatchError(f"tensor of {length} bytes does not split into {itemsize}-byte items")
-        planes = np.frombuffer(zstd_decompress(blob, length), np.uint8).reshape(itemsize, -1)
-        xor = np.ascontiguousarray(planes.T).reshape(-1)
-        return np.bitwise_xor(xor, np.frombuffer(base, np.uint8)).tobytes()
-    raise CorruptPatchError(f"unknown tensor method {method!r}")
+def zstd_decompress_into(write: Callable[[bytes], object], blob, size: int) -> None:
+    for block in _zstd_blocks(blob, size, BLOCK_BYTES):
+        write(block)
 
 
-def _xor_planes_zstd(base: memoryview, target: memoryview, itemsize: int) -> bytes:
-    xor = np.bitwise_xor(np.frombuffer(base, np.uint8), np.frombuffer(target, np.uint8))
-    rows = xor.reshape(-1, itemsize)
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj(size=len(xor))
-    parts = [compressor.compress(np.ascontiguousarray(rows[:, plane])) for plane in range(itemsize)]
-    parts.append(compressor.flush())
-    return b"".join(parts)
+class _Counter:
+    def write(self, chunk) -> int:
+        return len(chunk)
+
+
+def _rewind(out: BinaryIO, position: int) -> None:
+    out.seek(position)
+    out.truncate()
+
+
+def _planes(block: np.ndarray, itemsize: int) -> np.ndarray:
+    """Bytes of a block regrouped: all first bytes of each item, then all second bytes..."""
+    return np.ascontiguousarray(block.reshape(-1, itemsize).T)
+
+
+def _unplanes(planes: np.ndarray, itemsize: int) -> np.ndarray:
+    return np.ascontiguousarray(planes.reshape(itemsize, -1).T).reshape(-1)

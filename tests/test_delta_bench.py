@@ -1,0 +1,23 @@
+"""The delta benchmark's measuring loop on a tiny pair: every method runs, results are checked."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from delta_helpers import write_safetensors
+from edgecascade.bench_delta import METHODS, measure_pair
+
+
+def test_measure_pair_reports_every_method(tmp_path):
+    rng = np.random.default_rng(0)
+    body = {f"layer{i}": rng.standard_normal((128, 128)).astype(np.float32) for i in range(4)}
+    base = write_safetensors(tmp_path / "a.safetensors", {**body, "head": np.zeros((10, 128), np.float32)})
+    target = write_safetensors(tmp_path / "b.safetensors", {**body, "head": np.ones((10, 128), np.float32)})
+    result = measure_pair("head_only", base, target, tmp_path, baseline_mb=0.0)
+    assert result["full_bytes"] == target.stat().st_size
+    assert set(result["methods"]) == set(METHODS)
+    for method in METHODS:
+        m = result["methods"][method]
+        assert m["patch_bytes"] > 0 and m["diff_s"] >= 0 and m["apply_s"] >= 0 and m["peak_mb"] > 0
+    assert result["methods"]["tensor"]["format"] == "tensor"
+    assert result["checks"]["patch_le_2pct_of_full"]
