@@ -40,7 +40,6 @@ from shared.delta.layout import Layout, TensorSpan, detect_layout
 from shared.errors import CorruptPatchError
 
 MAGIC = b"ECDELTA1"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _HEADER_LEN = struct.Struct("<I")
 #: Send the full file when the delta is not below this fraction of the zstd-compressed file.
 FULL_FALLBACK_RATIO = 0.8
@@ -95,7 +94,7 @@ def build_payload(base_path: str | Path, target_path: str | Path) -> tuple[bytes
 def _tensor_payload(base, target, base_layout: Layout, target_layout: Layout) -> tuple[bytes, BuildStats]:
     base_view, target_view = memoryview(base), memoryview(target)
     base_by_name = {s.name: s for s in base_layout.spans}
-    base_by_hash: Optional[dict[bytes, TensorSpan]] = None
+    base_hashes: dict[bytes, TensorSpan] = {}  # filled on first use
     stats = BuildStats("tensor", layout=target_layout.format, tensors_total=len(target_layout.spans))
     body = _Body()
     entries: list[dict[str, Any]] = []
@@ -115,33 +114,16 @@ def _tensor_payload(base, target, base_layout: Layout, target_layout: Layout) ->
     for span in target_layout.spans:
         itemsize = span.itemsize if span.itemsize > 0 and span.length % span.itemsize == 0 else 1
         entry: dict[str, Any] = {"name": span.name, "offset": span.offset, "length": span.length, "itemsize": itemsize}
-        new = target_view[span.offset : span.end]
         old_span = base_by_name.get(span.name)
         if old_span is not None and _spans_equal(base, old_span, target, span):
             entry.update(method="copy", base=[old_span.offset, old_span.length])
-            stats.tensors_unchanged += 1
+        elif old_span is None and (same := _same_content(base, base_layout, base_hashes, target, span)) is not None:
+            entry.update(method="copy", base=[same.offset, same.length])
         else:
-            if old_span is None:
-                if base_by_hash is None:
-                    base_by_hash = {}
-                    for s in base_layout.spans:
-                        base_by_hash[_digest(base_view[s.offset : s.end])] = s
-                        drop_pages(base, s.offset, s.length)
-                same = base_by_hash.get(_digest(new))
-                if same is not None and same.length == span.length:
-                    entry.update(method="copy", base=[same.offset, same.length])
-                    stats.tensors_unchanged += 1
-            if "method" not in entry:
-                old = None if old_span is None else base_view[old_span.offset : old_span.end]
-                def release(at: int, n: int, span=span, old_span=old_span) -> None:
-                    drop_pages(target, span.offset + at, n)
-                    if old_span is not None:
-                        drop_pages(base, old_span.offset + at, n)
-
-                entry["at"], entry["len"], method = body.add_encoded(span.kind, itemsize, old, new, release)
-                entry["method"] = method
-                if method != "zstd":
-                    entry["base"] = [old_span.offset, old_span.length]
+            entry["at"], entry["len"], entry["method"] = body.add_encoded(base, old_span, target, span, itemsize)
+            if entry["method"] != "zstd":
+                entry["base"] = [old_span.offset, old_span.length]
+        stats.tensors_unchanged += entry["method"] == "copy"
         stats.methods[entry["method"]] = stats.methods.get(entry["method"], 0) + 1
         entries.append(entry)
         drop_pages(target, span.offset, span.length)
@@ -173,10 +155,21 @@ class _Body:
         self._out.write(blob)
         return at, len(blob)
 
-    def add_encoded(self, kind, itemsize: int, old: Optional[memoryview], new: memoryview, on_block=None) -> tuple[int, int, str]:
-        """Encode a tensor straight into the body; returns (offset, length, method)."""
+    def add_encoded(self, base, old_span: Optional[TensorSpan], target, span: TensorSpan, itemsize: int) -> tuple[int, int, str]:
+        """Encode a target tensor against its base tensor (or none) straight into the body.
+
+        Returns (offset in the body, length, method).
+        """
+
+        def release(at: int, n: int) -> None:
+            drop_pages(target, span.offset + at, n)
+            if old_span is not None:
+                drop_pages(base, old_span.offset + at, n)
+
+        old = None if old_span is None else memoryview(base)[old_span.offset : old_span.end]
+        new = memoryview(target)[span.offset : span.end]
         start = self._out.tell()
-        method = tensor_diff.encode_into(self._out, kind, itemsize, old, new, on_block)
+        method = tensor_diff.encode_into(self._out, span.kind, itemsize, old, new, release)
         return start - len(MAGIC), self._out.tell() - start, method
 
     def finish(self, header: dict[str, Any]) -> bytes:
@@ -214,6 +207,16 @@ def _spans_equal(base, base_span: TensorSpan, target, target_span: TensorSpan) -
         if not same:
             return False
     return True
+
+
+def _same_content(base, base_layout: Layout, base_hashes: dict, target, span: TensorSpan) -> Optional[TensorSpan]:
+    """A base tensor with exactly this target tensor's bytes (a renamed tensor), or None."""
+    if not base_hashes:
+        for s in base_layout.spans:
+            base_hashes[_digest(memoryview(base)[s.offset : s.end])] = s
+            drop_pages(base, s.offset, s.length)
+    same = base_hashes.get(_digest(memoryview(target)[span.offset : span.end]))
+    return same if same is not None and same.length == span.length else None
 
 
 def _digest(view: memoryview) -> bytes:
@@ -257,7 +260,7 @@ def mapped_file(path: str | Path) -> Iterator[Any]:
 
 def read_header(payload) -> tuple[dict[str, Any], tuple[int, int]]:
     """The header dict and the (start, end) of the body; a bare zstd frame is `{"format": "zstd"}`."""
-    if bytes(payload[:4]) == ZSTD_MAGIC:
+    if bytes(payload[:4]) == tensor_diff.ZSTD_MAGIC:
         try:
             size = zstandard.frame_content_size(bytes(payload[:18]))
         except zstandard.ZstdError as exc:
@@ -362,8 +365,6 @@ def _apply_tensor(
             drop_pages(base_mapped, o, n)
         pos = offset + length
     writer.write(glue[glue_at:])
-    if glue_at > len(glue):
-        raise CorruptPatchError("tensors run past the glue")
 
 
 @dataclass(frozen=True)
