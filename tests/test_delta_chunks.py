@@ -6,9 +6,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from delta_helpers import mlp_weights, nudge, write_onnx_mlp
-from shared.delta import PayloadAssembler, apply_verified, build_package, verify_manifest
+from shared.delta import PayloadAssembler, apply_verified, build_package, chunk_of, verify_manifest
 from shared.delta.manifest import SignedManifest
-from shared.errors import CorruptPatchError, OversizedPatchError, TruncatedPatchError
+from shared.errors import CorruptPatchError, InvalidInputError, OversizedPatchError, TruncatedPatchError
 
 CHUNK = 1024
 NOW = 1_700_000_000
@@ -29,7 +29,7 @@ def published(tmp_path):
 
 
 def chunk(payload: bytes, index: int) -> bytes:
-    return payload[index * CHUNK : (index + 1) * CHUNK]
+    return chunk_of(payload, CHUNK, index)
 
 
 def test_chunks_in_any_order_assemble_the_payload(published, tmp_path):
@@ -87,3 +87,5 @@ def test_bad_chunks_are_refused_with_their_reason(published, tmp_path):
         asm.add_chunk(0, chunk(payload, 0))
         with pytest.raises(TruncatedPatchError, match="missing"):
             asm.finish()
+    with pytest.raises(InvalidInputError, match="beyond"):
+        chunk_of(payload, CHUNK, manifest.chunk_count)

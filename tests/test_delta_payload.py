@@ -184,3 +184,26 @@ def _rewrite_header(payload: bytes, change) -> bytes:
     change(header)
     raw = json.dumps(header).encode()
     return payload[:start] + raw + struct.pack("<I", len(raw))
+
+
+def test_onnx_typed_float_data_is_a_span_too(tmp_path):
+    from onnx import TensorProto, helper
+
+    def write(path, values):
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["input", "W"], ["probs"])], "typed",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 32])],
+            [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, 32])],
+            initializer=[helper.make_tensor("W", TensorProto.FLOAT, [32, 32], values.ravel().tolist())],
+        )
+        onnx.save(helper.make_model(graph), str(path))
+        return path
+
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((32, 32)).astype(np.float32)
+    base = write(tmp_path / "a.onnx", w)
+    target = write(tmp_path / "b.onnx", nudge(w))
+    spans = detect_layout(base.read_bytes()).spans
+    assert [(s.name, s.kind, s.length) for s in spans] == [("W", "float", w.nbytes)]
+    payload = roundtrip(base, target)
+    assert methods(payload) == {"W": "xor_zstd"}

@@ -6,7 +6,7 @@ Agent side:  `verify_manifest` -> `PayloadAssembler` (chunks) -> `apply_verified
              or `verify_and_apply` when the whole payload is at hand.
 """
 
-from shared.delta.chunks import PayloadAssembler, chunk_hashes, verify_payload
+from shared.delta.chunks import PayloadAssembler, chunk_hashes, chunk_of, verify_payload
 from shared.delta.golden import Golden, check_golden, make_golden
 from shared.delta.install import atomic_write_bytes, install_file, previous_path, remove_stale_temps, restore_previous
 from shared.delta.manifest import Manifest, SignedManifest, parse_manifest, sign_manifest, verify_manifest
@@ -25,7 +25,7 @@ from shared.delta.signing import keygen, load_private_key, load_public_key
 __all__ = [
     "AppliedUpdate", "DeltaPackage", "Golden", "Manifest", "PayloadAssembler", "SignedManifest",
     "apply_in_subprocess", "apply_verified", "atomic_write_bytes", "build_package", "check_golden",
-    "chunk_hashes", "file_sha256", "install_file", "keygen", "load_private_key", "load_public_key",
+    "chunk_hashes", "chunk_of", "file_sha256", "install_file", "keygen", "load_private_key", "load_public_key",
     "make_golden", "parse_manifest", "payload_summary", "previous_path", "remove_stale_temps",
     "restore_previous", "sign_manifest", "verify_and_apply", "verify_manifest", "verify_payload",
 ]

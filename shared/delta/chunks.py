@@ -12,12 +12,19 @@ import os
 from pathlib import Path
 
 from shared.delta.manifest import Manifest
-from shared.errors import CorruptPatchError, OversizedPatchError, TruncatedPatchError
+from shared.errors import CorruptPatchError, InvalidInputError, OversizedPatchError, TruncatedPatchError
 
 
 def chunk_hashes(payload: bytes, chunk_size: int) -> list[str]:
     view = memoryview(payload)
     return [hashlib.sha256(view[i : i + chunk_size]).hexdigest() for i in range(0, len(view), chunk_size)]
+
+
+def chunk_of(payload: bytes, chunk_size: int, index: int) -> bytes:
+    """Chunk `index` of a payload (what a server sends for one chunk request)."""
+    if not 0 <= index * chunk_size < max(len(payload), 1):
+        raise InvalidInputError(f"chunk {index} is beyond a {len(payload)}-byte payload in {chunk_size}-byte chunks")
+    return payload[index * chunk_size : (index + 1) * chunk_size]
 
 
 def verify_payload(manifest: Manifest, payload: bytes) -> None:
