@@ -42,6 +42,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from shared.errors import ResultHashMismatchError
+
 METHODS = ("tensor", "bsdiff4", "zstd")
 HEAD_CLASSES = 77
 QUICK_MINILM_BYTES = 8 << 20
@@ -136,7 +138,7 @@ def measure_pair(name: str, base: Path, target: Path, workdir: Path, *, baseline
         diff = _in_fresh_child(_child_diff, method, str(base), str(target), str(patch), repeats)
         apply = _in_fresh_child(_child_apply, method, str(base), str(patch), str(out), repeats)
         if out.read_bytes() != target_bytes:
-            raise RuntimeError(f"{name}/{method}: patched file differs from the target")
+            raise ResultHashMismatchError(f"bench pair {name}, method {method}: patched file differs from the target")
         methods[method] = {
             "patch_bytes": patch.stat().st_size,
             "diff_s": round(diff.pop("diff_s"), 4),

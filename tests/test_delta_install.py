@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from shared.delta.install import (
     atomic_write_bytes,
     install_file,
@@ -19,6 +21,7 @@ from shared.delta.install import (
     remove_stale_temps,
     restore_previous,
 )
+from shared.errors import ConfigError
 
 SIZE = 1 << 20
 OLD, NEW = b"A" * SIZE, b"B" * SIZE
@@ -37,6 +40,14 @@ def test_install_keeps_the_previous_version_and_can_restore_it(tmp_path):
     restore_previous(dest)
     assert dest.read_bytes() == b"v1" and previous_path(dest).read_bytes() == b"v2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.prev"]
+
+
+def test_restore_without_a_previous_version_is_refused(tmp_path):
+    dest = tmp_path / "model.onnx"
+    atomic_write_bytes(dest, b"v1")
+    with pytest.raises(ConfigError, match="no previous version"):
+        restore_previous(dest)
+    assert dest.read_bytes() == b"v1"
 
 
 def test_install_from_another_directory_stages_next_to_dest(tmp_path):

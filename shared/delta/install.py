@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from shared.errors import ConfigError
+
 PREVIOUS_SUFFIX = ".prev"
 _TEMP_MARK = ".tmp-"
 
@@ -78,7 +80,7 @@ def restore_previous(dest: str | Path) -> None:
     dest = Path(dest)
     prev = previous_path(dest)
     if not prev.exists():
-        raise FileNotFoundError(f"no previous version {prev} to restore")
+        raise ConfigError(f"no previous version {prev} to restore")
     tmp = temp_path_for(dest)
     os.link(dest, tmp)
     try:
