@@ -6,7 +6,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from delta_helpers import mlp_weights, nudge, write_onnx_mlp
-from shared.delta import PayloadAssembler, apply_verified, build_package, chunk_of, verify_manifest
+from shared.delta import PayloadAssembler, apply_verified, build_package, chunk_of, install_file, previous_path, verify_manifest
 from shared.delta.manifest import SignedManifest
 from shared.errors import CorruptPatchError, InvalidInputError, OversizedPatchError, TruncatedPatchError
 
@@ -39,8 +39,12 @@ def test_chunks_in_any_order_assemble_the_payload(published, tmp_path):
             asm.add_chunk(index, chunk(payload, index))
         path = asm.finish()
     assert path.read_bytes() == payload
-    applied = apply_verified(manifest, path, base, tmp_path / "out.onnx")
+    old = base.read_bytes()
+    applied = apply_verified(manifest, path, base, tmp_path / ".model.onnx.new")
     assert applied.path.read_bytes() == target.read_bytes()
+    install_file(applied.path, base)
+    assert base.read_bytes() == target.read_bytes()
+    assert previous_path(base).read_bytes() == old
 
 
 def test_download_resumes_after_a_restart(published, tmp_path):
