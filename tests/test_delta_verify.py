@@ -135,6 +135,14 @@ def test_signed_but_invalid_manifest_is_bad_manifest(key, files, tmp_path):
         verify_and_apply(data, key.sign(data), b"", files[0], key.public_key(), active_version=1, now=NOW, out_path=tmp_path / "o")
 
 
+def test_manifest_file_must_be_a_plain_name(files, key, tmp_path):
+    pkg = package(files, key)
+    lying = SignedManifest.from_bytes(resign(pkg, key, file="../../etc/passwd"))
+    with pytest.raises(BadManifestError, match="file"):
+        verify_and_apply(lying.manifest_bytes, lying.signature, pkg.payload, files[0], key.public_key(),
+                         active_version=1, now=NOW, out_path=tmp_path / "o")
+
+
 def test_other_model_is_refused(files, key, tmp_path):
     with pytest.raises(WrongModelError):
         apply(package(files, key), files[0], key.public_key(), tmp_path, model_name="banking")

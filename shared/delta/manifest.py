@@ -38,8 +38,8 @@ class Manifest(BaseModel):
     """Monotonic; agents refuse a version <= the active one unless `rollback` is set."""
     rollback: bool = False
     """An explicit, signed rollback: allows a version at or below the active one."""
-    file: str = "model.onnx"
-    """Name of the weights file inside the bundle that the payload patches."""
+    file: str = Field(default="model.onnx", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    """Name of the weights file inside the bundle that the payload patches (a plain name, no path)."""
     base_sha256: str = Field(pattern=_SHA256)
     base_size: int = Field(ge=0)
     target_sha256: str = Field(pattern=_SHA256)

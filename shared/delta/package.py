@@ -80,7 +80,7 @@ def build_package(
         model_name=model_name,
         version=version,
         rollback=rollback,
-        file=file_name or Path(target_path).name,
+        file=file_name or Path(base_path).name,
         base_sha256=file_sha256(base_path),
         base_size=os.path.getsize(base_path),
         target_sha256=file_sha256(target_path),
