@@ -160,6 +160,7 @@ def test_truncated_safetensors_header_is_treated_as_opaque(tmp_path):
     [
         lambda p: b"NOTDELTA" + p[8:],
         lambda p: p[:-5] + b"x" + p[-4:],
+        lambda p: _rewrite_raw_header(p, b"not json"),
         lambda p: p[:-4] + struct.pack("<I", len(p)),
         lambda p: p[: len(p) // 2],
         lambda p: _rewrite_header(p, lambda h: h["tensors"][0].update(offset=10**9)),
@@ -177,14 +178,19 @@ def test_malformed_payloads_fail_as_corrupt_patch(tmp_path, mutate):
         apply_payload(mutate(payload), base.read_bytes(), io.BytesIO())
 
 
+def _rewrite_raw_header(payload: bytes, raw_json: bytes) -> bytes:
+    (length,) = struct.unpack_from("<I", payload, len(payload) - 4)
+    raw = zstandard.ZstdCompressor().compress(raw_json)
+    return payload[: len(payload) - 4 - length] + raw + struct.pack("<I", len(raw))
+
+
 def _rewrite_header(payload: bytes, change) -> bytes:
     (length,) = struct.unpack_from("<I", payload, len(payload) - 4)
     start = len(payload) - 4 - length
-    header = json.loads(payload[start : start + length])
+    header = json.loads(zstandard.ZstdDecompressor().decompress(payload[start : start + length]))
     change(header)
-    raw = json.dumps(header).encode()
+    raw = zstandard.ZstdCompressor().compress(json.dumps(header).encode())
     return payload[:start] + raw + struct.pack("<I", len(raw))
-
 
 def test_onnx_typed_float_data_is_a_span_too(tmp_path):
     from onnx import TensorProto, helper

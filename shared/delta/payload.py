@@ -4,7 +4,7 @@ A payload is either a bare zstd frame holding the whole target file (format `zst
 when a delta would not save enough; nothing is added to it, so it is never larger than the
 compressed file), or
 
-    b"ECDELTA1" | body (blobs) | header (JSON) | u32 little-endian header length
+    b"ECDELTA1" | body (blobs) | header (zstd-compressed JSON) | u32 little-endian header length
 
 The header comes last so the builder can stream blobs out as it makes them and never holds
 the body twice. `header.format` is one of
@@ -173,7 +173,7 @@ class _Body:
         return start - len(MAGIC), self._out.tell() - start, method
 
     def finish(self, header: dict[str, Any]) -> bytes:
-        header_bytes = json.dumps(header, separators=(",", ":")).encode()
+        header_bytes = tensor_diff.zstd_compress(json.dumps(header, separators=(",", ":")).encode())
         self._out.write(header_bytes)
         self._out.write(_HEADER_LEN.pack(len(header_bytes)))
         return self._out.getvalue()
@@ -275,8 +275,15 @@ def read_header(payload) -> tuple[dict[str, Any], tuple[int, int]]:
     body_end = size - _HEADER_LEN.size - header_len
     if header_len > _MAX_HEADER_BYTES or body_end < len(MAGIC):
         raise CorruptPatchError(f"payload header length {header_len} does not fit a {size}-byte payload")
+    raw = bytes(payload[body_end : body_end + header_len])
     try:
-        header = json.loads(bytes(payload[body_end : body_end + header_len]))
+        json_size = zstandard.frame_content_size(raw)
+    except zstandard.ZstdError as exc:
+        raise CorruptPatchError(f"payload header is not a zstd frame: {exc}") from None
+    if not 0 <= json_size <= _MAX_HEADER_BYTES:
+        raise CorruptPatchError(f"payload header states {json_size} bytes of JSON (limit {_MAX_HEADER_BYTES})")
+    try:
+        header = json.loads(tensor_diff.zstd_decompress(raw, json_size))
     except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptPatchError(f"payload header is not JSON: {exc}") from None
     if not isinstance(header, dict) or header.get("format") not in ("tensor", "bsdiff4"):
