@@ -8,8 +8,10 @@ For each (base, target) model pair it measures, per method:
 - `peak_mb`: peak resident memory of a fresh (spawned) child process that does only the diff
   (its `VmHWM`: interpreter and imports included, mmapped file pages included; `ru_maxrss`
   is not used because Linux carries it across fork+exec from the parent).
-  `peak_extra_mb` subtracts `rss_baseline_mb`, the peak of an identical child that does nothing.
-  `apply_peak_mb` is the same for the apply step.
+  `peak_extra_mb`: the part of that peak the diff itself adds: the child resets its `VmHWM`
+  (`/proc/self/clear_refs`) just before the step and subtracts the RSS it had then. Where
+  that is impossible, `rss_baseline_mb` (an idle child's peak) is subtracted instead.
+  `apply_peak_mb` / `apply_peak_extra_mb` are the same for the apply step.
 
 Methods: `tensor` (ours: `shared.delta.payload.build_payload`, with its full-file fallback),
 `bsdiff4` (whole file), `zstd` (full target, level `ZSTD_LEVEL`). Every patch is applied and
@@ -38,7 +40,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -52,20 +54,55 @@ QUICK_MINILM_BYTES = 8 << 20
 # --- measurement (runs in fresh child processes) ---------------------------------------------
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process image, in MiB.
-
-    `VmHWM` from /proc/self/status where there is one: unlike `ru_maxrss`, it starts afresh at
-    exec, so a spawned child does not inherit the parent's (much larger) peak.
-    """
+def _status_mb(field: str) -> Optional[float]:
+    """A memory field of /proc/self/status (VmHWM, VmRSS) in MiB, or None where there is none."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0  # kB
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+    return None
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process image, in MiB.
+
+    `VmHWM` where there is one: unlike `ru_maxrss`, it starts afresh at exec, so a spawned
+    child does not inherit the parent's (much larger) peak.
+    """
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _reset_peak() -> Optional[float]:
+    """Restart the VmHWM count at the current RSS (Linux `clear_refs` 5); the RSS now, or None."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return _status_mb("VmRSS")
+
+
+class _Peak:
+    """Peak memory of the measured steps: whole process, and above the RSS just before each step."""
+
+    def __init__(self) -> None:
+        self.extra_mb: Optional[float] = None
+
+    def step(self) -> "_Peak":
+        self._before = _reset_peak()
+        return self
+
+    def __enter__(self) -> "_Peak":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._before is not None:
+            extra = _peak_rss_mb() - self._before
+            self.extra_mb = extra if self.extra_mb is None else max(self.extra_mb, extra)
 
 
 def _child_baseline() -> float:
@@ -84,21 +121,22 @@ def _child_diff(method: str, base: str, target: str, patch: str, repeats: int) -
     from shared.delta.payload import build_payload
     from shared.delta.tensor_diff import ZSTD_LEVEL
 
-    best, info = float("inf"), {}
+    best, info, peak = float("inf"), {}, _Peak()
     for _ in range(repeats):
-        start = time.perf_counter()
-        if method == "tensor":
-            data, stats = build_payload(base, target)
-            info = {"format": stats.format, "tensor_methods": stats.methods,
-                    "tensors_total": stats.tensors_total, "tensors_unchanged": stats.tensors_unchanged}
-        elif method == "bsdiff4":
-            data = bsdiff4.diff(Path(base).read_bytes(), Path(target).read_bytes())
-        else:
-            data = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(Path(target).read_bytes())
-        best = min(best, time.perf_counter() - start)
+        with peak.step():
+            start = time.perf_counter()
+            if method == "tensor":
+                data, stats = build_payload(base, target)
+                info = {"format": stats.format, "tensor_methods": stats.methods,
+                        "tensors_total": stats.tensors_total, "tensors_unchanged": stats.tensors_unchanged}
+            elif method == "bsdiff4":
+                data = bsdiff4.diff(Path(base).read_bytes(), Path(target).read_bytes())
+            else:
+                data = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(Path(target).read_bytes())
+            best = min(best, time.perf_counter() - start)
         Path(patch).write_bytes(data)
         del data
-    return {"diff_s": best, "peak_mb": _peak_rss_mb(), **info}
+    return {"diff_s": best, "peak_mb": _peak_rss_mb(), "step_peak_mb": peak.extra_mb, **info}
 
 
 def _child_apply(method: str, base: str, patch: str, out: str, repeats: int) -> dict[str, Any]:
@@ -107,18 +145,19 @@ def _child_apply(method: str, base: str, patch: str, out: str, repeats: int) -> 
 
     from shared.delta.payload import apply_payload, mapped_file
 
-    best = float("inf")
+    best, peak = float("inf"), _Peak()
     for _ in range(repeats):
-        start = time.perf_counter()
-        if method == "tensor":
-            with mapped_file(patch) as payload, mapped_file(base) as base_data, open(out, "wb") as f:
-                apply_payload(payload, base_data, f)
-        elif method == "bsdiff4":
-            Path(out).write_bytes(bsdiff4.patch(Path(base).read_bytes(), Path(patch).read_bytes()))
-        else:
-            Path(out).write_bytes(zstandard.ZstdDecompressor().decompress(Path(patch).read_bytes()))
-        best = min(best, time.perf_counter() - start)
-    return {"apply_s": best, "apply_peak_mb": _peak_rss_mb()}
+        with peak.step():
+            start = time.perf_counter()
+            if method == "tensor":
+                with mapped_file(patch) as payload, mapped_file(base) as base_data, open(out, "wb") as f:
+                    apply_payload(payload, base_data, f)
+            elif method == "bsdiff4":
+                Path(out).write_bytes(bsdiff4.patch(Path(base).read_bytes(), Path(patch).read_bytes()))
+            else:
+                Path(out).write_bytes(zstandard.ZstdDecompressor().decompress(Path(patch).read_bytes()))
+            best = min(best, time.perf_counter() - start)
+    return {"apply_s": best, "apply_peak_mb": _peak_rss_mb(), "step_peak_mb": peak.extra_mb}
 
 
 def _in_fresh_child(fn: Callable[..., Any], *args: Any) -> Any:
@@ -139,15 +178,19 @@ def measure_pair(name: str, base: Path, target: Path, workdir: Path, *, baseline
         apply = _in_fresh_child(_child_apply, method, str(base), str(patch), str(out), repeats)
         if out.read_bytes() != target_bytes:
             raise ResultHashMismatchError(f"bench pair {name}, method {method}: patched file differs from the target")
+        diff_extra = diff.pop("step_peak_mb")
+        apply_extra = apply.pop("step_peak_mb")
         methods[method] = {
             "patch_bytes": patch.stat().st_size,
             "diff_s": round(diff.pop("diff_s"), 4),
             "apply_s": round(apply["apply_s"], 4),
             "peak_mb": round(diff["peak_mb"], 1),
-            "peak_extra_mb": round(diff.pop("peak_mb") - baseline_mb, 1),
+            "peak_extra_mb": round(diff_extra if diff_extra is not None else diff["peak_mb"] - baseline_mb, 1),
             "apply_peak_mb": round(apply["apply_peak_mb"], 1),
-            **diff,
+            "apply_peak_extra_mb": round(apply_extra if apply_extra is not None else apply["apply_peak_mb"] - baseline_mb, 1),
         }
+        diff.pop("peak_mb")
+        methods[method].update(diff)
         patch.unlink()
         out.unlink()
     return {"name": name, "full_bytes": full_bytes, "methods": methods, "checks": _checks(name, full_bytes, methods)}
