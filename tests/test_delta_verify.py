@@ -257,6 +257,10 @@ def test_build_refuses_nonsense_expiry(files, key):
 
     with pytest.raises(InvalidInputError):
         package(files, key, expires_in_s=0)
+    with pytest.raises(InvalidInputError, match="version"):
+        package(files, key, version=0)
+    with pytest.raises(InvalidInputError, match="file"):
+        package(files, key, file_name="../model.onnx")
 
 
 def test_manifest_uses_wall_clock_when_now_is_not_given(files, key):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import ValidationError
 
 import shared
 from shared.delta.chunks import chunk_hashes, verify_payload
@@ -76,7 +77,7 @@ def build_package(
     payload, _ = build_payload(base_path, target_path)
     header, _ = read_header(payload)
     issued_at = int(time.time() if now is None else now)
-    manifest = Manifest(
+    fields = dict(
         model_name=model_name,
         version=version,
         rollback=rollback,
@@ -96,6 +97,11 @@ def build_package(
         policy=policy,
         card=card,
     )
+    try:
+        manifest = Manifest(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InvalidInputError(f"cannot build manifest: field {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
     return DeltaPackage(sign_manifest(manifest, signing_key).to_bytes(), payload)
 
 
