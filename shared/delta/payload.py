@@ -46,7 +46,7 @@ FULL_FALLBACK_RATIO = 0.8
 #: Opaque files above this are sent whole: whole-file bsdiff4 needs ~17x their size in memory.
 WHOLE_BSDIFF_MAX_BYTES = 256 << 20
 _MAX_HEADER_BYTES = 64 << 20
-DROP_PAGES_MIN_BYTES = 1 << 20
+DROP_PAGES_MIN_BYTES = 64 << 10
 
 
 @dataclass
