@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/edgecascade.proto\x12\x0e\x65\x64gecascade.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"<\n\x07Signals\x12\x10\n\x08max_prob\x18\x01 \x01(\x02\x12\x0e\n\x06margin\x18\x02 \x01(\x02\x12\x0f\n\x07\x65ntropy\x18\x03 \x01(\x02\"\x9a\x01\n\x0cInferRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12(\n\x06tensor\x18\x03 \x01(\x0b\x32\x16.edgecascade.v1.TensorH\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x12\n\ntimeout_ms\x18\x06 \x01(\x01\x42\x07\n\x05input\"\xc6\x02\n\rInferResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\tserved_by\x18\x02 \x01(\x0e\x32\x15.edgecascade.v1.Route\x12\r\n\x05label\x18\x03 \x01(\x05\x12\x12\n\nlabel_name\x18\x04 \x01(\t\x12-\n\rprobabilities\x18\x05 \x01(\x0b\x32\x16.edgecascade.v1.Tensor\x12(\n\x07signals\x18\x06 \x01(\x0b\x32\x17.edgecascade.v1.Signals\x12\x12\n\nmodel_name\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x0f\n\x07\x65\x64ge_ms\x18\t \x01(\x01\x12\x10\n\x08\x63loud_ms\x18\n \x01(\x01\x12\x14\n\x0c\x64\x65\x66\x65r_reason\x18\x0b \x01(\t\x12\x17\n\x0f\x66\x61llback_reason\x18\x0c \x01(\t\"\x0f\n\rStatusRequest\"\x84\x02\n\x0b\x41gentStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rbreaker_state\x18\x04 \x01(\t\x12\x42\n\x0croute_counts\x18\x05 \x03(\x0b\x32,.edgecascade.v1.AgentStatus.RouteCountsEntry\x12\x11\n\tthreshold\x18\x06 \x01(\x01\x12\x16\n\x0e\x63loud_pressure\x18\x07 \x01(\x01\x1a\x32\n\x10RouteCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"X\n\x0cRouterStatus\x12\x11\n\trouter_id\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\x03\x12\x10\n\x08pressure\x18\x04 \x01(\x01*F\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x08\n\x04\x45\x44GE\x10\x01\x12\t\n\x05\x43LOUD\x10\x02\x12\x11\n\rEDGE_FALLBACK\x10\x03\x32\x9a\x01\n\tEdgeAgent\x12\x44\n\x05Infer\x12\x1c.edgecascade.v1.InferRequest\x1a\x1d.edgecascade.v1.InferResponse\x12G\n\tGetStatus\x12\x1d.edgecascade.v1.StatusRequest\x1a\x1b.edgecascade.v1.AgentStatus2\x9d\x01\n\x0b\x43loudRouter\x12\x44\n\x05Infer\x12\x1c.edgecascade.v1.InferRequest\x1a\x1d.edgecascade.v1.InferResponse\x12H\n\tGetStatus\x12\x1d.edgecascade.v1.StatusRequest\x1a\x1c.edgecascade.v1.RouterStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/edgecascade.proto\x12\x0e\x65\x64gecascade.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"<\n\x07Signals\x12\x10\n\x08max_prob\x18\x01 \x01(\x02\x12\x0e\n\x06margin\x18\x02 \x01(\x02\x12\x0f\n\x07\x65ntropy\x18\x03 \x01(\x02\"\x9a\x01\n\x0cInferRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12(\n\x06tensor\x18\x03 \x01(\x0b\x32\x16.edgecascade.v1.TensorH\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x12\n\ntimeout_ms\x18\x06 \x01(\x01\x42\x07\n\x05input\"\xc6\x02\n\rInferResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\tserved_by\x18\x02 \x01(\x0e\x32\x15.edgecascade.v1.Route\x12\r\n\x05label\x18\x03 \x01(\x05\x12\x12\n\nlabel_name\x18\x04 \x01(\t\x12-\n\rprobabilities\x18\x05 \x01(\x0b\x32\x16.edgecascade.v1.Tensor\x12(\n\x07signals\x18\x06 \x01(\x0b\x32\x17.edgecascade.v1.Signals\x12\x12\n\nmodel_name\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x0f\n\x07\x65\x64ge_ms\x18\t \x01(\x01\x12\x10\n\x08\x63loud_ms\x18\n \x01(\x01\x12\x14\n\x0c\x64\x65\x66\x65r_reason\x18\x0b \x01(\t\x12\x17\n\x0f\x66\x61llback_reason\x18\x0c \x01(\t\"\x0f\n\rStatusRequest\"\xf7\x03\n\x0b\x41gentStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rbreaker_state\x18\x04 \x01(\t\x12\x42\n\x0croute_counts\x18\x05 \x03(\x0b\x32,.edgecascade.v1.AgentStatus.RouteCountsEntry\x12\x11\n\tthreshold\x18\x06 \x01(\x01\x12\x16\n\x0e\x63loud_pressure\x18\x07 \x01(\x01\x12\x15\n\rpolicy_signal\x18\x08 \x01(\t\x12\x16\n\x0e\x62\x61se_threshold\x18\t \x01(\x01\x12\x1a\n\rmin_threshold\x18\n \x01(\x01H\x00\x88\x01\x01\x12H\n\x0f\x66\x61llback_counts\x18\x0b \x03(\x0b\x32/.edgecascade.v1.AgentStatus.FallbackCountsEntry\x12\x13\n\x0b\x63loud_model\x18\x0c \x01(\t\x1a\x32\n\x10RouteCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x35\n\x13\x46\x61llbackCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\x10\n\x0e_min_threshold\"X\n\x0cRouterStatus\x12\x11\n\trouter_id\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\x03\x12\x10\n\x08pressure\x18\x04 \x01(\x01\"S\n\x10HeartbeatRequest\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x1b.edgecascade.v1.AgentStatus\x12\x12\n\ninterval_s\x18\x02 \x01(\x01\"\x81\x01\n\x11HeartbeatResponse\x12\x11\n\trouter_id\x18\x01 \x01(\t\x12\x10\n\x08pressure\x18\x02 \x01(\x01\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\x03\x12\x18\n\x10\x62udget_agent_rps\x18\x04 \x01(\x01\x12\x18\n\x10\x62udget_fleet_rps\x18\x05 \x01(\x01\"}\n\nFleetEntry\x12*\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x1b.edgecascade.v1.AgentStatus\x12\x18\n\x10last_seen_unix_s\x18\x02 \x01(\x01\x12\x16\n\x0e\x65xpires_unix_s\x18\x03 \x01(\x01\x12\x11\n\trouter_id\x18\x04 \x01(\t\"\x0e\n\x0c\x46leetRequest\"9\n\x0b\x46leetStatus\x12*\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x1a.edgecascade.v1.FleetEntry\"\x9a\x01\n\tWorkReply\x12\x0e\n\x06ticket\x18\x01 \x01(\t\x12-\n\rprobabilities\x18\x02 \x01(\x0b\x32\x16.edgecascade.v1.Tensor\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\x10\n\x08model_ms\x18\x06 \x01(\x01*F\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x08\n\x04\x45\x44GE\x10\x01\x12\t\n\x05\x43LOUD\x10\x02\x12\x11\n\rEDGE_FALLBACK\x10\x03\x32\x9a\x01\n\tEdgeAgent\x12\x44\n\x05Infer\x12\x1c.edgecascade.v1.InferRequest\x1a\x1d.edgecascade.v1.InferResponse\x12G\n\tGetStatus\x12\x1d.edgecascade.v1.StatusRequest\x1a\x1b.edgecascade.v1.AgentStatus2\xb6\x02\n\x0b\x43loudRouter\x12\x44\n\x05Infer\x12\x1c.edgecascade.v1.InferRequest\x1a\x1d.edgecascade.v1.InferResponse\x12H\n\tGetStatus\x12\x1d.edgecascade.v1.StatusRequest\x1a\x1c.edgecascade.v1.RouterStatus\x12P\n\tHeartbeat\x12 .edgecascade.v1.HeartbeatRequest\x1a!.edgecascade.v1.HeartbeatResponse\x12\x45\n\x08GetFleet\x12\x1c.edgecascade.v1.FleetRequest\x1a\x1b.edgecascade.v1.FleetStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENTSTATUS_ROUTECOUNTSENTRY']._loaded_options = None
   _globals['_AGENTSTATUS_ROUTECOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_ROUTE']._serialized_start=1016
-  _globals['_ROUTE']._serialized_end=1086
+  _globals['_AGENTSTATUS_FALLBACKCOUNTSENTRY']._loaded_options = None
+  _globals['_AGENTSTATUS_FALLBACKCOUNTSENTRY']._serialized_options = b'8\001'
+  _globals['_ROUTE']._serialized_start=1835
+  _globals['_ROUTE']._serialized_end=1905
   _globals['_TENSOR']._serialized_start=44
   _globals['_TENSOR']._serialized_end=96
   _globals['_SIGNALS']._serialized_start=98
@@ -46,13 +48,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=646
   _globals['_STATUSREQUEST']._serialized_end=661
   _globals['_AGENTSTATUS']._serialized_start=664
-  _globals['_AGENTSTATUS']._serialized_end=924
-  _globals['_AGENTSTATUS_ROUTECOUNTSENTRY']._serialized_start=874
-  _globals['_AGENTSTATUS_ROUTECOUNTSENTRY']._serialized_end=924
-  _globals['_ROUTERSTATUS']._serialized_start=926
-  _globals['_ROUTERSTATUS']._serialized_end=1014
-  _globals['_EDGEAGENT']._serialized_start=1089
-  _globals['_EDGEAGENT']._serialized_end=1243
-  _globals['_CLOUDROUTER']._serialized_start=1246
-  _globals['_CLOUDROUTER']._serialized_end=1403
+  _globals['_AGENTSTATUS']._serialized_end=1167
+  _globals['_AGENTSTATUS_ROUTECOUNTSENTRY']._serialized_start=1044
+  _globals['_AGENTSTATUS_ROUTECOUNTSENTRY']._serialized_end=1094
+  _globals['_AGENTSTATUS_FALLBACKCOUNTSENTRY']._serialized_start=1096
+  _globals['_AGENTSTATUS_FALLBACKCOUNTSENTRY']._serialized_end=1149
+  _globals['_ROUTERSTATUS']._serialized_start=1169
+  _globals['_ROUTERSTATUS']._serialized_end=1257
+  _globals['_HEARTBEATREQUEST']._serialized_start=1259
+  _globals['_HEARTBEATREQUEST']._serialized_end=1342
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1345
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1474
+  _globals['_FLEETENTRY']._serialized_start=1476
+  _globals['_FLEETENTRY']._serialized_end=1601
+  _globals['_FLEETREQUEST']._serialized_start=1603
+  _globals['_FLEETREQUEST']._serialized_end=1617
+  _globals['_FLEETSTATUS']._serialized_start=1619
+  _globals['_FLEETSTATUS']._serialized_end=1676
+  _globals['_WORKREPLY']._serialized_start=1679
+  _globals['_WORKREPLY']._serialized_end=1833
+  _globals['_EDGEAGENT']._serialized_start=1908
+  _globals['_EDGEAGENT']._serialized_end=2062
+  _globals['_CLOUDROUTER']._serialized_start=2065
+  _globals['_CLOUDROUTER']._serialized_end=2375
 # @@protoc_insertion_point(module_scope)

@@ -87,8 +87,15 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("agent_id", "model_name", "model_version", "breaker_state", "route_counts", "threshold", "cloud_pressure")
+    __slots__ = ("agent_id", "model_name", "model_version", "breaker_state", "route_counts", "threshold", "cloud_pressure", "policy_signal", "base_threshold", "min_threshold", "fallback_counts", "cloud_model")
     class RouteCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class FallbackCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +109,11 @@ class AgentStatus(_message.Message):
     ROUTE_COUNTS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     CLOUD_PRESSURE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    BASE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_MODEL_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     model_name: str
     model_version: str
@@ -109,7 +121,12 @@ class AgentStatus(_message.Message):
     route_counts: _containers.ScalarMap[str, int]
     threshold: float
     cloud_pressure: float
-    def __init__(self, agent_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., breaker_state: _Optional[str] = ..., route_counts: _Optional[_Mapping[str, int]] = ..., threshold: _Optional[float] = ..., cloud_pressure: _Optional[float] = ...) -> None: ...
+    policy_signal: str
+    base_threshold: float
+    min_threshold: float
+    fallback_counts: _containers.ScalarMap[str, int]
+    cloud_model: str
+    def __init__(self, agent_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., breaker_state: _Optional[str] = ..., route_counts: _Optional[_Mapping[str, int]] = ..., threshold: _Optional[float] = ..., cloud_pressure: _Optional[float] = ..., policy_signal: _Optional[str] = ..., base_threshold: _Optional[float] = ..., min_threshold: _Optional[float] = ..., fallback_counts: _Optional[_Mapping[str, int]] = ..., cloud_model: _Optional[str] = ...) -> None: ...
 
 class RouterStatus(_message.Message):
     __slots__ = ("router_id", "models", "queue_depth", "pressure")
@@ -122,3 +139,63 @@ class RouterStatus(_message.Message):
     queue_depth: int
     pressure: float
     def __init__(self, router_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., queue_depth: _Optional[int] = ..., pressure: _Optional[float] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("status", "interval_s")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    status: AgentStatus
+    interval_s: float
+    def __init__(self, status: _Optional[_Union[AgentStatus, _Mapping]] = ..., interval_s: _Optional[float] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("router_id", "pressure", "queue_depth", "budget_agent_rps", "budget_fleet_rps")
+    ROUTER_ID_FIELD_NUMBER: _ClassVar[int]
+    PRESSURE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_AGENT_RPS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FLEET_RPS_FIELD_NUMBER: _ClassVar[int]
+    router_id: str
+    pressure: float
+    queue_depth: int
+    budget_agent_rps: float
+    budget_fleet_rps: float
+    def __init__(self, router_id: _Optional[str] = ..., pressure: _Optional[float] = ..., queue_depth: _Optional[int] = ..., budget_agent_rps: _Optional[float] = ..., budget_fleet_rps: _Optional[float] = ...) -> None: ...
+
+class FleetEntry(_message.Message):
+    __slots__ = ("agent", "last_seen_unix_s", "expires_unix_s", "router_id")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_ID_FIELD_NUMBER: _ClassVar[int]
+    agent: AgentStatus
+    last_seen_unix_s: float
+    expires_unix_s: float
+    router_id: str
+    def __init__(self, agent: _Optional[_Union[AgentStatus, _Mapping]] = ..., last_seen_unix_s: _Optional[float] = ..., expires_unix_s: _Optional[float] = ..., router_id: _Optional[str] = ...) -> None: ...
+
+class FleetRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FleetStatus(_message.Message):
+    __slots__ = ("agents",)
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    agents: _containers.RepeatedCompositeFieldContainer[FleetEntry]
+    def __init__(self, agents: _Optional[_Iterable[_Union[FleetEntry, _Mapping]]] = ...) -> None: ...
+
+class WorkReply(_message.Message):
+    __slots__ = ("ticket", "probabilities", "error_code", "error_message", "worker_id", "model_ms")
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_MS_FIELD_NUMBER: _ClassVar[int]
+    ticket: str
+    probabilities: Tensor
+    error_code: str
+    error_message: str
+    worker_id: str
+    model_ms: float
+    def __init__(self, ticket: _Optional[str] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., worker_id: _Optional[str] = ..., model_ms: _Optional[float] = ...) -> None: ...

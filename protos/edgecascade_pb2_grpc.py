@@ -163,6 +163,16 @@ class CloudRouterStub:
                 request_serializer=protos_dot_edgecascade__pb2.StatusRequest.SerializeToString,
                 response_deserializer=protos_dot_edgecascade__pb2.RouterStatus.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/edgecascade.v1.CloudRouter/Heartbeat',
+                request_serializer=protos_dot_edgecascade__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=protos_dot_edgecascade__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
+        self.GetFleet = channel.unary_unary(
+                '/edgecascade.v1.CloudRouter/GetFleet',
+                request_serializer=protos_dot_edgecascade__pb2.FleetRequest.SerializeToString,
+                response_deserializer=protos_dot_edgecascade__pb2.FleetStatus.FromString,
+                _registered_method=True)
 
 
 class CloudRouterServicer:
@@ -181,6 +191,18 @@ class CloudRouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFleet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CloudRouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +215,16 @@ def add_CloudRouterServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=protos_dot_edgecascade__pb2.StatusRequest.FromString,
                     response_serializer=protos_dot_edgecascade__pb2.RouterStatus.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=protos_dot_edgecascade__pb2.HeartbeatRequest.FromString,
+                    response_serializer=protos_dot_edgecascade__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'GetFleet': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFleet,
+                    request_deserializer=protos_dot_edgecascade__pb2.FleetRequest.FromString,
+                    response_serializer=protos_dot_edgecascade__pb2.FleetStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -250,6 +282,60 @@ class CloudRouter:
             '/edgecascade.v1.CloudRouter/GetStatus',
             protos_dot_edgecascade__pb2.StatusRequest.SerializeToString,
             protos_dot_edgecascade__pb2.RouterStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgecascade.v1.CloudRouter/Heartbeat',
+            protos_dot_edgecascade__pb2.HeartbeatRequest.SerializeToString,
+            protos_dot_edgecascade__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFleet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgecascade.v1.CloudRouter/GetFleet',
+            protos_dot_edgecascade__pb2.FleetRequest.SerializeToString,
+            protos_dot_edgecascade__pb2.FleetStatus.FromString,
             options,
             channel_credentials,
             insecure,

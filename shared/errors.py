@@ -33,6 +33,10 @@ class OverloadedError(EdgecascadeError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class CloudBudgetError(OverloadedError):
+    """The cloud budget (deferrals per second, per agent or fleet-wide) is spent for now."""
+
+
 class DeadlineError(EdgecascadeError):
     """The request's deadline passed before it could be served."""
 
@@ -159,6 +163,22 @@ _BY_CODE: dict[grpc.StatusCode, type[EdgecascadeError]] = {
 }
 
 
+#: Trailing-metadata key naming the error class of a failed call (see `shared.grpc_errors`).
+ERROR_CLASS_KEY = "edgecascade-error"
+
+
 def error_for_code(code: grpc.StatusCode, message: str) -> EdgecascadeError:
     """The typed error a client raises for a gRPC status (the inverse of `.code`)."""
     return _BY_CODE.get(code, EdgecascadeError)(message)
+
+
+def error_named(class_name: str, message: str) -> EdgecascadeError:
+    """The typed error whose class is called `class_name` (from a reply or trailer); the base
+    class when no edgecascade error has that name."""
+    pending = [EdgecascadeError]
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == class_name:
+            return cls(message)
+        pending.extend(cls.__subclasses__())
+    return EdgecascadeError(message)

@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
-from shared.errors import EdgecascadeError
+from shared.errors import ERROR_CLASS_KEY, EdgecascadeError
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -16,6 +16,8 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 def grpc_errors(method: F) -> F:
     """Decorate an async servicer method: typed errors abort with their code, others INTERNAL.
+    The error's class name travels in the trailing metadata (`ERROR_CLASS_KEY`), so a caller can
+    tell two errors with one code apart (a spent cloud budget from a full queue).
 
     The daemon keeps serving either way; an unexpected exception is logged with its trace
     but the caller sees only a one-line message.
@@ -26,7 +28,7 @@ def grpc_errors(method: F) -> F:
         try:
             return await method(self, request, context)
         except EdgecascadeError as exc:
-            await context.abort(exc.code, str(exc))
+            await context.abort(exc.code, str(exc), trailing_metadata=((ERROR_CLASS_KEY, type(exc).__name__),))
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - the boundary: never leak a trace to a caller

@@ -1,0 +1,80 @@
+"""The fleet registry: which edge agents are alive, what they run, how they route.
+
+Agents heartbeat to a router; the router records a `FleetEntry` that expires `ttl_s` after
+the last heartbeat, so a silent agent disappears on its own. With Redis every router replica
+writes to one registry (JSON entries with a TTL plus a sorted-set index, no SCAN); without,
+the registry lives in the router process.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from google.protobuf import json_format
+
+from cloud_router.redis_keys import RedisKeys
+from protos import edgecascade_pb2 as pb
+
+
+class FleetRegistry(Protocol):
+    async def record(self, status: pb.AgentStatus, *, router_id: str, ttl_s: float) -> pb.FleetEntry: ...
+    async def entries(self) -> list[pb.FleetEntry]: ...
+
+
+def new_entry(status: pb.AgentStatus, *, router_id: str, ttl_s: float, now_s: float) -> pb.FleetEntry:
+    return pb.FleetEntry(agent=status, last_seen_unix_s=now_s, expires_unix_s=now_s + ttl_s, router_id=router_id)
+
+
+def entry_to_dict(entry: pb.FleetEntry) -> dict[str, Any]:
+    return json_format.MessageToDict(entry, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def entry_from_json(raw: str | bytes) -> pb.FleetEntry:
+    return json_format.Parse(raw, pb.FleetEntry(), ignore_unknown_fields=True)
+
+
+class MemoryFleetRegistry:
+    def __init__(self, clock=time.time) -> None:
+        self._clock = clock
+        self._entries: dict[str, pb.FleetEntry] = {}
+
+    async def record(self, status: pb.AgentStatus, *, router_id: str, ttl_s: float) -> pb.FleetEntry:
+        entry = new_entry(status, router_id=router_id, ttl_s=ttl_s, now_s=self._clock())
+        self._entries[status.agent_id] = entry
+        return entry
+
+    async def entries(self) -> list[pb.FleetEntry]:
+        now = self._clock()
+        for agent_id in [a for a, e in self._entries.items() if e.expires_unix_s <= now]:
+            del self._entries[agent_id]
+        return sorted(self._entries.values(), key=lambda e: e.agent.agent_id)
+
+
+class RedisFleetRegistry:
+    def __init__(self, client: Any, keys: RedisKeys) -> None:
+        self.client = client
+        self.keys = keys
+
+    async def record(self, status: pb.AgentStatus, *, router_id: str, ttl_s: float) -> pb.FleetEntry:
+        entry = new_entry(status, router_id=router_id, ttl_s=ttl_s, now_s=time.time())
+        raw = json_format.MessageToJson(entry, preserving_proto_field_name=True, indent=None)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.keys.fleet_agent(status.agent_id), raw, px=max(1, int(ttl_s * 1000)))
+        pipe.zadd(self.keys.fleet_index(), {status.agent_id: entry.expires_unix_s})
+        await pipe.execute()
+        return entry
+
+    async def entries(self) -> list[pb.FleetEntry]:
+        now = time.time()
+        index = self.keys.fleet_index()
+        await self.client.zremrangebyscore(index, "-inf", now)
+        agent_ids = [a.decode() for a in await self.client.zrange(index, 0, -1)]
+        if not agent_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for agent_id in agent_ids:
+            pipe.get(self.keys.fleet_agent(agent_id))
+        raws = await pipe.execute()
+        entries = [entry_from_json(raw) for raw in raws if raw]
+        return sorted((e for e in entries if e.expires_unix_s > now), key=lambda e: e.agent.agent_id)

@@ -1,0 +1,58 @@
+"""Every Redis key edgecascade uses, under one configurable prefix. Nothing else builds key names.
+
+    {prefix}:work:{model}            stream: deferred requests for one model (consumer group WORK_GROUP)
+    {prefix}:dead:{model}            stream: entries a worker could not process, with the reason
+    {prefix}:reply:{frontend}        list: replies for one router front end (BLMPOP)
+    {prefix}:capacity:{model}        hash: worker id -> "rows_per_s:unix_ms", measured by each worker
+    {prefix}:pressure:{model}        string (JSON): the model's latest pressure, with a TTL
+    {prefix}:budget:agent:{agent}    hash: token bucket of one agent's cloud budget
+    {prefix}:budget:fleet            hash: token bucket of the fleet-wide cloud budget
+    {prefix}:fleet:agent:{agent}     string (JSON FleetEntry) with a TTL: one live agent
+    {prefix}:fleet:index             sorted set: agent id -> expiry (unix s), to list entries without SCAN
+
+Every command touches one key, so the layout also works on Redis Cluster without hash tags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Consumer group every worker replica joins on every work stream.
+WORK_GROUP = "workers"
+DEFAULT_PREFIX = "edgecascade"
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not self.prefix or any(c.isspace() for c in self.prefix):
+            raise ValueError(f"Redis key prefix must be non-empty without spaces, got {self.prefix!r}")
+
+    def work_stream(self, model: str) -> str:
+        return f"{self.prefix}:work:{model}"
+
+    def dead_letter_stream(self, model: str) -> str:
+        return f"{self.prefix}:dead:{model}"
+
+    def reply_list(self, frontend_id: str) -> str:
+        return f"{self.prefix}:reply:{frontend_id}"
+
+    def capacity(self, model: str) -> str:
+        return f"{self.prefix}:capacity:{model}"
+
+    def pressure(self, model: str) -> str:
+        return f"{self.prefix}:pressure:{model}"
+
+    def agent_budget(self, agent_id: str) -> str:
+        return f"{self.prefix}:budget:agent:{agent_id}"
+
+    def fleet_budget(self) -> str:
+        return f"{self.prefix}:budget:fleet"
+
+    def fleet_agent(self, agent_id: str) -> str:
+        return f"{self.prefix}:fleet:agent:{agent_id}"
+
+    def fleet_index(self) -> str:
+        return f"{self.prefix}:fleet:index"
