@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from typing import Any, Optional
+
+from cloud_router.budget import CloudBudget, MemoryBuckets, RedisBuckets
+from cloud_router.fleet import MemoryFleetRegistry, RedisFleetRegistry
 from cloud_router.kserve_backend import RouterKServeBackend
+from cloud_router.redis_keys import RedisKeys
 from cloud_router.router import Router
 from cloud_router.scheduler import InMemoryScheduler
 from cloud_router.servicer import CloudRouterServicer
@@ -24,8 +29,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CloudRouter"].full_name
 SERVICE_NAMES = [SERVICE_NAME, KSERVE_SERVICE_NAME]
 
 
-def build_router(settings: RouterSettings, on_batch=None) -> Router:
-    """The router and its scheduler; `on_batch(model_name, size, seconds)` sees every batch."""
+def load_models(settings: RouterSettings) -> dict:
     if not settings.model_dirs:
         raise ConfigError("setting 'model_dirs': the router needs at least one model bundle")
     models = {}
@@ -34,17 +38,72 @@ def build_router(settings: RouterSettings, on_batch=None) -> Router:
         if model.name in models:
             raise ConfigError(f"setting 'model_dirs': two bundles are named {model.name!r}")
         models[model.name] = model
+    return models
+
+
+def build_router(settings: RouterSettings, redis_client: Optional[Any] = None, on_batch=None) -> Router:
+    """The router for `settings`: the in-memory scheduler, or (given a connected Redis client
+    for `redis_url`) the Redis front end. Budget and fleet registry follow the same choice.
+    `on_batch(model_name, size, seconds)` sees every batch this process computes."""
+    models = load_models(settings)
     batch, delay = (settings.max_batch_size, settings.max_delay_ms) if settings.batching else (1, 0.0)
-    scheduler = InMemoryScheduler(models, max_batch_size=batch, max_delay_ms=delay, max_queue=settings.max_queue,
-                                  on_batch=on_batch)
-    return Router(models, scheduler, router_id=settings.router_id)
+    keys = RedisKeys(settings.redis_prefix)
+    budget_args = dict(agent_rps=settings.cloud_budget_agent_rps, fleet_rps=settings.cloud_budget_fleet_rps,
+                       burst_s=settings.cloud_budget_burst_s)
+    saturation_wait_s = settings.pressure_saturation_wait_ms / 1000.0
+    if redis_client is None:
+        scheduler = InMemoryScheduler(models, max_batch_size=batch, max_delay_ms=delay, max_queue=settings.max_queue,
+                                      on_batch=on_batch, saturation_wait_s=saturation_wait_s)
+        budget = CloudBudget(MemoryBuckets(), keys, **budget_args)
+        fleet = MemoryFleetRegistry()
+    else:
+        from cloud_router.redis_scheduler import RedisScheduler
+
+        scheduler = RedisScheduler(redis_client, keys, models, router_id=settings.router_id, max_queue=settings.max_queue,
+                                   stream_max_len=settings.redis_stream_max_len, saturation_wait_s=saturation_wait_s,
+                                   pressure_interval_s=settings.pressure_interval_ms / 1000.0)
+        budget = CloudBudget(RedisBuckets(redis_client), keys, **budget_args)
+        fleet = RedisFleetRegistry(redis_client, keys)
+    return Router(models, scheduler, router_id=settings.router_id, budget=budget if budget.enabled else None,
+                  fleet=fleet, fleet_ttl_s=settings.fleet_ttl_s, serves_requests=settings.role != "worker",
+                  load_models=settings.role != "frontend")
+
+
+def build_worker(settings: RouterSettings, router: Router, redis_client: Any, on_batch=None):
+    """The Redis worker of a `worker` or `all` replica, computing with the router's models."""
+    from cloud_router.redis_worker import RedisWorker
+
+    batch = settings.max_batch_size if settings.batching else 1
+    return RedisWorker(redis_client, RedisKeys(settings.redis_prefix), router.models, worker_id=settings.router_id,
+                       max_batch_size=batch, claim_idle_ms=settings.redis_claim_idle_ms,
+                       max_deliveries=settings.redis_max_deliveries, block_ms=settings.redis_block_ms,
+                       on_batch=on_batch)
 
 
 async def serve(settings: RouterSettings, ready_callback=None) -> None:
     metrics = RouterMetrics(settings.router_id)
-    router = build_router(settings, on_batch=metrics.observe_batch)
+    redis_client = None
+    if settings.redis_url:
+        from cloud_router.redis_connection import connect
+
+        redis_client = await connect(settings.redis_url, startup_wait_s=settings.redis_startup_wait_s)
+    router = build_router(settings, redis_client, on_batch=metrics.observe_batch)
     metrics.watch(router)
     await router.start()
+    worker = None
+    if redis_client is not None and settings.role in ("all", "worker"):
+        worker = build_worker(settings, router, redis_client, on_batch=metrics.observe_batch)
+        await worker.start()
+
+    async def stopped() -> None:
+        await router.stop()
+        if worker is not None:
+            await worker.stop(grace_s=settings.shutdown_grace_s)
+        if redis_client is not None:
+            from cloud_router.redis_connection import close_quietly
+
+            await close_quietly(redis_client)
+
     server = create_server(settings.max_message_bytes)
     pb_grpc.add_CloudRouterServicer_to_server(CloudRouterServicer(router, settings, metrics), server)
     add_kserve_servicer(server, RouterKServeBackend(router, settings, metrics), metrics)
@@ -53,14 +112,15 @@ async def serve(settings: RouterSettings, ready_callback=None) -> None:
     serve_metrics(metrics, settings.listen, settings.metrics_port)
     await server.start()
     await set_serving(health, SERVICE_NAMES, True)
-    log.info("cloud router %s serving %s on port %d", settings.router_id, sorted(router.models), port)
+    log.info("cloud router %s (%s) serving %s on port %d, scheduler: %s", settings.router_id, settings.role,
+             sorted(router.models), port, "Redis" if redis_client is not None else "in-memory")
     if ready_callback:
         ready_callback(port)
     await run_until_signal(
         server,
         grace_s=settings.shutdown_grace_s,
         on_draining=lambda: set_serving(health, SERVICE_NAMES, False),
-        on_stopped=router.stop,
+        on_stopped=stopped,
     )
 
 

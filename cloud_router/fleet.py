@@ -27,7 +27,11 @@ def new_entry(status: pb.AgentStatus, *, router_id: str, ttl_s: float, now_s: fl
 
 
 def entry_to_dict(entry: pb.FleetEntry) -> dict[str, Any]:
-    return json_format.MessageToDict(entry, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    """A plain dict for JSON output, counts as integers (proto JSON writes int64 as strings)."""
+    row = json_format.MessageToDict(entry, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    for counts in ("route_counts", "fallback_counts"):
+        row["agent"][counts] = {k: int(v) for k, v in row["agent"].get(counts, {}).items()}
+    return row
 
 
 def entry_from_json(raw: str | bytes) -> pb.FleetEntry:

@@ -60,12 +60,14 @@ def _scrub(message: str, url: str) -> str:
     return message.replace(password, "***") if password else message
 
 
-def client_from_url(url: str, *, socket_timeout_s: float = 5.0, connect_timeout_s: float = 1.0) -> Any:
+def client_from_url(url: str, *, socket_timeout_s: float = 5.0, connect_timeout_s: float = 1.0,
+                    max_connections: int = 64) -> Any:
     """A redis.asyncio client (plain, cluster or sentinel-managed) for `url`, not yet connected.
 
     Socket timeouts are bounded so a hung Redis fails a request instead of holding it; blocking
     reads use block times well under `socket_timeout_s`. One immediate retry lets a command
-    ride over a connection that went stale when Redis restarted.
+    ride over a connection that went stale when Redis restarted. Commands wait for one of
+    `max_connections` pooled connections rather than failing when all are busy.
     """
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(f"setting 'redis_url': {redact_url(str(url))!r} is not a URL; expected e.g. redis://host:6379/0")
@@ -80,7 +82,8 @@ def client_from_url(url: str, *, socket_timeout_s: float = 5.0, connect_timeout_
                                          socket_timeout=socket_timeout_s, socket_connect_timeout=connect_timeout_s)
         if scheme == "redis+sentinel":
             return _sentinel_master(url, common)
-        return aioredis.Redis.from_url(url, **common)
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=socket_timeout_s, **common)
+        return aioredis.Redis(connection_pool=pool)
     except (ValueError, TypeError, RedisError) as exc:
         raise ConfigError(f"setting 'redis_url': cannot use {redact_url(url)!r}: {_scrub(str(exc), url)}") from None
 

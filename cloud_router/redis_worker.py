@@ -23,7 +23,7 @@ import os
 import time
 import uuid
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -65,7 +65,9 @@ class RedisWorker:
         dead_letter_max_len: int = 10_000,
         capacity_interval_s: float = 1.0,
         executor: Optional[Executor] = None,
+        on_batch: Optional[Callable[[str, int, float], None]] = None,
     ) -> None:
+        """`on_batch(model_name, size, seconds)` sees every batch computed (metrics)."""
         self.client = client
         self.keys = keys
         self.models = models
@@ -78,6 +80,7 @@ class RedisWorker:
         self.block_ms = int(block_ms)
         self.dead_letter_max_len = dead_letter_max_len
         self.capacity_interval_s = capacity_interval_s
+        self._on_batch = on_batch
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-model")
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
@@ -210,6 +213,8 @@ class RedisWorker:
                 replies += [(entry.reply_to, encode_reply(entry.ticket, worker_id=self.worker_id, model_ms=model_ms, error=error))
                             for entry, _ in live]
             self.capacity[model.name].record(len(live), model_ms / 1000.0)
+            if self._on_batch:
+                self._on_batch(model.name, len(live), model_ms / 1000.0)
             self.batch_sizes.append(len(live))
             del self.batch_sizes[:-1000]
         await self._finish(model.name, stream, replies, dead, done_ids)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from cloud_router.batcher import DynamicBatcher
+from cloud_router.pressure import CapacityMeter, pressure_of
 from shared.model import Model
 
 
@@ -23,12 +24,21 @@ class Scheduler(Protocol):
         """The model's output row for one request, or a typed error."""
     def queue_depth(self, model_name: str) -> int: ...
     def pressure(self, model_name: str) -> float:
-        """0 = idle, 1 = saturated (queue full, or the oldest request waited a whole deadline)."""
+        """0 = idle, 1 = saturated: the queue is full or would take `saturation_wait_s` to drain
+        at the measured capacity (cloud_router/pressure.py)."""
 
 
 class InMemoryScheduler:
     def __init__(self, models: dict[str, Model], *, max_batch_size: int, max_delay_ms: float, max_queue: int,
-                 on_batch: Any = None) -> None:
+                 on_batch: Any = None, saturation_wait_s: float = 1.0) -> None:
+        self.saturation_wait_s = saturation_wait_s
+        self.capacity = {name: CapacityMeter() for name in models}
+
+        def batch_done(name: str, size: int, busy_s: float) -> None:
+            self.capacity[name].record(size, busy_s)
+            if on_batch:
+                on_batch(name, size, busy_s)
+
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.batchers = {
             name: DynamicBatcher(
@@ -37,7 +47,7 @@ class InMemoryScheduler:
                 max_delay_ms=max_delay_ms,
                 max_queue=max_queue,
                 executor=self._executor,
-                on_batch=(lambda size, s, name=name: on_batch(name, size, s)) if on_batch else None,
+                on_batch=lambda size, s, name=name: batch_done(name, size, s),
             )
             for name, model in models.items()
         }
@@ -59,6 +69,6 @@ class InMemoryScheduler:
 
     def pressure(self, model_name: str) -> float:
         batcher = self.batchers[model_name]
-        depth_share = batcher.queue_depth / batcher.max_queue
-        age_share = batcher.oldest_age_s(time.time()) / 1.0  # one second of queueing = saturated
-        return float(min(1.0, max(depth_share, age_share)))
+        return pressure_of(queue_depth=batcher.queue_depth, oldest_age_s=batcher.oldest_age_s(time.time()),
+                           capacity_rps=self.capacity[model_name].rows_per_s, max_queue=batcher.max_queue,
+                           saturation_wait_s=self.saturation_wait_s)

@@ -8,10 +8,11 @@ from cloud_router.router import Router
 from cloud_router.settings import RouterSettings
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
+from shared.errors import InvalidInputError, UnavailableError
 from shared.grpc_errors import grpc_errors
 from shared.metrics import API_EDGECASCADE, RouterMetrics, counted
 from shared.proto_convert import response_of
-from shared.request_parsing import decode_input, request_deadline_s, request_id_of
+from shared.request_parsing import agent_id_of, decode_input, request_deadline_s, request_id_of
 
 
 class CloudRouterServicer(pb_grpc.CloudRouterServicer):
@@ -32,7 +33,8 @@ class CloudRouterServicer(pb_grpc.CloudRouterServicer):
         request_id = request_id_of(request)
         self.router.resolve(request.model)
         payload = decode_input(request)
-        prediction, cloud_ms = await self.router.infer(request.model, payload, deadline_s, request.priority, request_id)
+        prediction, cloud_ms = await self.router.infer(request.model, payload, deadline_s, request.priority, request_id,
+                                                       agent_id=agent_id_of(context.invocation_metadata()))
         return response_of(prediction, request_id=request_id, route="cloud", cloud_ms=cloud_ms)
 
     @grpc_errors
@@ -44,3 +46,25 @@ class CloudRouterServicer(pb_grpc.CloudRouterServicer):
             queue_depth=sum(self.router.scheduler.queue_depth(m) for m in self.router.models),
             pressure=self.router.pressure(name),
         )
+
+    @grpc_errors
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
+        if not request.status.agent_id:
+            raise InvalidInputError("heartbeat carries no agent_id")
+        pressure, depth = await self.router.heartbeat(request.status, request.interval_s)
+        budget = self.router.budget
+        return pb.HeartbeatResponse(
+            router_id=self.router.router_id,
+            pressure=pressure,
+            queue_depth=depth,
+            budget_agent_rps=(budget.agent_rps or 0.0) if budget else 0.0,
+            budget_fleet_rps=(budget.fleet_rps or 0.0) if budget else 0.0,
+        )
+
+    @grpc_errors
+    async def GetFleet(self, request: pb.FleetRequest, context: grpc.aio.ServicerContext) -> pb.FleetStatus:
+        try:
+            entries = await self.router.fleet.entries()
+        except Exception as exc:  # noqa: BLE001 - Redis down: say so, typed
+            raise UnavailableError(f"fleet registry unavailable: {exc}") from None
+        return pb.FleetStatus(agents=entries)

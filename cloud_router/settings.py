@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,8 +34,44 @@ class RouterSettings(BaseSettings):
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     """Largest gRPC message accepted or sent; larger requests get RESOURCE_EXHAUSTED."""
     redis_url: Optional[str] = None
-    """None: the in-memory scheduler (single node). Set it to scale out over Redis Streams."""
+    """None: the in-memory scheduler (single node). Set it to scale out over Redis Streams
+    (redis://, rediss://, unix://, redis+cluster://, redis+sentinel://; see
+    cloud_router/redis_connection.py)."""
+    role: Literal["all", "frontend", "worker"] = "all"
+    """With Redis: `frontend` queues requests, `worker` computes them, `all` does both. Without
+    Redis only `all` exists. A worker-only replica serves health and status but refuses Infer."""
+    redis_prefix: str = Field(default="edgecascade", min_length=1)
+    """Prefix of every Redis key (cloud_router/redis_keys.py); routers sharing one prefix share work."""
+    redis_startup_wait_s: float = Field(default=5.0, ge=0)
+    """How long start-up waits for Redis to answer before it fails with the (password-free) URL."""
+    redis_claim_idle_ms: int = Field(default=2_000, ge=10)
+    """A worker takes over entries another worker has held unacknowledged this long (XAUTOCLAIM).
+    Keep it above the longest batch time, or slow batches get computed twice (harmless, wasted)."""
+    redis_max_deliveries: int = Field(default=3, ge=1)
+    """Entries delivered more often than this without an acknowledgement go to the dead-letter stream."""
+    redis_stream_max_len: int = Field(default=100_000, ge=100)
+    """Approximate cap on each work stream (XADD MAXLEN ~), so Redis memory stays bounded."""
+    redis_block_ms: int = Field(default=500, ge=10, le=4_000)
+    """How long a worker's read blocks when there is no work (only affects shutdown and reclaim pace)."""
+    pressure_saturation_wait_ms: float = Field(default=500.0, gt=0)
+    """Expected queueing wait that counts as saturated (pressure 1); see cloud_router/pressure.py."""
+    pressure_interval_ms: float = Field(default=200.0, ge=10)
+    """How often a front end measures and publishes each model's pressure (Redis mode)."""
+    fleet_ttl_s: float = Field(default=10.0, gt=0)
+    """A fleet registry entry expires this long after its agent's last heartbeat."""
+    cloud_budget_agent_rps: Optional[float] = Field(default=None, gt=0)
+    """Cloud budget per agent, deferrals per second (token bucket); None: no per-agent budget."""
+    cloud_budget_fleet_rps: Optional[float] = Field(default=None, gt=0)
+    """Cloud budget for the whole fleet, deferrals per second; None: no fleet-wide budget."""
+    cloud_budget_burst_s: float = Field(default=1.0, gt=0)
+    """A budget's bucket holds this many seconds' worth of deferrals (at least one)."""
     metrics_port: Optional[int] = None
     """Port of the Prometheus /metrics endpoint; None disables it."""
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
+
+    @model_validator(mode="after")
+    def _role_needs_redis(self) -> "RouterSettings":
+        if self.role != "all" and not self.redis_url:
+            raise ValueError(f"role {self.role!r} needs redis_url (without Redis a router is always role 'all')")
+        return self

@@ -3,6 +3,11 @@
 The caller always gets an answer before its deadline: from the edge when confident, from the
 cloud when deferred and the cloud answers in time, otherwise from the edge again, flagged
 `edge_fallback` with the reason.
+
+Cloud pressure (from heartbeats) lowers the threshold within the policy's bounds. An answer
+the edge gives only because of that shift, or because the cloud is saturated
+(`shed_at_pressure`), is flagged `edge_fallback` / `pressure`; one refused by the cloud budget,
+`edge_fallback` / `cloud_budget`. So `edge` always means "confident at the calibrated threshold".
 """
 
 from __future__ import annotations
@@ -44,12 +49,15 @@ class ActiveModel:
 
 
 class Cascade:
-    def __init__(self, active: ActiveModel, cloud: Optional[CloudLink], *, fallback_reserve_ms: float = 15.0) -> None:
+    def __init__(self, active: ActiveModel, cloud: Optional[CloudLink], *, fallback_reserve_ms: float = 15.0,
+                 shed_at_pressure: Optional[float] = None) -> None:
         self.active = active
         self.cloud = cloud
         self.fallback_reserve_s = fallback_reserve_ms / 1000.0
-        self.pressure = 0.0                      # last cloud pressure seen (0..1)
+        self.shed_at_pressure = shed_at_pressure
+        self.pressure = 0.0                      # last cloud pressure seen (0..1), set by the heartbeat
         self.route_counts: Counter[str] = Counter()
+        self.fallback_counts: Counter[str] = Counter()   # edge_fallback answers by reason
 
     def current_threshold(self) -> float:
         return self.active.policy.threshold_at(self.pressure)
@@ -61,11 +69,19 @@ class Cascade:
         started = time.perf_counter()
         probs = model.predict([payload])[0]
         signals = signals_of(probs)
-        decision = active.policy.decide(signals, model.input_length(payload), self.pressure)
+        pressure = self.pressure
+        length = model.input_length(payload)
+        decision = active.policy.decide(signals, length, pressure)
+        calibrated = active.policy.decide(signals, length, 0.0) if pressure > 0 else decision
         edge_ms = (time.perf_counter() - started) * 1000.0
         edge_prediction = Prediction.from_probs(probs, model.labels, model.name, model.version)
-        if decision.accept:
+        if calibrated.accept:
             return self._count(CascadeResult(edge_prediction, "edge", signals, edge_ms))
+        if decision.accept or (self.cloud is not None and self.shed_at_pressure is not None
+                               and pressure >= self.shed_at_pressure):
+            return self._count(
+                CascadeResult(edge_prediction, "edge_fallback", signals, edge_ms, 0.0, calibrated.reason, "pressure")
+            )
 
         fallback_reason = "no_cloud"
         cloud_ms = 0.0
@@ -96,4 +112,6 @@ class Cascade:
 
     def _count(self, result: CascadeResult) -> CascadeResult:
         self.route_counts[result.route] += 1
+        if result.fallback_reason:
+            self.fallback_counts[result.fallback_reason] += 1
         return result

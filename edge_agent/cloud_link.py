@@ -11,7 +11,9 @@ import grpc
 from edge_agent.breaker import CircuitBreaker
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
+from shared.errors import ERROR_CLASS_KEY, CloudBudgetError
 from shared.model import ModelInput
+from shared.request_parsing import AGENT_ID_KEY
 from shared.tensor_codec import to_proto
 
 log = logging.getLogger(__name__)
@@ -47,10 +49,13 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 
 class CloudLink:
-    def __init__(self, target: str, *, model: str = "", breaker: CircuitBreaker, max_message_bytes: int) -> None:
+    def __init__(self, target: str, *, model: str = "", breaker: CircuitBreaker, max_message_bytes: int,
+                 agent_id: str = "") -> None:
         self.target = target
         self.model = model
         self.breaker = breaker
+        self.agent_id = agent_id
+        self._metadata = ((AGENT_ID_KEY, agent_id),) if agent_id else None
         self._channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
         self._stub = pb_grpc.CloudRouterStub(self._channel)
 
@@ -69,9 +74,12 @@ class CloudLink:
         else:
             request.tensor.CopyFrom(to_proto(payload))
         try:
-            response = await self._stub.Infer(request, timeout=timeout_s)
+            response = await self._stub.Infer(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
+            if _error_class(exc) == CloudBudgetError.__name__:  # a spent budget, not a sick cloud
+                self.breaker.record_success()
+                raise CloudUnavailable("cloud_budget") from None
             if code in CLOUD_FAULT_CODES:
                 self.breaker.record_failure()
             else:
@@ -80,6 +88,18 @@ class CloudLink:
             raise CloudUnavailable(_reason_of(code)) from None
         self.breaker.record_success()
         return response
+
+
+    async def heartbeat(self, request: pb.HeartbeatRequest, *, timeout_s: float) -> pb.HeartbeatResponse:
+        """One heartbeat; gRPC errors propagate (the breaker is for inference calls only)."""
+        return await self._stub.Heartbeat(request, timeout=timeout_s)
+
+
+def _error_class(exc: grpc.aio.AioRpcError) -> str:
+    for key, value in exc.trailing_metadata() or ():
+        if key == ERROR_CLASS_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return ""
 
 
 def _reason_of(code: grpc.StatusCode) -> str:

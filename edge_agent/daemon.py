@@ -8,6 +8,7 @@ import logging
 from edge_agent.breaker import CircuitBreaker
 from edge_agent.cascade import ActiveModel, Cascade
 from edge_agent.cloud_link import CloudLink
+from edge_agent.heartbeat import Heartbeat
 from edge_agent.kserve_backend import EdgeKServeBackend
 from edge_agent.servicer import EdgeAgentServicer
 from edge_agent.settings import EdgeSettings
@@ -41,8 +42,9 @@ def build_cascade(settings: EdgeSettings) -> Cascade:
     if settings.cloud_target:
         breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s)
         cloud = CloudLink(settings.cloud_target, model=settings.cloud_model, breaker=breaker,
-                          max_message_bytes=settings.max_message_bytes)
-    return Cascade(active, cloud, fallback_reserve_ms=settings.fallback_reserve_ms)
+                          max_message_bytes=settings.max_message_bytes, agent_id=settings.agent_id)
+    return Cascade(active, cloud, fallback_reserve_ms=settings.fallback_reserve_ms,
+                   shed_at_pressure=settings.shed_at_pressure)
 
 
 async def serve(settings: EdgeSettings, ready_callback=None) -> None:
@@ -58,10 +60,17 @@ async def serve(settings: EdgeSettings, ready_callback=None) -> None:
     await set_serving(health, SERVICE_NAMES, True)
     log.info("edge agent %s serving %s v%d on port %d (cloud: %s)", settings.agent_id,
              cascade.active.model.name, cascade.active.model.version, port, settings.cloud_target or "none")
+    heartbeat = None
+    if cascade.cloud is not None:
+        heartbeat = Heartbeat(cascade, settings.agent_id, interval_s=settings.heartbeat_interval_s,
+                              pressure_stale_s=settings.pressure_stale_s)
+        heartbeat.start()
     if ready_callback:
         ready_callback(port)
 
     async def stopped() -> None:
+        if heartbeat is not None:
+            await heartbeat.stop()
         if cascade.cloud:
             await cascade.cloud.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from edge_agent.cascade import Cascade
+from edge_agent.heartbeat import agent_status
 from edge_agent.settings import EdgeSettings
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
@@ -51,14 +52,4 @@ class EdgeAgentServicer(pb_grpc.EdgeAgentServicer):
 
     @grpc_errors
     async def GetStatus(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.AgentStatus:
-        model = self.cascade.active.model
-        cloud = self.cascade.cloud
-        return pb.AgentStatus(
-            agent_id=self.settings.agent_id,
-            model_name=model.name,
-            model_version=str(model.version),
-            breaker_state=cloud.breaker.state if cloud else "none",
-            route_counts=dict(self.cascade.route_counts),
-            threshold=self.cascade.current_threshold(),
-            cloud_pressure=self.cascade.pressure,
-        )
+        return agent_status(self.cascade, self.settings.agent_id)

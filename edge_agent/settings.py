@@ -40,6 +40,14 @@ class EdgeSettings(BaseSettings):
     """How long the breaker stays open before it lets one trial request through."""
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     """Largest gRPC message accepted or sent; larger requests get RESOURCE_EXHAUSTED."""
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    """How often the agent reports its status to the router (fleet registry) and reads the
+    cloud's pressure back. Only with a cloud_target."""
+    pressure_stale_s: float = Field(default=10.0, gt=0)
+    """Without a heartbeat answer for this long, the agent forgets the last pressure (back to 0)."""
+    shed_at_pressure: Optional[float] = Field(default=1.0, gt=0, le=1.0)
+    """At or above this pressure the cloud is saturated: deferrals are answered locally, flagged
+    edge_fallback / pressure. None: always defer (only the threshold shifts)."""
     metrics_port: Optional[int] = None
     """Port of the Prometheus /metrics endpoint; None disables it."""
     shutdown_grace_s: float = Field(default=10.0, ge=0)

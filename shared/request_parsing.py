@@ -11,6 +11,9 @@ from shared.errors import InvalidInputError
 from shared.model import ModelInput
 from shared.tensor_codec import from_proto
 
+#: gRPC metadata key an edge agent sets on its cloud calls, naming itself (cloud budget).
+AGENT_ID_KEY = "edgecascade-agent-id"
+
 
 def decode_input(request: pb.InferRequest) -> ModelInput:
     kind = request.WhichOneof("input")
@@ -55,3 +58,11 @@ def request_id_of(request: pb.InferRequest) -> str:
     if len(request.request_id) > 128:
         raise InvalidInputError("request_id is longer than 128 characters")
     return request.request_id or uuid.uuid4().hex
+
+
+def agent_id_of(metadata) -> str:
+    """The deferring agent's id from a call's invocation metadata ("" for direct callers)."""
+    for key, value in metadata or ():
+        if key == AGENT_ID_KEY:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return ""

@@ -1,0 +1,44 @@
+"""Real `redis-server` processes for tests, each on its own free port, never 127.0.0.1:6379.
+
+`redis_server` is one server for the whole session; `redis_url` flushes it before each test.
+A test that kills or restarts Redis takes `own_redis` instead, a server of its own.
+Import the fixtures into a test module: `from tests.redis_fixtures import redis_server, redis_url`.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import redis
+
+from edgecascade.redis_process import RedisServer
+
+requires_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    if not redis_server.ping():          # a test left it dead: bring it back on its port
+        redis_server.start()
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
