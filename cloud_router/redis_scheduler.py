@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from cloud_router.pressure import PressureReading, pressure_of
 from cloud_router.redis_connection import Backoff, is_connection_error
-from cloud_router.redis_keys import RedisKeys
+from cloud_router.redis_keys import WORK_GROUP, RedisKeys
 from cloud_router.work_codec import decode_reply, encode_work, reply_result
 from shared.errors import DeadlineError, EdgecascadeError, OverloadedError, UnavailableError
 from shared.model import Model
@@ -177,15 +177,26 @@ class RedisScheduler:
                 await asyncio.sleep(backoff.next_s())
 
     async def measure(self, model_name: str) -> PressureReading:
-        """Read the stream and the workers' capacities in one round trip; publish the result."""
+        """Measure the waiting work (entries not yet delivered to a worker; those in service do
+        not count) against the workers' capacities, and publish the result. Two round trips."""
         stream = self.keys.work_stream(model_name)
         capacity_key = self.keys.capacity(model_name)
         pipe = self.client.pipeline(transaction=False)
         pipe.time()
         pipe.xlen(stream)
-        pipe.xrange(stream, count=1)
+        pipe.xinfo_groups(stream)
         pipe.hgetall(capacity_key)
-        (seconds, micros), depth, first, capacities = await pipe.execute()
+        (seconds, micros), length, groups, capacities = await pipe.execute(raise_on_error=False)
+        if isinstance(length, Exception) or isinstance(capacities, Exception):
+            raise length if isinstance(length, Exception) else capacities
+        group = next((g for g in groups if g["name"] == WORK_GROUP.encode()), None) if isinstance(groups, list) else None
+        if group is None:              # no worker has joined yet: everything is waiting
+            depth, after = int(length), "-"
+        else:
+            lag = group.get("lag")
+            depth = int(lag) if lag is not None else max(0, int(length) - int(group["pending"]))
+            after = b"(" + group["last-delivered-id"]
+        first = await self.client.xrange(stream, min=after, count=1) if depth else []
         now_ms = seconds * 1000 + micros / 1000.0
         oldest_age_ms = max(0.0, now_ms - int(first[0][0].split(b"-")[0])) if first else 0.0
         fresh: list[float] = []
