@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 REPLY_BATCH = 512
 
 
+def _expire(future: asyncio.Future, model_name: str) -> None:
+    if not future.done():
+        future.set_exception(DeadlineError(f"no worker answered {model_name!r} before the deadline"))
+
+
 class RedisScheduler:
     """The `Scheduler` protocol over Redis Streams (see cloud_router.scheduler)."""
 
@@ -100,19 +105,20 @@ class RedisScheduler:
             raise OverloadedError(f"queue for {model.name!r} is full ({reading.queue_depth} requests waiting); retry later")
         ticket = f"{next(self._tickets):x}"
         fields = encode_work(ticket=ticket, reply_to=self.reply_key, deadline_s=deadline_s, request_id=request_id, payload=payload)
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._waiting[ticket] = future
+        # a timer, not wait_for: no extra task per request on the hot path
+        timer = loop.call_later(max(0.0, deadline_s - time.time()), _expire, future, model.name)
         try:
             try:
                 await self.client.xadd(self.keys.work_stream(model.name), fields, maxlen=self.stream_max_len, approximate=True)
             except (RedisError, OSError) as exc:
                 raise UnavailableError(f"work queue unavailable (Redis: {exc})") from None
             self.submitted += 1
-            try:
-                reply = await asyncio.wait_for(future, timeout=max(0.0, deadline_s - time.time()))
-            except asyncio.TimeoutError:
-                raise DeadlineError(f"no worker answered {model.name!r} before the deadline") from None
+            reply = await future
         finally:
+            timer.cancel()
             self._waiting.pop(ticket, None)
         self.answered += 1
         return reply_result(reply)

@@ -124,7 +124,8 @@ class RedisWorker:
         next_reclaim_s = 0.0
         next_capacity_s = 0.0
         down_since: Optional[float] = None
-        while not self._stopping:
+        entries: list = []          # a batch already read, waiting to be processed
+        while not self._stopping or entries:
             try:
                 now = time.monotonic()
                 if now >= next_capacity_s:
@@ -133,16 +134,21 @@ class RedisWorker:
                 if now >= next_reclaim_s:
                     next_reclaim_s = now + self.reclaim_interval_s
                     await self._reclaim(model, stream)
-                response = await self.client.xreadgroup(
-                    WORK_GROUP, self.consumer, {stream: ">"}, count=self.max_batch_size, block=self.block_ms
-                )
+                if not entries:
+                    if self._stopping:
+                        break
+                    response = await self.client.xreadgroup(
+                        WORK_GROUP, self.consumer, {stream: ">"}, count=self.max_batch_size, block=self.block_ms
+                    )
+                    entries = _entries_of(response)
                 if down_since is not None:
                     log.info("worker %s: Redis is back after %.1f s", self.consumer, time.monotonic() - down_since)
                     down_since = None
                 backoff.reset()
-                for _name, entries in response or []:
-                    if entries:
-                        await self._process(model, stream, entries)
+                if entries:
+                    batch, entries = entries, []
+                    # the acknowledgement and the next (non-blocking) read share one round trip
+                    entries = await self._process(model, stream, batch, read_next=not self._stopping)
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):  # Redis restarted without its data: recreate the group
                     await self._safe(ensure_group(self.client, stream))
@@ -170,7 +176,9 @@ class RedisWorker:
 
     # -- one batch -----------------------------------------------------------------------
 
-    async def _process(self, model: Model, stream: str, entries: list) -> None:
+    async def _process(self, model: Model, stream: str, entries: list, read_next: bool = False) -> list:
+        """Answer one batch; with `read_next`, return the next batch (possibly empty), read
+        without blocking in the same round trip as the acknowledgement."""
         now_s = time.time()
         live: list[tuple[bytes, Any]] = []
         replies: list[tuple[str, bytes]] = []
@@ -217,10 +225,10 @@ class RedisWorker:
                 self._on_batch(model.name, len(live), model_ms / 1000.0)
             self.batch_sizes.append(len(live))
             del self.batch_sizes[:-1000]
-        await self._finish(model.name, stream, replies, dead, done_ids)
+        return await self._finish(model.name, stream, replies, dead, done_ids, read_next=read_next)
 
     async def _finish(self, model_name: str, stream: str, replies: list[tuple[str, bytes]],
-                      dead: list[tuple[bytes, dict, str]], done_ids: list[bytes]) -> None:
+                      dead: list[tuple[bytes, dict, str]], done_ids: list[bytes], read_next: bool = False) -> list:
         """Replies first, then the acknowledgement: an entry is never acknowledged unanswered."""
         pipe = self.client.pipeline(transaction=False)
         for reply_to, data in replies:
@@ -232,11 +240,14 @@ class RedisWorker:
         if done_ids:
             pipe.xack(stream, WORK_GROUP, *done_ids)
             pipe.xdel(stream, *done_ids)
-        await pipe.execute()
+        if read_next:
+            pipe.xreadgroup(WORK_GROUP, self.consumer, {stream: ">"}, count=self.max_batch_size)
+        results = await pipe.execute()
         if dead:
             self.dead_lettered += len(dead)
             log.warning("worker %s: moved %d entries of %s to the dead-letter stream: %s",
                         self.consumer, len(dead), stream, dead[0][2])
+        return _entries_of(results[-1]) if read_next else []
 
     # -- taking over a dead peer's work ---------------------------------------------------
 
@@ -269,6 +280,11 @@ class RedisWorker:
             await self._finish(model.name, stream, replies, dead, [i for i, _ in poison])
         if rest:
             await self._process(model, stream, rest)
+
+
+def _entries_of(response: Any) -> list:
+    """The (id, fields) pairs of a one-stream XREADGROUP answer."""
+    return [entry for _name, entries in response or [] for entry in entries or []]
 
 
 def _id_key(entry_id: bytes) -> tuple[int, int]:

@@ -184,8 +184,12 @@ def test_duplicate_replies_from_a_slow_worker_are_harmless(tmp_path, redis_url):
     model = sleep_model(tmp_path, batch_service_ms=400)       # slower than the claim timeout below
 
     async def main():
-        async with redis_stack(redis_url, model, workers=2, claim_idle_ms=100) as (client, front, workers):
-            rows = await asyncio.gather(*(front.submit(model, x(i), time.time() + 10, 0, f"r{i}") for i in range(3)))
+        async with redis_stack(redis_url, model, workers=2, start_workers=False, claim_idle_ms=100) as (client, front, workers):
+            await workers[0].start()
+            calls = [asyncio.ensure_future(front.submit(model, x(i), time.time() + 10, 0, f"r{i}")) for i in range(3)]
+            await asyncio.sleep(0.05)          # the first worker has the batch and is busy with it
+            await workers[1].start()           # an idle peer takes it over after 100 ms
+            rows = await asyncio.gather(*calls)
             assert np.array_equal(np.stack(rows), model.predict([x(i) for i in range(3)]))
             await asyncio.sleep(0.6)                           # let the slower copy finish too
             assert sum(w.reclaimed for w in workers) >= 1
