@@ -11,9 +11,9 @@ URL forms (redis-py's asyncio client supports all of them):
                                                     Sentinel: the master of `service_name`;
                                                     the password is the master's
 
-Tested here: one server (redis://). Cluster and Sentinel go through redis-py's own clients
-(`RedisCluster`, `Sentinel.master_for`); every command edgecascade sends touches a single key,
-so no hash tags are needed on a cluster.
+Tested here: one server (redis://) and Sentinel (tests/test_redis_scheduler.py). Cluster goes
+through redis-py's own `RedisCluster` and is untested; every command edgecascade sends touches
+a single key, so no hash tags are needed on a cluster.
 
 redis-py reconnects a pooled connection on the next command after Redis restarts; the
 long-running loops (worker reads, reply reads, pressure, heartbeats) wait with `Backoff`

@@ -291,3 +291,24 @@ def test_fleet_entries_expire_after_their_ttl(redis_url):
         await client.aclose()
 
     run(main())
+
+
+def test_a_sentinel_url_reaches_the_master(tmp_path, redis_server):
+    import subprocess
+
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"      # sentinel rewrites its config, so it gets its own file
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\nsentinel monitor main 127.0.0.1 {redis_server.port} 1\n")
+    sentinel = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    model = sleep_model(tmp_path, batch_service_ms=1)
+
+    async def main():
+        async with redis_stack(f"redis+sentinel://127.0.0.1:{port}/main", model) as (client, front, _):
+            row = await front.submit(model, x(3), time.time() + 5, 0, "via-sentinel")
+            assert np.array_equal(row, model.predict([x(3)])[0])
+
+    try:
+        run(main())
+    finally:
+        sentinel.terminate()
+        sentinel.wait()
