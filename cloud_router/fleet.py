@@ -66,6 +66,7 @@ class RedisFleetRegistry:
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self.keys.fleet_agent(status.agent_id), raw, px=max(1, int(ttl_s * 1000)))
         pipe.zadd(self.keys.fleet_index(), {status.agent_id: entry.expires_unix_s})
+        pipe.zremrangebyscore(self.keys.fleet_index(), "-inf", entry.last_seen_unix_s)   # long-gone agents
         await pipe.execute()
         return entry
 
