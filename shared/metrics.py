@@ -210,7 +210,7 @@ class AgentMetrics(DaemonMetrics):
 
     def record(self, api: str, outcome: RequestOutcome, duration_s: float) -> None:
         super().record(api, outcome, duration_s)
-        if outcome.defer_reason:
+        if outcome.defer_reason and outcome.fallback_reason != "pressure":  # answered locally: never sent
             self._child(self.deferrals, (outcome.defer_reason,)).inc()
         if outcome.fallback_reason:
             self._child(self.fallbacks, (outcome.fallback_reason,)).inc()
@@ -279,7 +279,8 @@ def _agent_state(cascade: "Cascade") -> list[Metric]:
         breaker.add_metric([state], 1.0 if state == current else 0.0)
     counts = cascade.route_counts
     answered = sum(counts.values())
-    deferred = counts.get("cloud", 0) + counts.get("edge_fallback", 0)
+    # answers the edge gave because of cloud pressure were never sent to the cloud
+    deferred = counts.get("cloud", 0) + counts.get("edge_fallback", 0) - cascade.fallback_counts.get("pressure", 0)
     return [
         version,
         breaker,

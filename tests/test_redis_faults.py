@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -204,6 +205,13 @@ def _saturate(target: str, stop: threading.Event, concurrency: int) -> None:
     asyncio.run(main())
 
 
+def _scrape(port: int) -> dict[str, float]:
+    """The agent's /metrics as {"name{labels}": value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line and not line.startswith("#")}
+
+
 def _probe(target: str, seconds: float) -> float:
     """The share of uncertain requests the agent sent to the cloud (deferral rate) over `seconds`."""
     # max_prob 0.38 .. 0.56: below the calibrated threshold 0.6, above the pressure floor 0.34
@@ -227,7 +235,8 @@ def test_a_saturated_cloud_lowers_the_deferral_rate_until_load_drops(tmp_path, r
     cloud = router(tmp_path, "cloud", bundle, redis_url if scheduler == "redis" else None, max_delay_ms=1.0,
                    pressure_saturation_wait_ms=200.0, pressure_interval_ms=50.0)
     cloud.start()
-    edge = agent(tmp_path, "edge", edge_bundle, cloud, heartbeat_interval_s=0.1).start()
+    metrics_port = free_port()
+    edge = agent(tmp_path, "edge", edge_bundle, cloud, heartbeat_interval_s=0.1, metrics_port=metrics_port).start()
     try:
         idle_rate = _probe(edge.target, 1.0)
         stop = threading.Event()
@@ -238,6 +247,7 @@ def test_a_saturated_cloud_lowers_the_deferral_rate_until_load_drops(tmp_path, r
             saturated_rate = _probe(edge.target, 1.5)
             with Client(edge.target) as client:
                 status = client.status()
+            metrics = _scrape(metrics_port)
         finally:
             stop.set()
             saturator.join()
@@ -249,6 +259,8 @@ def test_a_saturated_cloud_lowers_the_deferral_rate_until_load_drops(tmp_path, r
         assert recovered_rate > 0.9, (saturated_rate, recovered_rate)
         assert status.cloud_pressure > 0.5 and status.threshold < status.base_threshold    # in the agent's status too
         assert status.fallback_counts["pressure"] > 0
+        assert metrics['edgecascade_fallbacks_total{reason="pressure"}'] > 0           # and in its metrics
+        assert metrics["edgecascade_cloud_pressure"] > 0.5
     finally:
         edge.stop()
         cloud.stop()
