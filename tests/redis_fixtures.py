@@ -28,7 +28,7 @@ def redis_server(tmp_path_factory):
 
 @pytest.fixture
 def redis_url(redis_server) -> str:
-    if not redis_server.ping():          # a test left it dead: bring it back on its port
+    if redis_server.process.poll() is not None:     # a test killed it: bring it back on its port
         redis_server.start()
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushall()
