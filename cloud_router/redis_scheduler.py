@@ -75,6 +75,7 @@ class RedisScheduler:
         self._waiting: dict[str, asyncio.Future] = {}
         self._tickets = itertools.count()
         self._tasks: list[asyncio.Task] = []
+        self._stopping = False
         # counters, for status, metrics and tests
         self.submitted = 0
         self.answered = 0
@@ -89,9 +90,13 @@ class RedisScheduler:
         ]
 
     async def stop(self) -> None:
+        # The flag as well as cancel(): redis-py may turn a cancellation inside a read into a
+        # connection error, which the loops would otherwise retry.
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
         self._tasks = []
         self._fail_waiting(UnavailableError("router is shutting down"))
 
@@ -125,11 +130,13 @@ class RedisScheduler:
 
     async def _read_replies(self) -> None:
         backoff = Backoff(initial_s=0.05, max_s=1.0)
-        while True:
+        while not self._stopping:
             try:
                 popped = await self.client.blmpop(self.reply_block_s, 1, self.reply_key, direction="LEFT", count=REPLY_BATCH)
                 backoff.reset()
             except (RedisError, OSError) as exc:
+                if self._stopping:
+                    return
                 lost = self._fail_waiting(UnavailableError(f"lost the connection to Redis while waiting for a worker: {exc}"))
                 if lost or backoff.peek_s() == backoff.initial_s:
                     log.warning("front end %s: Redis reply read failed (%s); %d waiting requests failed over",
@@ -172,7 +179,7 @@ class RedisScheduler:
 
     async def _publish_pressure(self) -> None:
         backoff = Backoff(initial_s=self.pressure_interval_s, max_s=2.0)
-        while True:
+        while not self._stopping:
             try:
                 for name in self.models:
                     self.readings[name] = await self.measure(name)

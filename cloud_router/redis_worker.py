@@ -108,7 +108,8 @@ class RedisWorker:
             _, pending = await asyncio.wait(self._tasks, timeout=grace_s + self.block_ms / 1000.0)
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if pending:   # the loops also check the flag: a swallowed cancellation still ends them
+                await asyncio.wait(pending, timeout=2.0)
             self._tasks = []
         try:
             for name in self.models:
@@ -156,6 +157,8 @@ class RedisWorker:
                 log.error("worker %s: Redis refused a command: %s", self.consumer, exc)
                 await asyncio.sleep(backoff.next_s())
             except (RedisError, OSError) as exc:
+                if self._stopping and not entries:
+                    return
                 if not is_connection_error(exc):
                     log.error("worker %s: Redis error: %s", self.consumer, exc)
                 elif down_since is None:

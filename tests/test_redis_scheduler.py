@@ -60,8 +60,22 @@ async def redis_stack(url, model, *, workers: int = 1, start_workers: bool = Tru
         await client.aclose()
 
 
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 20))
+def run(coro, timeout_s: float = 20.0):
+    """Run a test body; if it hangs, fail naming every task still waiting and where."""
+    async def guarded():
+        task = asyncio.ensure_future(coro)
+        done, _ = await asyncio.wait([task], timeout=timeout_s)
+        if not done:
+            stuck = []
+            for other in asyncio.all_tasks():
+                frames = other.get_stack()
+                where = f"{frames[-1].f_code.co_filename}:{frames[-1].f_lineno}" if frames else "?"
+                stuck.append(f"{other.get_name()} at {where}")
+            task.cancel()
+            raise AssertionError(f"test body still running after {timeout_s} s: {stuck}")
+        return task.result()
+
+    return asyncio.run(guarded())
 
 
 def test_requests_are_batched_answered_and_the_stream_drained(tmp_path, redis_url):
