@@ -7,7 +7,7 @@ parameters are `served_by` ("cloud") and `model_version`.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 
 from cloud_router.router import Router
 from cloud_router.settings import RouterSettings
@@ -56,20 +56,9 @@ class RouterKServeBackend:
             model = self._model(request.model_name, request.model_version)
             if not self.server_ready():
                 raise UnavailableError("the cloud router is not ready (models still loading)")
-            rows = km.request_rows(request, model)
-            deadline_s = km.absolute_deadline_s(
-                request, default_timeout_ms=self.settings.default_timeout_ms, max_timeout_ms=self.settings.max_timeout_ms
-            )
-            priority = km.batch_priority(request.priority)
-            ids = km.row_request_ids(request, len(rows))
-        outcomes = await asyncio.gather(
-            *(self._row(model.name, row, deadline_s, request_id, priority) for row, request_id in zip(rows, ids)),
-            return_exceptions=True,
-        )
-        error = km.first_error(outcomes)
-        if error is not None:
-            raise error
-        predictions: list[Prediction] = outcomes  # type: ignore[assignment]
+            batch = km.row_batch(request, model, default_timeout_ms=self.settings.default_timeout_ms,
+                                 max_timeout_ms=self.settings.max_timeout_ms)
+        predictions = await km.run_rows(batch, functools.partial(self._row, model.name))
         return InferenceResult(
             outputs=km.prediction_outputs(predictions),
             model_version=str(model.version),

@@ -10,8 +10,6 @@ one-row request); `max_prob`, `margin` and `entropy` are those of the least conf
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 
 from edge_agent.cascade import Cascade, CascadeResult
@@ -69,20 +67,9 @@ class EdgeKServeBackend:
             model = self._model(request.model_name, request.model_version)
             if not self.server_ready():
                 raise UnavailableError("the edge agent is not ready (models still loading)")
-            rows = km.request_rows(request, model)
-            deadline_s = km.absolute_deadline_s(
-                request, default_timeout_ms=self.settings.default_timeout_ms, max_timeout_ms=self.settings.max_timeout_ms
-            )
-            priority = km.batch_priority(request.priority)
-            ids = km.row_request_ids(request, len(rows))
-        outcomes = await asyncio.gather(
-            *(self._row(row, deadline_s, request_id, priority) for row, request_id in zip(rows, ids)),
-            return_exceptions=True,
-        )
-        error = km.first_error(outcomes)
-        if error is not None:
-            raise error
-        results: list[CascadeResult] = outcomes  # type: ignore[assignment]
+            batch = km.row_batch(request, model, default_timeout_ms=self.settings.default_timeout_ms,
+                                 max_timeout_ms=self.settings.max_timeout_ms)
+        results = await km.run_rows(batch, self._row)
         return InferenceResult(outputs=_outputs(results), model_version=str(model.version), parameters=_parameters(results))
 
     async def _row(self, payload: ModelInput, deadline_s: float, request_id: str, priority: int) -> CascadeResult:

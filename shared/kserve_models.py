@@ -12,10 +12,12 @@ the reserved `priority` becomes the batch priority (see `batch_priority`).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import time
 import uuid
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 import numpy as np
 
@@ -25,6 +27,8 @@ from shared.kserve_codec import datatype_for_dtype
 from shared.model import Model, ModelInput
 from shared.model_card import ModelCard
 from shared.prediction import Prediction
+
+T = TypeVar("T")
 
 INPUT_NAME = "input"
 PROBS, LABEL, LABEL_NAME = "probs", "label", "label_name"
@@ -153,6 +157,38 @@ def joined(values: Sequence[str]) -> str:
 def first_error(outcomes: Sequence[object]) -> BaseException | None:
     """The first exception among `asyncio.gather(..., return_exceptions=True)` results."""
     return next((o for o in outcomes if isinstance(o, BaseException)), None)
+
+
+@dataclass(frozen=True)
+class RowBatch:
+    """A KServe request split into edgecascade requests: one per row, sharing a deadline."""
+
+    rows: list[ModelInput]
+    deadline_s: float
+    priority: int
+    request_ids: list[str]
+
+
+def row_batch(request: InferenceRequest, model: Model, *, default_timeout_ms: float, max_timeout_ms: float) -> RowBatch:
+    rows = request_rows(request, model)
+    return RowBatch(
+        rows=rows,
+        deadline_s=absolute_deadline_s(request, default_timeout_ms=default_timeout_ms, max_timeout_ms=max_timeout_ms),
+        priority=batch_priority(request.priority),
+        request_ids=row_request_ids(request, len(rows)),
+    )
+
+
+async def run_rows(batch: RowBatch, run_row: Callable[[ModelInput, float, str, int], Awaitable[T]]) -> list[T]:
+    """Run every row concurrently; the first row's error fails the whole request."""
+    outcomes = await asyncio.gather(
+        *(run_row(row, batch.deadline_s, request_id, batch.priority) for row, request_id in zip(batch.rows, batch.request_ids)),
+        return_exceptions=True,
+    )
+    error = first_error(outcomes)
+    if error is not None:
+        raise error
+    return outcomes  # type: ignore[return-value]
 
 
 ParameterMap = dict[str, ParameterValue]
