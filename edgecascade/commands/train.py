@@ -1,0 +1,66 @@
+"""`edgecascade train`: build the edge (INT8 ONNX) and cloud (MiniLM + head) text bundles from CSVs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+CSV_FORMAT = """\
+CSV format: a header row with a `text` column and a label column named `category` or `label`
+(`category` wins when both exist); one example per row, no empty texts or labels. Labels in
+the eval CSV must all occur in the training CSV. Errors name the row (1 = first data row).
+
+Writes OUT/edge (model.json, model.onnx, policy.json), OUT/cloud (model.json,
+head.safetensors), OUT/build.json and, with an eval set, OUT/eval_predictions.npz for
+`edgecascade calibrate --predictions OUT/eval_predictions.npz --bundle OUT/edge`.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the edge and cloud text models from labelled CSVs",
+        description="Train the edge model (hashed n-grams, logistic regression, INT8 ONNX) and the cloud "
+        "model (all-MiniLM-L6-v2 embeddings, logistic-regression head) and write both bundles.",
+        epilog=CSV_FORMAT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data", type=Path, metavar="CSV_TRAIN", help="training CSV")
+    source.add_argument("--data-dir", type=Path, metavar="DIR",
+                        help="directory with train.csv and test.csv (test.csv becomes the eval set); "
+                        "default: $EDGECASCADE_DATA_DIR or ../shared/data/banking77 next to the repository")
+    parser.add_argument("--eval", type=Path, metavar="CSV", help="eval CSV (accuracies, eval predictions, certified policy)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory for edge/ and cloud/")
+    parser.add_argument("--name", default=None, help="model name prefix (default: the data directory's name)")
+    parser.add_argument("--version", type=int, default=1, help="version written to both model cards (default 1)")
+    parser.add_argument("--num-features", type=int, default=65536, metavar="F",
+                        help="hash buckets of the edge featurizer; the edge model holds F x labels INT8 weights (default 65536)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="embedding cache (default: $EDGECASCADE_CACHE_DIR or ~/.cache/edgecascade)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgecascade.text_build import build_text_models
+    from edgecascade.text_data import data_files, read_labelled_csv
+    from shared.errors import InvalidInputError
+
+    if args.version < 1:
+        raise InvalidInputError(f"--version must be >= 1, got {args.version}")
+    if args.data is not None:
+        train_path, eval_path = args.data, args.eval
+    else:
+        train_path, test_path = data_files(args.data_dir)
+        eval_path = args.eval if args.eval is not None else test_path
+    name = args.name or train_path.resolve().parent.name or "text"
+    train = read_labelled_csv(train_path)
+    eval_set = read_labelled_csv(eval_path) if eval_path is not None else None
+    facts = build_text_models(train, args.out, eval_set=eval_set, name=name, version=args.version,
+                              cache_dir=args.cache_dir, progress_bars=not args.no_progress,
+                              featurizer_options={"num_features": args.num_features})
+    print(json.dumps(facts, indent=2))
+    print(f"wrote {Path(args.out) / 'edge'} and {Path(args.out) / 'cloud'}")
+    return 0

