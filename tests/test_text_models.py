@@ -254,3 +254,29 @@ def test_data_dir_default_and_env(tmp_path, monkeypatch):
     assert default_data_dir() == tmp_path
     with pytest.raises(ConfigError, match="lacks train.csv, test.csv"):
         data_files(None)
+
+
+# --- the cascade benchmark's measurements -----------------------------------------------------
+
+
+def test_cascade_bench_measures_on_built_bundles(built):
+    """`measure` on the tiny pair (epsilon 0.1: 50 calibration examples cannot certify less)."""
+    from edgecascade.bench_cascade import check_targets, measure
+
+    labels = json.loads((built["out"] / "edge/model.json").read_text())["labels"]
+    evaluation = built["eval"]
+    r = measure(built["out"] / "edge", built["out"] / "cloud", labels, evaluation.texts, evaluation.label_ids(labels),
+                epsilon=0.1, quick=True)
+    assert r["edge_only_accuracy"] == pytest.approx(built["facts"]["eval"]["edge_accuracy"], abs=1e-4)
+    assert r["cloud_only_accuracy"] == pytest.approx(built["facts"]["eval"]["cloud_accuracy"], abs=1e-4)
+    assert r["oracle_accuracy"] >= max(r["edge_only_accuracy"], r["cloud_only_accuracy"])
+    assert r["curve"][0] == [0.0, pytest.approx(r["edge_only_accuracy"], abs=1e-5)]
+    assert r["curve"][-1] == [1.0, pytest.approx(r["cloud_only_accuracy"], abs=1e-5)]
+    assert set(r["cpt"]) == {"50", "80", "95"}
+    assert r["guarantee"]["n_splits"] >= 100 and 0.0 <= r["guarantee_violation_rate"] <= 1.0
+    calibrated = r["calibrated"]
+    assert {"epsilon", "delta", "deferral_rate", "accuracy"} <= set(calibrated) and calibrated["epsilon"] == 0.1
+    assert r["edge_ms_per_query"]["p50"] > 0 and r["cloud_ms_per_query"]["p50"] > 0
+    assert r["edge_model_bytes"] == (built["out"] / "edge/model.onnx").stat().st_size
+    assert r["cloud_model_bytes"] > 80_000_000  # encoder weights + head
+    assert set(check_targets(r).values()) <= {True, False}
