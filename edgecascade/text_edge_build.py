@@ -34,8 +34,9 @@ ONNX_IR_VERSION = 8  # readable by onnxruntime >= 1.14 on older boards
 #: moved by less than 0.3 points between C = 10 and 100.
 DEFAULT_C = 30.0
 DEFAULT_MAX_ITER = 300
-#: Training rows used to calibrate the activation scale of the quantized MatMul.
-QUANT_CALIBRATION_ROWS = 2000
+#: Training rows used to calibrate the quantized MatMul's output scale (its input range is
+#: pinned to [0, 1], see `write_quantized_onnx`).
+QUANT_CALIBRATION_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -140,9 +141,19 @@ def float_graph(model: LinearTextModel, name: str):
 
 
 def write_quantized_onnx(path: Path, model: LinearTextModel, name: str, calibration_inputs: np.ndarray) -> Path:
-    """Write the INT8 graph to `path`; `calibration_inputs` are featurizer outputs [n, F]."""
+    """Write the INT8 graph to `path`; `calibration_inputs` are featurizer outputs [n, F].
+
+    The MatMul's input is an L2-normalised non-negative vector, so its values lie in [0, 1].
+    One extra calibration row with a single non-zero bucket (normalised to exactly 1) pins the
+    activation range to all of [0, 1]: no input saturates, however short the text. The
+    training rows set the range of the MatMul's (quantized) output.
+    """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    pin = np.zeros((1, calibration_inputs.shape[1]), dtype=np.float32)
+    pin[0, 0] = 1.0
+    calibration_inputs = np.vstack([pin, calibration_inputs])
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
