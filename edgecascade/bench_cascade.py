@@ -83,7 +83,7 @@ def run_cascade_bench(data_dir: Optional[str | Path], out_dir: str | Path, e2e: 
     if e2e:
         points["live e2e (held-out half)"] = (result["e2e"]["deferral_rate"], result["e2e"]["accuracy"])
     plot_deferral_curve(result["curve"], points, out_dir / PLOT_FILE,
-                        title=f"BANKING77 cascade: hashed n-grams INT8 edge -> MiniLM cloud{' (quick)' if quick else ''}")
+                        title=f"BANKING77: INT8 n-gram edge -> MiniLM cloud{' (quick)' if quick else ''}")
     return result
 
 
