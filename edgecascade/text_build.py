@@ -50,32 +50,19 @@ def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Op
                       featurizer_options: Optional[dict] = None) -> dict[str, Any]:
     """Train both models on `train`, write edge/ and cloud/ under `out_dir`, and return the build facts."""
     from edgecascade.demo_models import default_cache_root
-    from edgecascade.text_edge_build import QUANT_CALIBRATION_ROWS, train_linear, write_quantized_onnx
-    from shared.text_features import featurizer_from_options, parse_featurizer_options
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_root()
     labels = label_names(train)
     y = train.label_ids(labels)
     eval_y = eval_set.label_ids(labels) if eval_set is not None else None  # fail early on unknown labels
     timings: dict[str, float] = {}
-
     edge_dir, cloud_dir = out_dir / "edge", out_dir / "cloud"
-    edge_dir.mkdir(parents=True, exist_ok=True)
-    cloud_dir.mkdir(parents=True, exist_ok=True)
 
     say(f"[1/4] edge: hashed n-grams + logistic regression on {len(train)} texts, {len(labels)} labels")
     t = time.perf_counter()
-    feat_options = parse_featurizer_options(featurizer_options or {}).model_dump(mode="json")
-    featurizer = featurizer_from_options(feat_options)
-    linear = train_linear(featurizer, train.texts, y, len(labels))
-    rng = np.random.default_rng(0)
-    calib_rows = rng.permutation(len(train))[:QUANT_CALIBRATION_ROWS]
-    write_quantized_onnx(edge_dir / "model.onnx", linear, f"{name}-edge", featurizer([train.texts[i] for i in calib_rows]))
-    edge_card = ModelCard(name=f"{name}-edge", version=version, labels=labels, runtime="onnx", file="model.onnx",
-                          input=InputSpec(kind="text"), options={"featurizer": feat_options, "intra_op_threads": 1})
-    save_card(edge_dir, edge_card)
+    edge_card = build_edge_bundle(edge_dir, train.texts, y, labels, name=f"{name}-edge", version=version,
+                                  featurizer_options=featurizer_options)
     timings["edge_train_s"] = time.perf_counter() - t
 
     say("[2/4] cloud: all-MiniLM-L6-v2 sentence embeddings (cached after the first run)")
@@ -83,7 +70,8 @@ def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Op
     from cloud_router.minilm_model import MiniLMOptions, save_minilm_bundle
 
     cloud_options = MiniLMOptions()
-    embedder = EmbeddingCache(_build_encoder(cloud_options), cache_dir, progress_bars=progress_bars)
+    embedder = EmbeddingCache(_build_encoder(cloud_options), cache_dir if cache_dir is not None else default_cache_root(),
+                              progress_bars=progress_bars)
     embeddings = embedder.embed(train.texts, desc="embedding train")
     timings["cloud_embed_s"] = time.perf_counter() - t
 
@@ -99,7 +87,7 @@ def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Op
         "train_source": train.source,
         "train_size": len(train),
         "num_labels": len(labels),
-        "edge_size_bytes": (edge_dir / "model.onnx").stat().st_size,
+        "edge_size_bytes": (edge_dir / edge_card.file).stat().st_size,
         "cloud_size_bytes": cloud_size_bytes(cloud_dir),
     }
     say("[4/4] policy" + (" and eval-set accuracy" if eval_set is not None else ""))
@@ -120,6 +108,24 @@ def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Op
     facts["build_s"] = {key: round(value, 2) for key, value in timings.items()}
     (out_dir / BUILD_INFO_FILE).write_text(json.dumps(facts, indent=2) + "\n")
     return facts
+
+
+def build_edge_bundle(edge_dir: Path, texts: Sequence[str], y: np.ndarray, labels: Sequence[str], *, name: str,
+                      version: int, featurizer_options: Optional[dict] = None) -> ModelCard:
+    """Train the linear model, write the INT8 model.onnx and model.json (no policy) to `edge_dir`."""
+    from edgecascade.text_edge_build import QUANT_CALIBRATION_ROWS, train_linear, write_quantized_onnx
+    from shared.text_features import featurizer_from_options, parse_featurizer_options
+
+    options = parse_featurizer_options(featurizer_options or {}).model_dump(mode="json")
+    edge_dir.mkdir(parents=True, exist_ok=True)
+    featurizer = featurizer_from_options(options)
+    linear = train_linear(featurizer, texts, y, len(labels))
+    rows = np.random.default_rng(0).permutation(len(texts))[:QUANT_CALIBRATION_ROWS]
+    write_quantized_onnx(edge_dir / "model.onnx", linear, name, featurizer([texts[i] for i in rows]))
+    card = ModelCard(name=name, version=version, labels=list(labels), runtime="onnx", file="model.onnx",
+                     input=InputSpec(kind="text"), options={"featurizer": options, "intra_op_threads": 1})
+    save_card(edge_dir, card)
+    return card
 
 
 def _build_encoder(options):

@@ -280,3 +280,10 @@ def test_cascade_bench_measures_on_built_bundles(built):
     assert r["edge_model_bytes"] == (built["out"] / "edge/model.onnx").stat().st_size
     assert r["cloud_model_bytes"] > 80_000_000  # encoder weights + head
     assert set(check_targets(r).values()) <= {True, False}
+
+
+def test_train_command_refuses_bad_featurizer_size(tmp_path, capsys):
+    train = write_csv(tmp_path / "t.csv", [("hi there", "greet"), ("goodbye", "leave")])
+    code = cli_main(["train", "--data", str(train), "--out", str(tmp_path / "out"), "--num-features", "3", "--no-progress"])
+    assert code == 2
+    assert "num_features" in capsys.readouterr().err
