@@ -15,6 +15,7 @@ from cloud_router.router import Router
 from cloud_router.scheduler import InMemoryScheduler
 from cloud_router.servicer import CloudRouterServicer
 from cloud_router.settings import RouterSettings
+from cloud_router.updates import UpdateService
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import ConfigError
@@ -105,7 +106,9 @@ async def serve(settings: RouterSettings, ready_callback=None) -> None:
             await close_quietly(redis_client)
 
     server = create_server(settings.max_message_bytes)
-    pb_grpc.add_CloudRouterServicer_to_server(CloudRouterServicer(router, settings, metrics), server)
+    updates = UpdateService(public_key_path=settings.update_public_key, check_uploads=settings.update_check_uploads,
+                            agent_ttl_s=settings.update_agent_ttl_s, max_chunk_bytes=settings.max_message_bytes - 1024)
+    pb_grpc.add_CloudRouterServicer_to_server(CloudRouterServicer(router, settings, metrics, updates), server)
     add_kserve_servicer(server, RouterKServeBackend(router, settings, metrics), metrics)
     health = add_health_and_reflection(server, SERVICE_NAMES)
     port = bind(server, settings.listen)

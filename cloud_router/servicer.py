@@ -6,6 +6,8 @@ import grpc
 
 from cloud_router.router import Router
 from cloud_router.settings import RouterSettings
+from cloud_router.update_servicer import UpdateRpcs
+from cloud_router.updates import UpdateService
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import InvalidInputError, UnavailableError
@@ -15,11 +17,13 @@ from shared.proto_convert import response_of
 from shared.request_parsing import agent_id_of, decode_input, request_deadline_s, request_id_of
 
 
-class CloudRouterServicer(pb_grpc.CloudRouterServicer):
-    def __init__(self, router: Router, settings: RouterSettings, metrics: RouterMetrics | None = None) -> None:
+class CloudRouterServicer(UpdateRpcs, pb_grpc.CloudRouterServicer):
+    def __init__(self, router: Router, settings: RouterSettings, metrics: RouterMetrics | None = None,
+                 updates: UpdateService | None = None) -> None:
         self.router = router
         self.settings = settings
         self.metrics = metrics or RouterMetrics(settings.router_id)
+        self.updates = updates or UpdateService()
 
     @grpc_errors
     @counted(API_EDGECASCADE)

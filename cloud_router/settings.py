@@ -65,6 +65,14 @@ class RouterSettings(BaseSettings):
     """Cloud budget for the whole fleet, deferrals per second; None: no fleet-wide budget."""
     cloud_budget_burst_s: float = Field(default=1.0, gt=0)
     """A budget's bucket holds this many seconds' worth of deferrals (at least one)."""
+    update_public_key: Optional[Path] = None
+    """Ed25519 public key (PEM) of model updates. When set, a published update whose manifest
+    does not verify is refused at once. Agents verify every update themselves either way."""
+    update_check_uploads: bool = True
+    """Check each published update (manifest fields, expiry, payload length and hashes) before
+    offering it. Off only in fault tests, where the router plays a faulty relay."""
+    update_agent_ttl_s: float = Field(default=120.0, gt=0)
+    """An agent that has not polled for updates this long no longer counts when canaries are picked."""
     metrics_port: Optional[int] = None
     """Port of the Prometheus /metrics endpoint; None disables it."""
     shutdown_grace_s: float = Field(default=10.0, ge=0)

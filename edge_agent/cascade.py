@@ -46,6 +46,10 @@ class ActiveModel:
 
     model: Model
     policy: DeferralPolicy
+    requests: int = 0
+    """Requests this model has computed (the updater's health window reads these two)."""
+    errors: int = 0
+    """Requests on which this model raised."""
 
 
 class Cascade:
@@ -67,7 +71,12 @@ class Cascade:
         model = active.model
         payload = model.check_input(payload)
         started = time.perf_counter()
-        probs = model.predict([payload])[0]
+        try:
+            probs = model.predict([payload])[0]
+        except Exception:
+            active.errors += 1
+            raise
+        active.requests += 1
         signals = signals_of(probs)
         pressure = self.pressure
         length = model.input_length(payload)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
+from typing import Optional
 
 from edge_agent.breaker import CircuitBreaker
 from edge_agent.cascade import ActiveModel, Cascade
 from edge_agent.cloud_link import CloudLink
 from edge_agent.heartbeat import Heartbeat
 from edge_agent.kserve_backend import EdgeKServeBackend
+from edge_agent.model_slot import load_slot
 from edge_agent.servicer import EdgeAgentServicer
 from edge_agent.settings import EdgeSettings
+from edge_agent.updater import open_version_store, start_updater
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.grpc_server import add_health_and_reflection, bind, create_server, run_until_signal, set_serving
@@ -27,8 +31,11 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeAgent"].full_name
 SERVICE_NAMES = [SERVICE_NAME, KSERVE_SERVICE_NAME]
 
 
-def load_active_model(settings: EdgeSettings) -> ActiveModel:
-    """Load the bundle and its policy; refuse a policy made for another model."""
+def load_active_model(settings: EdgeSettings, bundle_dir: Optional[Path] = None) -> ActiveModel:
+    """Load the bundle and its policy; refuse a policy made for another model. `bundle_dir`
+    (the updater's current version) replaces settings.bundle_dir and brings its own policy."""
+    if bundle_dir is not None:
+        return load_slot(bundle_dir, settings.providers)
     model = load_model(settings.bundle_dir, providers=settings.providers, edge=True)
     policy = load_policy(settings.policy_file or settings.bundle_dir / POLICY_FILE)
     policy.check_matches(model.card)
@@ -36,8 +43,8 @@ def load_active_model(settings: EdgeSettings) -> ActiveModel:
     return ActiveModel(model, policy)
 
 
-def build_cascade(settings: EdgeSettings) -> Cascade:
-    active = load_active_model(settings)
+def build_cascade(settings: EdgeSettings, bundle_dir: Optional[Path] = None) -> Cascade:
+    active = load_active_model(settings, bundle_dir)
     cloud = None
     if settings.cloud_target:
         breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s)
@@ -48,7 +55,8 @@ def build_cascade(settings: EdgeSettings) -> Cascade:
 
 
 async def serve(settings: EdgeSettings, ready_callback=None) -> None:
-    cascade = build_cascade(settings)
+    store = open_version_store(settings)
+    cascade = build_cascade(settings, store.current_dir() if store else None)
     metrics = AgentMetrics(cascade, settings.agent_id)
     server = create_server(settings.max_message_bytes)
     pb_grpc.add_EdgeAgentServicer_to_server(EdgeAgentServicer(cascade, settings, metrics), server)
@@ -65,12 +73,15 @@ async def serve(settings: EdgeSettings, ready_callback=None) -> None:
         heartbeat = Heartbeat(cascade, settings.agent_id, interval_s=settings.heartbeat_interval_s,
                               pressure_stale_s=settings.pressure_stale_s)
         heartbeat.start()
+    updater = start_updater(cascade, store, metrics, settings)
     if ready_callback:
         ready_callback(port)
 
     async def stopped() -> None:
         if heartbeat is not None:
             await heartbeat.stop()
+        if updater is not None:
+            await updater.stop()
         if cascade.cloud:
             await cascade.cloud.close()
 

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,7 +48,26 @@ class EdgeSettings(BaseSettings):
     shed_at_pressure: Optional[float] = Field(default=1.0, gt=0, le=1.0)
     """At or above this pressure the cloud is saturated: deferrals are answered locally, flagged
     edge_fallback / pressure. None: always defer (only the threshold shifts)."""
+    update_public_key: Optional[Path] = None
+    """Ed25519 public key (PEM) that model-update manifests must verify against. None turns
+    updates off; set it (with state_dir and a cloud_target) to take signed delta updates."""
+    state_dir: Optional[Path] = None
+    """The updater's own directory: installed versions, the `current` pointer, downloads. At the
+    first start it is seeded from bundle_dir; afterwards the agent serves `current` from it."""
+    update_poll_interval_s: float = Field(default=30.0, gt=0)
+    """How often the agent asks the router whether an update is waiting for it."""
+    update_health_window_s: float = Field(default=30.0, gt=0)
+    """After a swap the new model is on probation this long, or until it has served
+    update_health_requests requests; one model error in that window rolls it back."""
+    update_health_requests: int = Field(default=100, ge=1)
+    """Requests the new model must serve without an error to pass the health window early."""
     metrics_port: Optional[int] = None
     """Port of the Prometheus /metrics endpoint; None disables it."""
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
+
+    @model_validator(mode="after")
+    def _updates_need_state_dir(self) -> "EdgeSettings":
+        if self.update_public_key is not None and self.state_dir is None:
+            raise ValueError("update_public_key is set but state_dir is not: the updater needs a directory of its own")
+        return self

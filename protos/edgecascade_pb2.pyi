@@ -184,6 +184,158 @@ class FleetStatus(_message.Message):
     agents: _containers.RepeatedCompositeFieldContainer[FleetEntry]
     def __init__(self, agents: _Optional[_Iterable[_Union[FleetEntry, _Mapping]]] = ...) -> None: ...
 
+class PublishUpdateRequest(_message.Message):
+    __slots__ = ("signed_manifest", "canary_percent", "payload_chunk")
+    SIGNED_MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    CANARY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    signed_manifest: bytes
+    canary_percent: float
+    payload_chunk: bytes
+    def __init__(self, signed_manifest: _Optional[bytes] = ..., canary_percent: _Optional[float] = ..., payload_chunk: _Optional[bytes] = ...) -> None: ...
+
+class PublishUpdateResponse(_message.Message):
+    __slots__ = ("update_id", "model_name", "version", "rollback", "payload_bytes", "target_bytes", "patch_format")
+    UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PATCH_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    update_id: str
+    model_name: str
+    version: int
+    rollback: bool
+    payload_bytes: int
+    target_bytes: int
+    patch_format: str
+    def __init__(self, update_id: _Optional[str] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., rollback: _Optional[bool] = ..., payload_bytes: _Optional[int] = ..., target_bytes: _Optional[int] = ..., patch_format: _Optional[str] = ...) -> None: ...
+
+class UpdateNoticeRequest(_message.Message):
+    __slots__ = ("agent_id", "model_name", "model_version")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    model_name: str
+    model_version: int
+    def __init__(self, agent_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
+
+class UpdateNotice(_message.Message):
+    __slots__ = ("available", "update_id", "signed_manifest")
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    available: bool
+    update_id: str
+    signed_manifest: bytes
+    def __init__(self, available: _Optional[bool] = ..., update_id: _Optional[str] = ..., signed_manifest: _Optional[bytes] = ...) -> None: ...
+
+class PatchChunkRequest(_message.Message):
+    __slots__ = ("update_id", "index")
+    UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    update_id: str
+    index: int
+    def __init__(self, update_id: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
+
+class PatchChunk(_message.Message):
+    __slots__ = ("update_id", "index", "data")
+    UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    update_id: str
+    index: int
+    data: bytes
+    def __init__(self, update_id: _Optional[str] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UpdateStateReport(_message.Message):
+    __slots__ = ("agent_id", "model_name", "update_id", "version", "state", "reason", "message", "active_version")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    model_name: str
+    update_id: str
+    version: int
+    state: str
+    reason: str
+    message: str
+    active_version: int
+    def __init__(self, agent_id: _Optional[str] = ..., model_name: _Optional[str] = ..., update_id: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., active_version: _Optional[int] = ...) -> None: ...
+
+class UpdateStateAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RolloutStatusRequest(_message.Message):
+    __slots__ = ("model_name",)
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    def __init__(self, model_name: _Optional[str] = ...) -> None: ...
+
+class RolloutInfo(_message.Message):
+    __slots__ = ("update_id", "model_name", "version", "rollback", "phase", "canary_percent", "payload_bytes", "target_bytes", "patch_format", "published_unix_s")
+    UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PATCH_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    update_id: str
+    model_name: str
+    version: int
+    rollback: bool
+    phase: str
+    canary_percent: float
+    payload_bytes: int
+    target_bytes: int
+    patch_format: str
+    published_unix_s: float
+    def __init__(self, update_id: _Optional[str] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., rollback: _Optional[bool] = ..., phase: _Optional[str] = ..., canary_percent: _Optional[float] = ..., payload_bytes: _Optional[int] = ..., target_bytes: _Optional[int] = ..., patch_format: _Optional[str] = ..., published_unix_s: _Optional[float] = ...) -> None: ...
+
+class AgentUpdateState(_message.Message):
+    __slots__ = ("agent_id", "model_name", "active_version", "update_id", "version", "state", "reason", "message", "canary", "last_seen_unix_s")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    model_name: str
+    active_version: int
+    update_id: str
+    version: int
+    state: str
+    reason: str
+    message: str
+    canary: bool
+    last_seen_unix_s: float
+    def __init__(self, agent_id: _Optional[str] = ..., model_name: _Optional[str] = ..., active_version: _Optional[int] = ..., update_id: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., canary: _Optional[bool] = ..., last_seen_unix_s: _Optional[float] = ...) -> None: ...
+
+class RolloutStatus(_message.Message):
+    __slots__ = ("rollouts", "agents")
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    rollouts: _containers.RepeatedCompositeFieldContainer[RolloutInfo]
+    agents: _containers.RepeatedCompositeFieldContainer[AgentUpdateState]
+    def __init__(self, rollouts: _Optional[_Iterable[_Union[RolloutInfo, _Mapping]]] = ..., agents: _Optional[_Iterable[_Union[AgentUpdateState, _Mapping]]] = ...) -> None: ...
+
 class WorkReply(_message.Message):
     __slots__ = ("ticket", "probabilities", "error_code", "error_message", "worker_id", "model_ms")
     TICKET_FIELD_NUMBER: _ClassVar[int]

@@ -173,6 +173,31 @@ class CloudRouterStub:
                 request_serializer=protos_dot_edgecascade__pb2.FleetRequest.SerializeToString,
                 response_deserializer=protos_dot_edgecascade__pb2.FleetStatus.FromString,
                 _registered_method=True)
+        self.PublishUpdate = channel.stream_unary(
+                '/edgecascade.v1.CloudRouter/PublishUpdate',
+                request_serializer=protos_dot_edgecascade__pb2.PublishUpdateRequest.SerializeToString,
+                response_deserializer=protos_dot_edgecascade__pb2.PublishUpdateResponse.FromString,
+                _registered_method=True)
+        self.GetUpdateNotice = channel.unary_unary(
+                '/edgecascade.v1.CloudRouter/GetUpdateNotice',
+                request_serializer=protos_dot_edgecascade__pb2.UpdateNoticeRequest.SerializeToString,
+                response_deserializer=protos_dot_edgecascade__pb2.UpdateNotice.FromString,
+                _registered_method=True)
+        self.FetchPatchChunk = channel.unary_unary(
+                '/edgecascade.v1.CloudRouter/FetchPatchChunk',
+                request_serializer=protos_dot_edgecascade__pb2.PatchChunkRequest.SerializeToString,
+                response_deserializer=protos_dot_edgecascade__pb2.PatchChunk.FromString,
+                _registered_method=True)
+        self.ReportUpdateState = channel.unary_unary(
+                '/edgecascade.v1.CloudRouter/ReportUpdateState',
+                request_serializer=protos_dot_edgecascade__pb2.UpdateStateReport.SerializeToString,
+                response_deserializer=protos_dot_edgecascade__pb2.UpdateStateAck.FromString,
+                _registered_method=True)
+        self.GetRolloutStatus = channel.unary_unary(
+                '/edgecascade.v1.CloudRouter/GetRolloutStatus',
+                request_serializer=protos_dot_edgecascade__pb2.RolloutStatusRequest.SerializeToString,
+                response_deserializer=protos_dot_edgecascade__pb2.RolloutStatus.FromString,
+                _registered_method=True)
 
 
 class CloudRouterServicer:
@@ -203,6 +228,37 @@ class CloudRouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishUpdate(self, request_iterator, context):
+        """Model updates: the CLI publishes, agents poll, download in chunks and report each step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUpdateNotice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchPatchChunk(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportUpdateState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRolloutStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CloudRouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +281,31 @@ def add_CloudRouterServicer_to_server(servicer, server):
                     servicer.GetFleet,
                     request_deserializer=protos_dot_edgecascade__pb2.FleetRequest.FromString,
                     response_serializer=protos_dot_edgecascade__pb2.FleetStatus.SerializeToString,
+            ),
+            'PublishUpdate': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishUpdate,
+                    request_deserializer=protos_dot_edgecascade__pb2.PublishUpdateRequest.FromString,
+                    response_serializer=protos_dot_edgecascade__pb2.PublishUpdateResponse.SerializeToString,
+            ),
+            'GetUpdateNotice': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUpdateNotice,
+                    request_deserializer=protos_dot_edgecascade__pb2.UpdateNoticeRequest.FromString,
+                    response_serializer=protos_dot_edgecascade__pb2.UpdateNotice.SerializeToString,
+            ),
+            'FetchPatchChunk': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchPatchChunk,
+                    request_deserializer=protos_dot_edgecascade__pb2.PatchChunkRequest.FromString,
+                    response_serializer=protos_dot_edgecascade__pb2.PatchChunk.SerializeToString,
+            ),
+            'ReportUpdateState': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportUpdateState,
+                    request_deserializer=protos_dot_edgecascade__pb2.UpdateStateReport.FromString,
+                    response_serializer=protos_dot_edgecascade__pb2.UpdateStateAck.SerializeToString,
+            ),
+            'GetRolloutStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRolloutStatus,
+                    request_deserializer=protos_dot_edgecascade__pb2.RolloutStatusRequest.FromString,
+                    response_serializer=protos_dot_edgecascade__pb2.RolloutStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -336,6 +417,141 @@ class CloudRouter:
             '/edgecascade.v1.CloudRouter/GetFleet',
             protos_dot_edgecascade__pb2.FleetRequest.SerializeToString,
             protos_dot_edgecascade__pb2.FleetStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishUpdate(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/edgecascade.v1.CloudRouter/PublishUpdate',
+            protos_dot_edgecascade__pb2.PublishUpdateRequest.SerializeToString,
+            protos_dot_edgecascade__pb2.PublishUpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUpdateNotice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgecascade.v1.CloudRouter/GetUpdateNotice',
+            protos_dot_edgecascade__pb2.UpdateNoticeRequest.SerializeToString,
+            protos_dot_edgecascade__pb2.UpdateNotice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchPatchChunk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgecascade.v1.CloudRouter/FetchPatchChunk',
+            protos_dot_edgecascade__pb2.PatchChunkRequest.SerializeToString,
+            protos_dot_edgecascade__pb2.PatchChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportUpdateState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgecascade.v1.CloudRouter/ReportUpdateState',
+            protos_dot_edgecascade__pb2.UpdateStateReport.SerializeToString,
+            protos_dot_edgecascade__pb2.UpdateStateAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRolloutStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgecascade.v1.CloudRouter/GetRolloutStatus',
+            protos_dot_edgecascade__pb2.RolloutStatusRequest.SerializeToString,
+            protos_dot_edgecascade__pb2.RolloutStatus.FromString,
             options,
             channel_credentials,
             insecure,

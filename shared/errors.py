@@ -143,6 +143,18 @@ class GoldenMismatchError(UpdateRejectedError):
     reason = "golden_mismatch"
 
 
+class ModelLoadFailedError(UpdateRejectedError):
+    """The patched model does not load or does not run (its file hash was right)."""
+
+    reason = "load_failed"
+
+
+class UpdateNotFoundError(EdgecascadeError):
+    """The router holds no published update with that id (never published, or replaced)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
 class CalibrationError(EdgecascadeError):
     """The held-out data cannot certify a deferral threshold (too few examples, risk too high)."""
 

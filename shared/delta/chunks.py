@@ -90,6 +90,7 @@ class PayloadAssembler:
             raise CorruptPatchError(f"chunk {index} does not match its hash")
         self._file.seek(index * self.manifest.chunk_size)
         self._file.write(data)
+        self._file.flush()  # in the OS now: a restarted download keeps it
         self._have.add(index)
 
     def finish(self) -> Path:

@@ -1,0 +1,263 @@
+"""The edge agent's model updater: poll, download, verify, apply, install, load, swap, watch.
+
+Every `update_poll_interval_s` the agent asks the router (GetUpdateNotice) whether an update
+waits for it. One update goes through these steps, each reported to the router and metrics:
+
+1. signature, then manifest fields, model, expiry and version; the new card and policy;
+2. `downloading`: chunks into downloads/<id>.part, each checked against its hash, resumed
+   after a restart or a broken link; `verified` once length and whole hash match;
+3. base hash on disk, apply in a child process, result hash; the bundle is installed as
+   versions/<name> (not yet current); `applied`;
+4. a second slot loads it, warms it up and checks the golden inputs;
+5. `current` points at it and `cascade.active` is swapped (requests in flight finish on the
+   old model); `active`;
+6. the health window (docs/model_updates.md): `healthy`, or swap back and `rolled_back`.
+
+A refusal at any step is `rejected` with its reason, and the old model keeps serving. Router
+trouble (down, slow, update gone) only postpones the update to the next poll.
+
+Test-only: EDGECASCADE_TEST_PAUSE_AT=<download|apply|install|swap> makes the updater stop
+for good at that step, so a test can SIGKILL the agent there. Never set it in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from edge_agent.cascade import ActiveModel, Cascade
+from edge_agent.model_slot import bundle_files, load_slot, prepare_slot, write_bundle_files
+from edge_agent.settings import EdgeSettings
+from edge_agent.update_link import UpdateLink
+from edge_agent.version_store import VersionStore, manifest_version_name
+from shared.delta.chunks import PayloadAssembler
+from shared.delta.manifest import Manifest, SignedManifest, verify_manifest
+from shared.delta.package import apply_verified, file_sha256
+from shared.delta.signing import load_public_key
+from shared.errors import UnavailableError, UpdateRejectedError
+from shared.metrics import AgentMetrics
+
+log = logging.getLogger(__name__)
+
+PAUSE_ENV = "EDGECASCADE_TEST_PAUSE_AT"
+PAUSE_STEPS = ("download", "apply", "install", "swap")
+#: Router states the metrics gauge has no label for.
+METRIC_STATE = {"healthy": "active"}
+HEALTH_WINDOW_REASON = "health_window"
+
+
+async def pause_point(step: str) -> None:
+    """Test-only hook (see the module docstring)."""
+    if os.environ.get(PAUSE_ENV) == step:
+        log.warning("TEST PAUSE at %s (%s is set): waiting to be killed", step, PAUSE_ENV)
+        await asyncio.Event().wait()
+
+
+class Updater:
+    def __init__(self, cascade: Cascade, store: VersionStore, link: UpdateLink, metrics: AgentMetrics,
+                 settings: EdgeSettings) -> None:
+        self.cascade = cascade
+        self.store = store
+        self.link = link
+        self.metrics = metrics
+        self.public_key = load_public_key(settings.update_public_key)
+        self.providers = list(settings.providers)
+        self.poll_interval_s = settings.update_poll_interval_s
+        self.health_window_s = settings.update_health_window_s
+        self.health_requests = settings.update_health_requests
+        self.refused: dict[str, str] = {}
+        """Update ids this agent refused or rolled back (reason), never tried again while it runs."""
+        self._task: Optional[asyncio.Task] = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="updater")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.link.close()
+
+    async def _run(self) -> None:
+        try:
+            await self.resume()
+        except Exception:  # noqa: BLE001 - an updater bug must not stop the agent serving
+            log.exception("resuming the update journal failed")
+        while True:
+            try:
+                await self.poll_once()
+            except Exception:  # noqa: BLE001 - same
+                log.exception("update check failed unexpectedly")
+            await asyncio.sleep(self.poll_interval_s)
+
+    async def poll_once(self) -> Optional[str]:
+        """Ask for an update and take it; the final state, or None when there was none."""
+        model = self.cascade.active.model
+        try:
+            notice = await self.link.notice(model.name, model.version)
+        except UnavailableError as exc:
+            log.debug("%s", exc)
+            return None
+        if not notice.available or notice.update_id in self.refused:
+            return None
+        return await self.run_update(notice.update_id, notice.signed_manifest)
+
+    # --- one update ---------------------------------------------------------------------------
+
+    async def run_update(self, update_id: str, envelope: bytes) -> str:
+        """Take one update through every step; the final state (or `interrupted`)."""
+        manifest: Optional[Manifest] = None
+        name = ""
+        try:
+            current = self.cascade.active
+            signed = SignedManifest.from_bytes(envelope)
+            manifest = verify_manifest(signed.manifest_bytes, signed.signature, self.public_key,
+                                       active_version=current.model.version, now=time.time(),
+                                       model_name=current.model.name)
+            name = manifest_version_name(manifest)
+            bundle = await self._install(update_id, manifest, current)
+            candidate = await asyncio.to_thread(prepare_slot, bundle, self.providers, manifest.golden)
+        except UnavailableError as exc:
+            log.warning("update %s interrupted: %s (it resumes at the next poll)", update_id, exc)
+            return "interrupted"
+        except UpdateRejectedError as exc:
+            self.refused[update_id] = exc.reason
+            self.store.remove_downloads()
+            if name and name != self.store.current_name():
+                self.store.uninstall(name)
+            log.warning("update %s rejected (%s): %s", update_id, exc.reason, exc)
+            await self._report(update_id, manifest.version if manifest else 0, "rejected", exc.reason, str(exc))
+            return "rejected"
+        return await self._swap(update_id, manifest, name, candidate)
+
+    async def _install(self, update_id: str, manifest: Manifest, current: ActiveModel) -> Path:
+        """Steps 2-3: the new version's bundle under versions/, complete and verified."""
+        card, policy = bundle_files(manifest, current)
+        name = manifest_version_name(manifest)
+        existing = self.store.installed(name)
+        if existing is not None:
+            if await asyncio.to_thread(file_sha256, existing / manifest.file) == manifest.target_sha256:
+                log.info("update %s: version %s is already installed (an earlier attempt stopped before the swap)",
+                         update_id, name)
+                await self._report(update_id, manifest.version, "applied")
+                return existing
+            self.store.uninstall(name)
+        await self._report(update_id, manifest.version, "downloading")
+        payload = await self._download(update_id, manifest)
+        await self._report(update_id, manifest.version, "verified")
+        staging = self.store.new_staging(update_id)
+        base = current.model.bundle_dir / manifest.file
+        await asyncio.to_thread(apply_verified, manifest, payload, base, staging / manifest.file)
+        await pause_point("apply")
+        write_bundle_files(staging, card, policy)
+        bundle = await asyncio.to_thread(self.store.install, staging, name)
+        self.store.remove_downloads()
+        await self._report(update_id, manifest.version, "applied")
+        await pause_point("install")
+        return bundle
+
+    async def _download(self, update_id: str, manifest: Manifest) -> Path:
+        self.store.remove_downloads(keep=update_id)
+        with PayloadAssembler(manifest, self.store.part_path(update_id)) as parts:
+            missing = parts.missing()
+            if len(missing) < manifest.chunk_count:
+                log.info("resuming the download of update %s: %d of %d chunks already on disk", update_id,
+                         manifest.chunk_count - len(missing), manifest.chunk_count)
+            for n, index in enumerate(missing):
+                parts.add_chunk(index, await self.link.fetch_chunk(update_id, index))
+                if n == 0:
+                    await pause_point("download")
+            return await asyncio.to_thread(parts.finish)
+
+    async def _swap(self, update_id: str, manifest: Manifest, name: str, candidate: ActiveModel) -> str:
+        """Step 5, then the health window."""
+        previous = self.store.current_name()
+        self.store.write_journal({"update_id": update_id, "version": manifest.version, "name": name, "previous": previous})
+        self.store.switch_to(name)
+        old, self.cascade.active = self.cascade.active, candidate
+        log.info("update %s: now serving %s v%d (was v%d)", update_id, manifest.model_name, manifest.version,
+                 old.model.version)
+        await pause_point("swap")
+        await self._report(update_id, manifest.version, "active")
+        return await self._probation(update_id, manifest.version, name, previous, old)
+
+    # --- health window and rollback -----------------------------------------------------------
+
+    async def resume(self) -> Optional[str]:
+        """After a restart: finish the health window of an update swapped in before the crash."""
+        entry = self.store.read_journal()
+        if entry is None:
+            return None
+        if self.store.current_name() != entry.get("name"):
+            self.store.clear_journal()  # the crash came before the pointer moved: nothing was swapped
+            return None
+        log.info("update %s: resuming its health window after a restart", entry["update_id"])
+        await self._report(entry["update_id"], int(entry["version"]), "active")
+        return await self._probation(entry["update_id"], int(entry["version"]), entry["name"], entry.get("previous"), None)
+
+    async def _probation(self, update_id: str, version: int, name: str, previous: Optional[str],
+                         old: Optional[ActiveModel]) -> str:
+        failure = await self.watch_health(self.cascade.active)
+        if failure is None:
+            self.store.clear_journal()
+            self.store.prune(keep={previous} if previous else set())
+            await self._report(update_id, version, "healthy")
+            return "healthy"
+        if previous is None or self.store.installed(previous) is None:
+            log.error("update %s failed its health window (%s) but no previous version is installed", update_id, failure)
+            return "active"
+        restored = old if old is not None else await asyncio.to_thread(load_slot, self.store.versions / previous,
+                                                                       self.providers)
+        self.store.switch_to(previous)
+        self.cascade.active = restored
+        self.store.clear_journal()
+        self.store.uninstall(name)
+        self.refused[update_id] = HEALTH_WINDOW_REASON
+        log.warning("update %s rolled back to v%d: %s", update_id, restored.model.version, failure)
+        await self._report(update_id, version, "rolled_back", HEALTH_WINDOW_REASON, failure)
+        return "rolled_back"
+
+    async def watch_health(self, active: ActiveModel) -> Optional[str]:
+        """None once the model served `health_requests` requests or `health_window_s` passed
+        without an error; otherwise what went wrong."""
+        deadline = time.monotonic() + self.health_window_s
+        requests, errors = active.requests, active.errors
+        while True:
+            if active.errors > errors:
+                return f"{active.errors - errors} model error(s) in the first {active.requests - requests} requests"
+            if active.requests - requests >= self.health_requests or time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(min(0.05, self.health_window_s / 10))
+
+    async def _report(self, update_id: str, version: int, state: str, reason: str = "", message: str = "") -> None:
+        self.metrics.set_update_state(METRIC_STATE.get(state, state), version)
+        active = self.cascade.active.model
+        await self.link.report(model_name=active.name, update_id=update_id, version=version, state=state, reason=reason,
+                               message=message, active_version=active.version)
+
+
+def open_version_store(settings: EdgeSettings) -> Optional[VersionStore]:
+    """The updater's store, recovered and seeded, when updates are on (update_public_key set)."""
+    if settings.update_public_key is None:
+        return None
+    store = VersionStore(settings.state_dir)
+    store.open(settings.bundle_dir, settings.policy_file)
+    return store
+
+
+def start_updater(cascade: Cascade, store: Optional[VersionStore], metrics: AgentMetrics,
+                  settings: EdgeSettings) -> Optional[Updater]:
+    if store is None:
+        return None
+    if not settings.cloud_target:
+        log.warning("update_public_key is set but cloud_target is not: this agent cannot learn of updates")
+        return None
+    link = UpdateLink(settings.cloud_target, agent_id=settings.agent_id, max_message_bytes=settings.max_message_bytes)
+    updater = Updater(cascade, store, link, metrics, settings)
+    updater.start()
+    return updater

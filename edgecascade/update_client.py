@@ -1,0 +1,87 @@
+"""Talk to a cloud router about model updates: publish a package, read rollout status."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator, Optional
+
+import grpc
+
+from protos import edgecascade_pb2 as pb
+from protos import edgecascade_pb2_grpc as pb_grpc
+from shared.delta.package import DeltaPackage
+from shared.errors import EdgecascadeError, error_for_code
+
+UPLOAD_MESSAGE_BYTES = 1 << 20
+Progress = Callable[[int, int], None]
+
+
+def _channel(target: str) -> grpc.Channel:
+    limit = 2 * UPLOAD_MESSAGE_BYTES + (1 << 20)
+    return grpc.insecure_channel(target, options=[("grpc.max_send_message_length", limit),
+                                                  ("grpc.max_receive_message_length", 64 << 20)])
+
+
+def _typed(exc: grpc.RpcError, target: str) -> EdgecascadeError:
+    return error_for_code(exc.code(), f"router {target}: {exc.details()}")
+
+
+def _upload(package: DeltaPackage, canary_percent: float, progress: Optional[Progress]) -> Iterator[pb.PublishUpdateRequest]:
+    payload = package.payload
+    yield pb.PublishUpdateRequest(signed_manifest=package.signed_manifest, canary_percent=canary_percent)
+    for start in range(0, len(payload), UPLOAD_MESSAGE_BYTES):
+        end = min(start + UPLOAD_MESSAGE_BYTES, len(payload))
+        yield pb.PublishUpdateRequest(payload_chunk=payload[start:end])
+        if progress:
+            progress(end, len(payload))
+
+
+def publish(target: str, package: DeltaPackage, *, canary_percent: float = 0.0, progress: Optional[Progress] = None,
+            timeout_s: float = 600.0) -> pb.PublishUpdateResponse:
+    """Upload `package` to the router at `target`; `progress(sent, total)` after each message."""
+    with _channel(target) as channel:
+        try:
+            return pb_grpc.CloudRouterStub(channel).PublishUpdate(_upload(package, canary_percent, progress), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise _typed(exc, target) from None
+
+
+def rollout_status(target: str, model_name: str = "", timeout_s: float = 10.0) -> pb.RolloutStatus:
+    with _channel(target) as channel:
+        try:
+            return pb_grpc.CloudRouterStub(channel).GetRolloutStatus(pb.RolloutStatusRequest(model_name=model_name),
+                                                                     timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise _typed(exc, target) from None
+
+
+def rollout_settled(status: pb.RolloutStatus, update_id: str) -> Optional[str]:
+    """`done` when every agent the router knows for the update's model reports it healthy,
+    `halted` when the rollout stopped, None while it is still going."""
+    rollout = next((r for r in status.rollouts if r.update_id == update_id), None)
+    if rollout is None:
+        return "replaced"
+    if rollout.phase == "halted":
+        return "halted"
+    agents = [a for a in status.agents if a.model_name == rollout.model_name]
+    if rollout.phase == "full" and agents and all(
+        a.update_id == update_id and a.state in ("healthy", "rejected", "rolled_back") for a in agents
+    ):
+        return "done"
+    return None
+
+
+def follow_rollout(target: str, update_id: str, model_name: str, *, timeout_s: float, poll_s: float = 1.0,
+                   on_status: Optional[Callable[[pb.RolloutStatus], None]] = None) -> str:
+    """Poll the rollout until it settles (`done`, `halted`, `replaced`) or `timeout` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = rollout_status(target, model_name)
+        if on_status:
+            on_status(status)
+        settled = rollout_settled(status, update_id)
+        if settled:
+            return settled
+        if time.monotonic() >= deadline:
+            return "timeout"
+        time.sleep(poll_s)
