@@ -23,9 +23,12 @@ from shared.errors import ExpiredUpdateError, InvalidInputError, UpdateNotFoundE
 log = logging.getLogger(__name__)
 
 
-def update_id_of(signed_manifest: bytes) -> str:
-    """A published update's id: the first 16 hex digits of its envelope's SHA-256."""
-    return hashlib.sha256(signed_manifest).hexdigest()[:16]
+def update_id_of(signed_manifest: bytes, payload: bytes) -> str:
+    """A published update's id: 16 hex digits of the SHA-256 of its envelope and payload (so
+    the same manifest uploaded again with other bytes is a new update)."""
+    digest = hashlib.sha256(signed_manifest)
+    digest.update(hashlib.sha256(payload).digest())
+    return digest.hexdigest()[:16]
 
 
 class UpdateService:
@@ -65,7 +68,7 @@ class UpdateService:
         manifest = self.read_manifest(signed_manifest)
         if self.check_uploads:
             verify_payload(manifest, payload)
-        update = PublishedUpdate(update_id_of(signed_manifest), signed_manifest, manifest, payload, time.time())
+        update = PublishedUpdate(update_id_of(signed_manifest, payload), signed_manifest, manifest, payload, time.time())
         self.rollouts[manifest.model_name] = Rollout(update, canary_percent)
         log.info("published update %s: %s v%d%s, %d payload bytes, canary %g%%", update.update_id, manifest.model_name,
                  manifest.version, " (rollback)" if manifest.rollback else "", len(payload), canary_percent)
