@@ -386,7 +386,8 @@ def test_reflection_lists_describes_and_calls_services(daemons):
             assert names == {service, "inference.GRPCInferenceService", "grpc.health.v1.Health",
                              "grpc.reflection.v1alpha.ServerReflection"}
             described = pool_for_symbol(channel, service).FindServiceByName(service)
-            methods = {"Infer", "GetStatus"} | ({"Heartbeat", "GetFleet"} if name == "cloud" else set())
+            update_rpcs = {"PublishUpdate", "GetUpdateNotice", "FetchPatchChunk", "ReportUpdateState", "GetRolloutStatus"}
+            methods = {"Infer", "GetStatus"} | ({"Heartbeat", "GetFleet"} | update_rpcs if name == "cloud" else set())
             assert {m.name for m in described.methods} == methods
 
             pool = pool_for_symbol(channel, "inference.GRPCInferenceService")

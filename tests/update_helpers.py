@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Optional, TypeVar
 import grpc
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper
 
 from edgecascade.processes import Daemon
@@ -108,3 +109,13 @@ def crash(agent: Daemon) -> None:
     """SIGKILL the agent and everything it started (its apply child too), like a power cut."""
     os.killpg(agent.process.pid, signal.SIGKILL)
     agent.process.wait()
+
+
+@pytest.fixture(scope="session")
+def update_world(tmp_path_factory):
+    """One honest router (it checks uploads) and the signing keys, shared by the update tests."""
+    tmp = tmp_path_factory.mktemp("updates")
+    key, public = make_keys(tmp)
+    cloud = make_softmax_bundle(tmp / "cloud", name="toy-cloud", scale=10.0, permute=True)
+    with Daemon("cloud", {"model_dirs": [str(cloud)]}, tmp, name="router") as router:
+        yield {"router": router, "key": key, "public": public, "tmp": tmp}

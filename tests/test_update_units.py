@@ -1,0 +1,131 @@
+"""The update pieces without daemons: the router's store and canary rules, the agent's version
+store and crash recovery, settings."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cloud_router.rollout import FULL, HALTED, canary_bucket
+from cloud_router.updates import UpdateService
+from edge_agent.settings import EdgeSettings
+from edge_agent.version_store import CURRENT, VersionStore
+from edgecascade.update_package import package_from_bundles
+from shared.errors import (ConfigError, ExpiredUpdateError, InvalidInputError, TruncatedPatchError,
+                           UpdateNotFoundError)
+from shared.model_card import load_card
+from shared.settings import load_settings
+from tests.conftest import make_softmax_bundle
+from tests.update_helpers import make_keys, toy_versions
+
+
+@pytest.fixture
+def toy(tmp_path):
+    key, public = make_keys(tmp_path)
+    bundles = toy_versions(tmp_path, "toy", (1, 2))
+    return {"key": key, "public": public, "bundles": bundles,
+            "package": package_from_bundles(bundles[2], bundles[1], key, chunk_size=32)}
+
+
+def test_router_checks_uploads(toy):
+    service = UpdateService(public_key_path=toy["public"])
+    pkg = toy["package"]
+    with pytest.raises(TruncatedPatchError):
+        service.publish(pkg.signed_manifest, pkg.payload[:-1], 0)
+    with pytest.raises(InvalidInputError, match="canary_percent"):
+        service.publish(pkg.signed_manifest, pkg.payload, 120)
+    b = toy["bundles"]
+    expired = package_from_bundles(b[2], b[1], toy["key"], expires_in_s=10, now=time.time() - 60)
+    with pytest.raises(ExpiredUpdateError):
+        service.publish(expired.signed_manifest, expired.payload, 0)
+    update = service.publish(pkg.signed_manifest, pkg.payload, 0)
+    assert b"".join(service.chunk(update.update_id, i) for i in range(update.manifest.chunk_count)) == pkg.payload
+    with pytest.raises(UpdateNotFoundError):
+        service.chunk("0" * 16, 0)
+    with pytest.raises(InvalidInputError):
+        service.chunk(update.update_id, update.manifest.chunk_count)
+
+
+def test_notices_go_to_agents_on_other_versions_until_they_refuse(toy):
+    service = UpdateService()
+    update = service.publish(toy["package"].signed_manifest, toy["package"].payload, 0)
+    assert service.notice("a", "toy", 1).update_id == update.update_id
+    assert service.notice("b", "toy", 2) is None           # already on the target version
+    assert service.notice("c", "other", 1) is None         # another model
+    service.report("a", model_name="toy", update_id=update.update_id, version=2, state="rejected", reason="wrong_base")
+    assert service.notice("a", "toy", 1) is None           # never offered again
+    with pytest.raises(InvalidInputError, match="unknown update state"):
+        service.report("a", model_name="toy", update_id=update.update_id, version=2, state="fine")
+
+
+def test_canary_wave_then_the_rest(toy):
+    service = UpdateService()
+    agents = [f"agent-{i}" for i in range(6)]
+    for agent in agents:  # the fleet is known before the publish
+        assert service.notice(agent, "toy", 1) is None
+    update = service.publish(toy["package"].signed_manifest, toy["package"].payload, 30)
+    offered = {a for a in agents if service.notice(a, "toy", 1)}
+    expected = {a for a in agents if canary_bucket(update.update_id, a) < 30} or {
+        min(agents, key=lambda a: canary_bucket(update.update_id, a))}
+    assert offered == expected
+    for agent in offered:
+        assert service.rollouts["toy"].phase != FULL
+        service.report(agent, model_name="toy", update_id=update.update_id, version=2, state="healthy", active_version=2)
+    assert service.rollouts["toy"].phase == FULL
+    assert {a for a in agents if service.notice(a, "toy", 2 if a in offered else 1)} == set(agents) - offered
+
+
+def test_a_failing_canary_halts_the_rollout(toy):
+    service = UpdateService()
+    for agent in ("a", "b", "c"):
+        service.notice(agent, "toy", 1)
+    update = service.publish(toy["package"].signed_manifest, toy["package"].payload, 1)
+    (canary,) = [a for a in ("a", "b", "c") if service.notice(a, "toy", 1)]
+    service.report(canary, model_name="toy", update_id=update.update_id, version=2, state="rolled_back",
+                   reason="health_window")
+    assert service.rollouts["toy"].phase == HALTED
+    assert not any(service.notice(a, "toy", 1) for a in ("a", "b", "c"))
+    rollouts, records = service.status("toy")
+    assert rollouts[0].phase == HALTED and {r.agent_id for r in records} == {"a", "b", "c"}
+
+
+def test_version_store_seeds_switches_and_recovers(tmp_path):
+    bundles = toy_versions(tmp_path, "toy", (1, 2))
+    store = VersionStore(tmp_path / "state")
+    first = store.open(bundles[1])
+    assert load_card(first).version == 1 and store.current_name() == first.name
+    staging = store.new_staging("u1")
+    for f in bundles[2].iterdir():
+        (staging / f.name).write_bytes(f.read_bytes())
+    store.install(staging, "v2-test")
+    store.switch_to("v2-test")
+    (tmp_path / "state" / ".current.tmp-123-abcd").write_text("half")  # what a crash mid-switch leaves
+    store.new_staging("u2")
+    store.write_journal({"update_id": "u1", "name": "v2-test"})
+
+    reopened = VersionStore(tmp_path / "state")
+    assert reopened.open(bundles[1]) == tmp_path / "state" / "versions" / "v2-test"
+    assert not any((tmp_path / "state" / "staging").iterdir())
+    assert not list((tmp_path / "state").glob(".current.tmp-*"))
+    assert reopened.read_journal() == {"update_id": "u1", "name": "v2-test"}
+    reopened.switch_to(first.name)
+    assert (tmp_path / "state" / CURRENT).read_text().strip() == first.name
+    reopened.prune(keep=set())
+    assert [p.name for p in (tmp_path / "state" / "versions").iterdir()] == [first.name]
+    with pytest.raises(ConfigError, match="not installed"):
+        reopened.switch_to("v9-missing")
+
+
+def test_state_dir_of_another_model_is_refused(tmp_path):
+    VersionStore(tmp_path / "state").open(make_softmax_bundle(tmp_path / "a", name="model-a", scale=1.0))
+    with pytest.raises(ConfigError, match="model-a"):
+        VersionStore(tmp_path / "state").open(make_softmax_bundle(tmp_path / "b", name="model-b", scale=1.0))
+
+
+def test_update_settings_need_a_state_dir(tmp_path):
+    with pytest.raises(ConfigError, match="state_dir"):
+        load_settings(EdgeSettings, None, bundle_dir=tmp_path, update_public_key=tmp_path / "k.pub.pem")
+    settings = load_settings(EdgeSettings, None, bundle_dir=tmp_path, update_public_key=tmp_path / "k.pub.pem",
+                             state_dir=tmp_path / "state", update_poll_interval_s=5)
+    assert settings.update_poll_interval_s == 5.0
