@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,6 +61,11 @@ class EdgeSettings(BaseSettings):
     update_health_requests requests; one model error in that window rolls it back."""
     update_health_requests: int = Field(default=100, ge=1)
     """Requests the new model must serve without an error to pass the health window early."""
+    update_apply_priority: Literal["idle", "low", "normal"] = "idle"
+    """CPU priority of the child process that applies a patch. `idle` (Linux SCHED_IDLE) runs it
+    only on CPU time serving leaves over; on a board busy for the whole apply timeout the update
+    then fails as apply_failed and is retried after a restart. `low` is nice 10; `normal`
+    competes with serving."""
     metrics_port: Optional[int] = None
     """Port of the Prometheus /metrics endpoint; None disables it."""
     shutdown_grace_s: float = Field(default=10.0, ge=0)

@@ -26,6 +26,7 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -50,6 +51,18 @@ METRIC_STATE = {"healthy": "active"}
 HEALTH_WINDOW_REASON = "health_window"
 
 
+def _lower_priority(priority: str) -> None:
+    """Lower this thread's CPU priority (a per-thread attribute on Linux); the apply child it
+    starts inherits it. `idle`: SCHED_IDLE and nice 19; `low`: nice 10; `normal`: unchanged."""
+    try:
+        if priority in ("idle", "low"):
+            os.setpriority(os.PRIO_PROCESS, 0, 19 if priority == "idle" else 10)
+        if priority == "idle":
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError) as exc:  # not Linux, or not allowed: apply at normal priority
+        log.warning("cannot lower the apply thread's CPU priority to %s: %s", priority, exc)
+
+
 async def pause_point(step: str) -> None:
     """Test-only hook (see the module docstring)."""
     if os.environ.get(PAUSE_ENV) == step:
@@ -69,6 +82,8 @@ class Updater:
         self.poll_interval_s = settings.update_poll_interval_s
         self.health_window_s = settings.update_health_window_s
         self.health_requests = settings.update_health_requests
+        self._apply_thread = ThreadPoolExecutor(1, thread_name_prefix="update-apply", initializer=_lower_priority,
+                                                initargs=(settings.update_apply_priority,))
         self.refused: dict[str, str] = {}
         """Update ids this agent refused or rolled back (reason), never tried again while it runs."""
         self._task: Optional[asyncio.Task] = None
@@ -81,6 +96,7 @@ class Updater:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        self._apply_thread.shutdown(wait=False, cancel_futures=True)
         await self.link.close()
 
     async def _run(self) -> None:
@@ -152,7 +168,8 @@ class Updater:
         await self._report(update_id, manifest.version, "verified")
         staging = self.store.new_staging(update_id)
         base = current.model.bundle_dir / manifest.file
-        await asyncio.to_thread(apply_verified, manifest, payload, base, staging / manifest.file)
+        await asyncio.get_running_loop().run_in_executor(  # niced thread: the apply child inherits it
+            self._apply_thread, apply_verified, manifest, payload, base, staging / manifest.file)
         await pause_point("apply")
         write_bundle_files(staging, card, policy)
         bundle = await asyncio.to_thread(self.store.install, staging, name)
@@ -177,8 +194,9 @@ class Updater:
     async def _swap(self, update_id: str, manifest: Manifest, name: str, candidate: ActiveModel) -> str:
         """Step 5, then the health window."""
         previous = self.store.current_name()
-        self.store.write_journal({"update_id": update_id, "version": manifest.version, "name": name, "previous": previous})
-        self.store.switch_to(name)
+        journal = {"update_id": update_id, "version": manifest.version, "name": name, "previous": previous}
+        await asyncio.to_thread(self.store.write_journal, journal)
+        await asyncio.to_thread(self.store.switch_to, name)
         old, self.cascade.active = self.cascade.active, candidate
         log.info("update %s: now serving %s v%d (was v%d)", update_id, manifest.model_name, manifest.version,
                  old.model.version)
@@ -204,8 +222,8 @@ class Updater:
                          old: Optional[ActiveModel]) -> str:
         failure = await self.watch_health(self.cascade.active)
         if failure is None:
-            self.store.clear_journal()
-            self.store.prune(keep={previous} if previous else set())
+            await asyncio.to_thread(self.store.clear_journal)
+            await asyncio.to_thread(self.store.prune, {previous} if previous else set())
             await self._report(update_id, version, "healthy")
             return "healthy"
         if previous is None or self.store.installed(previous) is None:
@@ -213,10 +231,10 @@ class Updater:
             return "active"
         restored = old if old is not None else await asyncio.to_thread(load_slot, self.store.versions / previous,
                                                                        self.providers)
-        self.store.switch_to(previous)
+        await asyncio.to_thread(self.store.switch_to, previous)
         self.cascade.active = restored
-        self.store.clear_journal()
-        self.store.uninstall(name)
+        await asyncio.to_thread(self.store.clear_journal)
+        await asyncio.to_thread(self.store.uninstall, name)
         self.refused[update_id] = HEALTH_WINDOW_REASON
         log.warning("update %s rolled back to v%d: %s", update_id, restored.model.version, failure)
         await self._report(update_id, version, "rolled_back", HEALTH_WINDOW_REASON, failure)
@@ -235,6 +253,8 @@ class Updater:
             await asyncio.sleep(min(0.05, self.health_window_s / 10))
 
     async def _report(self, update_id: str, version: int, state: str, reason: str = "", message: str = "") -> None:
+        if state not in ("rejected", "rolled_back"):  # those two log a warning with the reason
+            log.info("update %s (v%d): %s", update_id, version, state)
         self.metrics.set_update_state(METRIC_STATE.get(state, state), version)
         active = self.cascade.active.model
         await self.link.report(model_name=active.name, update_id=update_id, version=version, state=state, reason=reason,

@@ -25,6 +25,10 @@ Pairs it builds itself (nothing downloaded):
   differs (quick mode keeps the first tensors up to ~8 MB);
 - `full_finetune`: a float32 ONNX MLP where every weight moves slightly.
 
+The `swap` part (`edgecascade.bench_swap`) pushes 20 signed updates through a real router
+and agent under steady open-loop load: failed requests, and p99 latency while an update is
+applied and swapped in against p99 in steady windows between the updates.
+
 Run: `python -m edgecascade.bench_delta --out delta.json [--quick]`.
 """
 
@@ -351,6 +355,9 @@ def run_delta_bench(out_path: str | Path, quick: bool) -> dict[str, Any]:
             result["base_bytes"] = base.stat().st_size
             result["model"] = info
             report["pairs"].append(result)
+    from edgecascade.bench_swap import run_swap_bench
+
+    report["swap"] = run_swap_bench(quick)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -367,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         for method, m in pair["methods"].items():
             print(f"  {method:8s} patch {m['patch_bytes']:>10d} B  diff {m['diff_s']:8.3f} s  apply {m['apply_s']:7.3f} s  peak {m['peak_mb']:7.1f} MB")
         print("  checks:", ", ".join(f"{k}={'ok' if v else 'FAIL'}" for k, v in pair["checks"].items()))
+    swap = report["swap"]
+    print(f"swap: {swap['swaps']} swaps, {swap['failed_requests']} failed requests, p99 {swap['p99_swap_ms']} ms "
+          f"during swaps vs {swap['p99_steady_ms']} ms steady")
     return 0
 
 

@@ -21,3 +21,12 @@ def test_measure_pair_reports_every_method(tmp_path):
         assert m["patch_bytes"] > 0 and m["diff_s"] >= 0 and m["apply_s"] >= 0 and m["peak_mb"] > 0
     assert result["methods"]["tensor"]["format"] == "tensor"
     assert result["checks"]["patch_le_2pct_of_full"]
+
+
+def test_swap_bench_reports_its_fields():
+    from edgecascade.bench_swap import run_swap_bench
+
+    result = run_swap_bench(swaps=1, rate_rps=50.0)
+    assert result["swaps"] == 1 and result["failed_requests"] == 0
+    assert result["requests_swap"] > 0 and result["requests_steady"] > 0
+    assert result["p99_swap_ms"] > 0 and result["p99_steady_ms"] > 0
