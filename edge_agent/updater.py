@@ -265,6 +265,7 @@ def open_version_store(settings: EdgeSettings) -> Optional[VersionStore]:
     """The updater's store, recovered and seeded, when updates are on (update_public_key set)."""
     if settings.update_public_key is None:
         return None
+    load_public_key(settings.update_public_key)  # a missing or bad key stops the start, before serving
     store = VersionStore(settings.state_dir)
     store.open(settings.bundle_dir, settings.policy_file)
     return store

@@ -129,3 +129,12 @@ def test_update_settings_need_a_state_dir(tmp_path):
     settings = load_settings(EdgeSettings, None, bundle_dir=tmp_path, update_public_key=tmp_path / "k.pub.pem",
                              state_dir=tmp_path / "state", update_poll_interval_s=5)
     assert settings.update_poll_interval_s == 5.0
+
+
+def test_agent_with_a_missing_update_key_does_not_start(tmp_path):
+    from edge_agent.updater import open_version_store
+
+    settings = load_settings(EdgeSettings, None, bundle_dir=make_softmax_bundle(tmp_path / "b", name="toy", scale=1.0),
+                             update_public_key=tmp_path / "missing.pem", state_dir=tmp_path / "state")
+    with pytest.raises(ConfigError, match="missing.pem"):
+        open_version_store(settings)
