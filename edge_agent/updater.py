@@ -17,7 +17,8 @@ A refusal at any step is `rejected` with its reason, and the old model keeps ser
 trouble (down, slow, update gone) only postpones the update to the next poll.
 
 Test-only: EDGECASCADE_TEST_PAUSE_AT=<download|apply|install|swap> makes the updater stop
-for good at that step, so a test can SIGKILL the agent there. Never set it in production.
+for good at that step, so a test can SIGKILL the agent there (`<step>:<seconds>` pauses only
+that long, so a test can cut the link meanwhile). Never set it in production.
 """
 
 from __future__ import annotations
@@ -64,9 +65,15 @@ def _lower_priority(priority: str) -> None:
 
 
 async def pause_point(step: str) -> None:
-    """Test-only hook (see the module docstring)."""
-    if os.environ.get(PAUSE_ENV) == step:
-        log.warning("TEST PAUSE at %s (%s is set): waiting to be killed", step, PAUSE_ENV)
+    """Test-only hook (see the module docstring): `<step>` waits for good, `<step>:<seconds>`
+    waits that long and goes on."""
+    wanted, _, seconds = os.environ.get(PAUSE_ENV, "").partition(":")
+    if wanted != step:
+        return
+    log.warning("TEST PAUSE at %s (%s is set) for %s", step, PAUSE_ENV, f"{seconds} s" if seconds else "good")
+    if seconds:
+        await asyncio.sleep(float(seconds))
+    else:
         await asyncio.Event().wait()
 
 

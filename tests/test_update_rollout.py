@@ -13,13 +13,14 @@ from edgecascade.cli import main as cli_main
 from edgecascade.processes import Daemon
 from edgecascade.update_client import rollout_status
 from edgecascade.update_package import package_from_bundles
+from edge_agent.updater import PAUSE_ENV
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.tensor_codec import to_proto
 from tests.conftest import CONFIDENT
 from tests.update_helpers import (update_world,  # noqa: F401 - the shared router fixture
-                                  FRAGILE_INPUT, agent_record, edge_settings, make_fragile_bundle, make_keys,
-                                  publish_package, served_version, toy_versions, wait_for, wait_state)
+                                  FRAGILE_INPUT, TcpProxy, agent_record, edge_settings, make_fragile_bundle, make_keys,
+                                  publish_package, served_version, toy_versions, wait_for, wait_log, wait_state)
 
 DONE = {"healthy", "rejected", "rolled_back"}
 
@@ -29,10 +30,10 @@ def world(update_world):
     return update_world
 
 
-def agent_for(world, name: str, agent_id: str, bundle, **extra) -> Daemon:
+def agent_for(world, name: str, agent_id: str, bundle, env=None, **extra) -> Daemon:
     tmp = world["tmp"] / agent_id
     settings = edge_settings(bundle, world["router"], tmp / "state", world["public"], agent_id, **extra)
-    return Daemon("edge", settings, tmp, name=agent_id)
+    return Daemon("edge", settings, tmp, name=agent_id, env=env)
 
 
 class Load:
@@ -75,6 +76,26 @@ def test_swaps_under_load_fail_no_request(world):
         wait_for(lambda: load.versions[3] > 20, "requests on v3")
     assert load.failures == []
     assert load.versions[1] > 0 and load.versions[3] > 0
+
+
+def test_download_resumes_after_a_broken_link(world):
+    bundles = toy_versions(world["tmp"] / "link-bundles", "toy-link", (1, 2))
+    router = world["router"]
+    proxy = TcpProxy(router.target)
+    pause = {PAUSE_ENV: "download:0.6"}  # after the first chunk, long enough to cut the link
+    try:
+        with agent_for(world, "toy-link", "link", bundles[1], env=pause, cloud_target=proxy.target) as agent:
+            pkg = package_from_bundles(bundles[2], bundles[1], world["key"], chunk_size=32)
+            update_id = publish_package(router, pkg)
+            wait_log(agent, "TEST PAUSE at download")
+            proxy.cut()
+            wait_log(agent, f"update {update_id} interrupted")
+            proxy.restore()
+            assert wait_state(router, agent, "link", update_id, DONE).state == "healthy"
+            assert f"resuming the download of update {update_id}: 1 of {pkg.manifest.chunk_count} chunks" in agent.logs()
+            assert served_version(agent) == 2
+    finally:
+        proxy.close()
 
 
 def test_failed_health_window_rolls_back_on_its_own(world):
