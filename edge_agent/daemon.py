@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from pathlib import Path
 from typing import Optional
@@ -74,6 +75,7 @@ async def serve(settings: EdgeSettings, ready_callback=None) -> None:
                               pressure_stale_s=settings.pressure_stale_s)
         heartbeat.start()
     updater = start_updater(cascade, store, metrics, settings)
+    gc.freeze()  # start-up objects leave the collector's view: no 20 ms full collections mid-swap
     if ready_callback:
         ready_callback(port)
 

@@ -63,9 +63,8 @@ class EdgeSettings(BaseSettings):
     """Requests the new model must serve without an error to pass the health window early."""
     update_apply_priority: Literal["idle", "low", "normal"] = "idle"
     """CPU priority of the child process that applies a patch. `idle` (Linux SCHED_IDLE) runs it
-    only on CPU time serving leaves over; on a board busy for the whole apply timeout the update
-    then fails as apply_failed and is retried after a restart. `low` is nice 10; `normal`
-    competes with serving."""
+    only on CPU time serving leaves over, so on a board busy for the whole apply timeout the
+    update fails as apply_failed; `low` is nice 10; `normal` competes with serving."""
     metrics_port: Optional[int] = None
     """Port of the Prometheus /metrics endpoint; None disables it."""
     shutdown_grace_s: float = Field(default=10.0, ge=0)

@@ -27,7 +27,6 @@ import asyncio
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -50,18 +49,6 @@ PAUSE_STEPS = ("download", "apply", "install", "swap")
 #: Router states the metrics gauge has no label for.
 METRIC_STATE = {"healthy": "active"}
 HEALTH_WINDOW_REASON = "health_window"
-
-
-def _lower_priority(priority: str) -> None:
-    """Lower this thread's CPU priority (a per-thread attribute on Linux); the apply child it
-    starts inherits it. `idle`: SCHED_IDLE and nice 19; `low`: nice 10; `normal`: unchanged."""
-    try:
-        if priority in ("idle", "low"):
-            os.setpriority(os.PRIO_PROCESS, 0, 19 if priority == "idle" else 10)
-        if priority == "idle":
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError) as exc:  # not Linux, or not allowed: apply at normal priority
-        log.warning("cannot lower the apply thread's CPU priority to %s: %s", priority, exc)
 
 
 async def pause_point(step: str) -> None:
@@ -89,8 +76,7 @@ class Updater:
         self.poll_interval_s = settings.update_poll_interval_s
         self.health_window_s = settings.update_health_window_s
         self.health_requests = settings.update_health_requests
-        self._apply_thread = ThreadPoolExecutor(1, thread_name_prefix="update-apply", initializer=_lower_priority,
-                                                initargs=(settings.update_apply_priority,))
+        self.apply_priority = settings.update_apply_priority
         self.refused: dict[str, str] = {}
         """Update ids this agent refused or rolled back (reason), never tried again while it runs."""
         self._task: Optional[asyncio.Task] = None
@@ -103,7 +89,6 @@ class Updater:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        self._apply_thread.shutdown(wait=False, cancel_futures=True)
         await self.link.close()
 
     async def _run(self) -> None:
@@ -175,8 +160,8 @@ class Updater:
         await self._report(update_id, manifest.version, "verified")
         staging = self.store.new_staging(update_id)
         base = current.model.bundle_dir / manifest.file
-        await asyncio.get_running_loop().run_in_executor(  # niced thread: the apply child inherits it
-            self._apply_thread, apply_verified, manifest, payload, base, staging / manifest.file)
+        await asyncio.to_thread(apply_verified, manifest, payload, base, staging / manifest.file,
+                                priority=self.apply_priority)
         await pause_point("apply")
         write_bundle_files(staging, card, policy)
         bundle = await asyncio.to_thread(self.store.install, staging, name)

@@ -138,3 +138,19 @@ def test_agent_with_a_missing_update_key_does_not_start(tmp_path):
                              update_public_key=tmp_path / "missing.pem", state_dir=tmp_path / "state")
     with pytest.raises(ConfigError, match="missing.pem"):
         open_version_store(settings)
+
+
+def test_apply_child_priority_is_lowered_from_outside():
+    import os
+    import subprocess
+    import sys
+
+    from shared.delta.package import lower_priority
+
+    if not hasattr(os, "SCHED_IDLE"):
+        pytest.skip("SCHED_IDLE is Linux only")
+    code = "import os, time; time.sleep(0.5); print(os.sched_getscheduler(0) == os.SCHED_IDLE, os.getpriority(os.PRIO_PROCESS, 0))"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    lower_priority(child.pid, "idle")
+    assert child.communicate(timeout=10)[0].split() == ["True", "19"]
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the parent's own threads are untouched

@@ -35,6 +35,7 @@ from shared.errors import (
 )
 
 DEFAULT_APPLY_TIMEOUT_S = 600.0
+CHILD_PRIORITIES = ("normal", "low", "idle")
 
 
 class DeltaPackage(NamedTuple):
@@ -161,8 +162,10 @@ def apply_verified(
     out_path: str | Path,
     *,
     timeout_s: float = DEFAULT_APPLY_TIMEOUT_S,
+    priority: str = "normal",
 ) -> AppliedUpdate:
-    """The steps after the payload is verified: base hash, apply in a child, result hash."""
+    """The steps after the payload is verified: base hash, apply in a child, result hash.
+    `priority` is the child's CPU priority (see `lower_priority`)."""
     out_path = Path(out_path)
     try:
         base_sha256 = file_sha256(base_path)
@@ -176,6 +179,7 @@ def apply_verified(
         apply_in_subprocess(
             payload_path, base_path, out_path,
             payload_sha256=manifest.payload_sha256, base_sha256=manifest.base_sha256, timeout_s=timeout_s,
+            priority=priority,
         )
         result = file_sha256(out_path)
         if result != manifest.target_sha256:
@@ -196,8 +200,10 @@ def apply_in_subprocess(
     payload_sha256: Optional[str] = None,
     base_sha256: Optional[str] = None,
     timeout_s: float = DEFAULT_APPLY_TIMEOUT_S,
+    priority: str = "normal",
 ) -> tuple[int, str]:
     """Apply in `python -m shared.delta.apply_worker`; returns (size, sha256) of the written file.
+    The child runs at `priority` (see `lower_priority`).
 
     Raises the worker's rejection as its own UpdateRejectedError subclass, and
     ApplyFailedError when the child crashes, prints nonsense or runs past `timeout_s`.
@@ -210,11 +216,15 @@ def apply_in_subprocess(
     env = dict(os.environ)
     root = str(Path(shared.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-    except subprocess.TimeoutExpired:
-        raise ApplyFailedError(f"applying the patch took longer than {timeout_s:g} s; child killed") from None
-    lines = proc.stdout.strip().splitlines()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        lower_priority(proc.pid, priority)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise ApplyFailedError(f"applying the patch took longer than {timeout_s:g} s; child killed") from None
+    lines = stdout.strip().splitlines()
     try:
         reply = json.loads(lines[-1]) if lines else None
     except ValueError:
@@ -223,8 +233,24 @@ def apply_in_subprocess(
         return int(reply["size"]), str(reply["sha256"])
     if isinstance(reply, dict) and "reason" in reply:
         raise rejection_for(str(reply["reason"]), str(reply.get("message", "")))
-    detail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+    detail = stderr.strip().splitlines()[-1:] or ["no output"]
     raise ApplyFailedError(f"apply worker exited with status {proc.returncode}: {detail[0]}")
+
+
+def lower_priority(pid: int, priority: str) -> None:
+    """Lower a child's CPU priority so it takes only what serving leaves: `low` is nice 10,
+    `idle` is Linux SCHED_IDLE (and nice 19), `normal` changes nothing. Set from the parent
+    on the child's pid, never on a thread of the parent: a low-priority thread holding the
+    GIL would stall the serving thread. Best effort: where not allowed, nothing changes."""
+    if priority not in CHILD_PRIORITIES:
+        raise InvalidInputError(f"priority {priority!r} is not one of {CHILD_PRIORITIES}")
+    try:
+        if priority in ("low", "idle"):
+            os.setpriority(os.PRIO_PROCESS, pid, 19 if priority == "idle" else 10)
+        if priority == "idle":
+            os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, not allowed, or the child already exited
+        pass
 
 
 def rejection_for(reason: str, message: str) -> UpdateRejectedError:
