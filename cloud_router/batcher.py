@@ -107,7 +107,8 @@ class DynamicBatcher:
             raise DeadlineError("deadline passed before the request was queued")
         future = asyncio.get_running_loop().create_future()
         heapq.heappush(self._heap, WorkItem((-priority, next(self._seq)), payload, deadline_s, future))
-        self._wakeup.set()
+        if len(self._heap) == 1 or len(self._heap) >= self.max_batch_size:
+            self._wakeup.set()  # the loop waits only for a first request or a full batch
         return await future
 
     async def _run(self) -> None:
@@ -118,15 +119,15 @@ class DynamicBatcher:
                 await self._wakeup.wait()
             # Let the batch fill: until it is full or max_delay has passed since the oldest arrival.
             fill_until = min(item.enqueued_s for item in self._heap) + self.max_delay_s
-            while len(self._heap) < self.max_batch_size:
+            if len(self._heap) < self.max_batch_size:
                 remaining_s = fill_until - time.time()
-                if remaining_s <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining_s)
-                except asyncio.TimeoutError:
-                    break
+                if remaining_s > 0:
+                    self._wakeup.clear()
+                    try:
+                        async with asyncio.timeout(remaining_s):
+                            await self._wakeup.wait()
+                    except TimeoutError:
+                        pass
             batch, dropped = take_batch(self._heap, self.max_batch_size, time.time())
             for item in dropped:
                 if not item.future.done():
