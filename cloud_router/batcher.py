@@ -1,9 +1,10 @@
 """Dynamic batching: concurrent requests in, model-sized batches out, one future per request.
 
 `take_batch` is the pure gathering step (testable without a server). `DynamicBatcher` wraps it
-in an asyncio loop: it waits up to `max_delay_ms` after the first queued request for a batch
-to fill, drops requests whose deadline already passed (they are never computed), runs the
-model off the event loop, and delivers each row, or the batch's error, to every caller.
+in an asyncio loop: it waits up to `max_delay_ms` after the first queued request (or after the
+model came free, if later) for a batch to fill, drops requests whose deadline already passed
+(they are never computed), runs the model off the event loop, and delivers each row, or the
+batch's error, to every caller.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class DynamicBatcher:
         self.batch_sizes: list[int] = []   # recent batch sizes, for tests and metrics
         self.expired_count = 0
         self.busy_s = 0.0                   # time spent inside the model
+        self._free_since_s = 0.0            # when the model last finished a batch (time.time())
 
     @property
     def queue_depth(self) -> int:
@@ -117,8 +119,11 @@ class DynamicBatcher:
             if not self._heap:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            # Let the batch fill: until it is full or max_delay has passed since the oldest arrival.
-            fill_until = min(item.enqueued_s for item in self._heap) + self.max_delay_s
+            # Let the batch fill: until it is full or max_delay has passed since the oldest arrival,
+            # or since the model came free if that was later. Requests that arrived while the
+            # model was busy may still be on their way through gRPC: when the model frees the
+            # CPU, this short wait lets them join instead of leaving a small batch to run alone.
+            fill_until = max(min(item.enqueued_s for item in self._heap), self._free_since_s) + self.max_delay_s
             if len(self._heap) < self.max_batch_size:
                 remaining_s = fill_until - time.time()
                 if remaining_s > 0:
@@ -147,6 +152,7 @@ class DynamicBatcher:
                         item.future.set_exception(error)
                 continue
             finally:
+                self._free_since_s = time.time()
                 elapsed_s = time.perf_counter() - started
                 self.busy_s += elapsed_s
                 self.batch_sizes.append(len(batch))
