@@ -31,7 +31,10 @@ class LoadResult:
 
 async def closed_loop(call: Callable[[int], Awaitable[object]], *, concurrency: int, duration_s: float,
                       warmup_s: float = 0.5) -> LoadResult:
-    """Keep `concurrency` calls in flight; count only those that finish inside the window."""
+    """Keep `concurrency` calls in flight for `warmup_s + duration_s`; count the calls that finish
+    inside the window (after the warm-up), whenever they started. (Counting only calls that also
+    started inside it would miss about one latency's worth of answers: at 64 in flight and
+    0.3 s latency, 8 % of a 4 s window.)"""
     latencies: list[float] = []
     errors = 0
     counter = 0
@@ -50,11 +53,11 @@ async def closed_loop(call: Callable[[int], Awaitable[object]], *, concurrency: 
             try:
                 await call(i)
             except Exception:  # noqa: BLE001 - counted
-                if now >= window_start:
+                if window_start <= time.perf_counter() <= window_end:
                     errors += 1
                 continue
             done = time.perf_counter()
-            if now >= window_start and done <= window_end:
+            if window_start <= done <= window_end:
                 latencies.append((done - now) * 1000.0)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -81,11 +84,11 @@ def closed_loop_threads(call: Callable[[int], object], *, concurrency: int, dura
             try:
                 call(next(counter))
             except Exception:  # noqa: BLE001 - counted
-                if now >= window_start:
+                if window_start <= time.perf_counter() <= window_end:
                     errors[k] += 1
                 continue
             done = time.perf_counter()
-            if now >= window_start and done <= window_end:
+            if window_start <= done <= window_end:
                 mine.append((done - now) * 1000.0)
 
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
