@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -61,14 +62,15 @@ def request_bytes(payload: Any) -> bytes:
     return request.SerializeToString()
 
 
-async def grpc_load(target: str, method: str, payloads: Sequence[bytes], *, concurrency: int, duration_s: float):
+async def grpc_load(target: str, method: str, payloads: Sequence[bytes], *, concurrency: int, duration_s: float,
+                    warmup_s: float = 0.5):
     """Closed-loop load with pre-serialised requests (raw bytes in and out: no client-side parsing)."""
     async with grpc.aio.insecure_channel(target) as channel:
         call = channel.unary_unary(method)
         for i in range(20):
             await call(payloads[i % len(payloads)], timeout=30)
         return await closed_loop(lambda i: call(payloads[i % len(payloads)], timeout=30),
-                                 concurrency=concurrency, duration_s=duration_s)
+                                 concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s)
 
 
 def median(values: Sequence[float]) -> float:
@@ -98,10 +100,27 @@ def router_max_batch_size(best_batch: int) -> int:
     return max(1, min(best_batch, CONCURRENCY // 2))
 
 
-def cloud_side(bundle_dir: Path, inputs: list, work: Path, *, reps: int, duration_s: float) -> dict[str, Any]:
-    """Bare model at each batch size (in this process) against the router with batching on and off."""
+def with_threads(bundle_dir: Path, threads: int, work: Path) -> Path:
+    """A copy of a cloud bundle whose card asks for `threads` torch threads (runtimes with a
+    `threads` option); the bundle itself when it has none."""
+    card = json.loads((Path(bundle_dir) / "model.json").read_text())
+    if "threads" not in card.get("options", {}):
+        return Path(bundle_dir)
+    copy = work / f"cloud-{threads}-threads"
+    shutil.copytree(bundle_dir, copy)
+    card["options"]["threads"] = threads
+    (copy / "model.json").write_text(json.dumps(card, indent=2) + "\n")
+    return copy
+
+
+def cloud_side(bundle_dir: Path, inputs: list, work: Path, *, reps: int, duration_s: float,
+               threads: int | None = None) -> dict[str, Any]:
+    """Bare model at each batch size (in this process) against the router with batching on and
+    off. `threads`: run the model (both sides) with that many torch threads instead of its card's."""
     from shared.model import load_model
 
+    if threads is not None:
+        bundle_dir = with_threads(bundle_dir, threads, work)
     model = load_model(bundle_dir)
     model.load()
     payloads = [request_bytes(x) for x in inputs[:512]]
@@ -116,11 +135,14 @@ def cloud_side(bundle_dir: Path, inputs: list, work: Path, *, reps: int, duratio
             if rep:
                 raw_runs.append(raw_model_throughput(model, inputs, duration_s=duration_s))
             for batching, router in ((True, batched), (False, unbatched)):
+                # Warm-up of a second: the first answers of an unbatched router take 64 model calls.
                 runs[batching].append(asyncio.run(grpc_load(router.target, "/edgecascade.v1.CloudRouter/Infer", payloads,
-                                                            concurrency=CONCURRENCY, duration_s=duration_s)))
+                                                            concurrency=CONCURRENCY, duration_s=duration_s,
+                                                            warmup_s=min(1.0, duration_s))))
     raw_by_batch = {b: median([r[b] for r in raw_runs]) for b in BATCH_SIZES}
     best_batch = max(raw_by_batch, key=raw_by_batch.get)
     return {
+        "cloud_model_threads": model.card.options.get("threads"),
         "raw_model_rps_by_batch": {str(b): round(v, 1) for b, v in raw_by_batch.items()},
         "raw_model_best_batch": best_batch,
         "raw_model_best_rps": round(raw_by_batch[best_batch], 1),
@@ -159,6 +181,11 @@ def edge_side(bundle_dir: Path, inputs: list, work: Path, echo_target: str, *, r
         time.sleep(PACED_GAP_S)
         model.predict([accepted[i % len(accepted)]])
 
+    served_edge_ms: list[float] = []
+
+    def via_agent(i: int) -> None:
+        served_edge_ms.append(client.infer(accepted[i % len(accepted)]).edge_ms)
+
     with Daemon("edge", {"bundle_dir": str(bundle_dir), "cloud_target": None, "agent_id": "bench"}, work, name="edge-bench") as agent, \
             Client(agent.target, timeout_s=5) as client, grpc.insecure_channel(echo_target) as echo_channel:
         accepted = [x for x in inputs[:1000] if client.infer(x).served_by == "edge"][:200] or inputs[:1]
@@ -167,11 +194,16 @@ def edge_side(bundle_dir: Path, inputs: list, work: Path, echo_target: str, *, r
         for _ in range(reps):
             keep("raw_edge", sequential_latencies_ms(lambda i: model.predict([accepted[i % len(accepted)]]), count=count))
             keep("raw_edge_paced", sequential_latencies_ms(paced, count=count) - PACED_GAP_S * 1000.0)
-            keep("agent", sequential_latencies_ms(lambda i: client.infer(accepted[i % len(accepted)]), count=count))
+            served_edge_ms.clear()
+            keep("agent", sequential_latencies_ms(via_agent, count=count))
+            keep("agent_model", np.asarray(served_edge_ms[-count:]))  # edge_ms: model + policy, inside the agent
             keep("echo", sequential_latencies_ms(lambda i: echo(echo_payload, timeout=5), count=count))
     result = {key: round(median(values), 4) for key, values in out.items()
-              if key in ("raw_edge_p50_ms", "raw_edge_paced_p50_ms", "agent_p50_ms", "agent_p99_ms", "echo_p50_ms")}
+              if key in ("raw_edge_p50_ms", "raw_edge_paced_p50_ms", "agent_p50_ms", "agent_p99_ms",
+                         "agent_model_p50_ms", "echo_p50_ms")}
     result["agent_overhead_p50_ms"] = round(result["agent_p50_ms"] - result["raw_edge_p50_ms"], 4)
+    # What the agent adds besides its model's own time as served (which runs colder than in a loop).
+    result["agent_overhead_beyond_model_p50_ms"] = round(result["agent_p50_ms"] - result["agent_model_p50_ms"], 4)
     result["edge_accepted_inputs"] = len(accepted)
     return result
 
@@ -268,7 +300,10 @@ def run_serve_bench(out_path: Path, *, quick: bool = False) -> dict[str, Any]:
                               "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory(prefix="edgecascade-bench-") as tmp, echo_server() as echo_target:
         work = Path(tmp)
-        result.update(cloud_side(cloud_dir, cloud_inputs, work, reps=reps, duration_s=duration_s))
+        # The limit is the model's best throughput on this machine: all its cores (the card's
+        # own default may be one thread, for nodes running several replicas).
+        result.update(cloud_side(cloud_dir, cloud_inputs, work, reps=reps, duration_s=duration_s,
+                                 threads=None if quick else os.cpu_count()))
         result.update(edge_side(edge_dir, edge_inputs, work, echo_target, reps=reps, count=count))
         result.update(transport_floor(trivial_bundle(work / "trivial"), work, echo_target, reps=reps, duration_s=duration_s))
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
