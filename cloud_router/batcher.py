@@ -1,9 +1,11 @@
 """Dynamic batching: concurrent requests in, model-sized batches out, one future per request.
 
-`take_batch` is the pure gathering step (testable without a server). `DynamicBatcher` wraps it
-in an asyncio loop: it waits up to `max_delay_ms` after the first queued request for a batch
-to fill, drops requests whose deadline already passed (they are never computed), runs the
-model off the event loop, and delivers each row, or the batch's error, to every caller.
+`take_batch` is the pure gathering step (testable without a server). `DynamicBatcher` runs it
+on the model's own thread: that thread waits up to `max_delay_ms` after the first queued
+request (or after the model came free, if later) for a batch to fill, drops requests whose
+deadline already passed (they are never computed), runs the model, hands each row, or the
+batch's error, back to the event loop, and takes the next batch at once. The event loop only
+queues requests and resolves futures; the model never waits for it between batches.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import threading
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -47,7 +50,9 @@ def take_batch(heap: list[WorkItem], max_batch_size: int, now_s: float) -> tuple
 
 
 class DynamicBatcher:
-    """One per hosted model. `submit` returns that request's row of the model's output."""
+    """One per hosted model. `submit` returns that request's row of the model's output.
+
+    `model_lock`, shared by several batchers, lets only one of their models run at a time."""
 
     def __init__(
         self,
@@ -56,102 +61,136 @@ class DynamicBatcher:
         max_batch_size: int = 32,
         max_delay_ms: float = 5.0,
         max_queue: int = 1024,
-        executor: Executor | None = None,
+        model_lock: threading.Lock | None = None,
         on_batch: Callable[[int, float], None] | None = None,
+        name: str = "model",
     ) -> None:
         self.predict = predict
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000.0
         self.max_queue = max_queue
-        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.name = name
+        self._model_lock = model_lock
         self._on_batch = on_batch
         self._heap: list[WorkItem] = []
         self._seq = itertools.count()
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._ready = threading.Condition()   # guards _heap and _stopping; notified on arrivals
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.batch_sizes: list[int] = []   # recent batch sizes, for tests and metrics
         self.expired_count = 0
         self.busy_s = 0.0                   # time spent inside the model
+        self._free_since_s = 0.0            # when the model last finished a batch (time.time())
 
     @property
     def queue_depth(self) -> int:
         return len(self._heap)
 
     def oldest_age_s(self, now_s: float | None = None) -> float:
-        if not self._heap:
-            return 0.0
+        with self._ready:
+            if not self._heap:
+                return 0.0
+            oldest_s = min(item.enqueued_s for item in self._heap)
         now_s = time.time() if now_s is None else now_s
-        return max(0.0, now_s - min(item.enqueued_s for item in self._heap))
+        return max(0.0, now_s - oldest_s)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+        """Start the model thread; call from the event loop that will submit."""
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._stopping = False
+            self._thread = threading.Thread(target=self._work, name=f"batcher-{self.name}", daemon=True)
+            self._thread.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-        for item in self._heap:
+        """Stop taking batches (one already running finishes) and fail every queued request."""
+        if self._thread is not None:
+            with self._ready:
+                self._stopping = True
+                self._ready.notify()
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            self._thread = None
+        with self._ready:
+            left, self._heap = self._heap, []
+        for item in left:
             if not item.future.done():
                 item.future.set_exception(ModelError("router is shutting down"))
-        self._heap.clear()
 
     async def submit(self, payload: Any, deadline_s: float, priority: int = 0) -> np.ndarray:
         if len(self._heap) >= self.max_queue:
             raise OverloadedError(f"queue is full ({self.max_queue} requests waiting); retry later")
         if deadline_s <= time.time():
             raise DeadlineError("deadline passed before the request was queued")
+        if self._thread is None:
+            raise ModelError("the batcher is not running")
         future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._heap, WorkItem((-priority, next(self._seq)), payload, deadline_s, future))
-        self._wakeup.set()
+        with self._ready:
+            heapq.heappush(self._heap, WorkItem((-priority, next(self._seq)), payload, deadline_s, future))
+            if len(self._heap) == 1 or len(self._heap) >= self.max_batch_size:
+                self._ready.notify()  # the model thread waits only for a first request or a full batch
         return await future
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._heap:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            # Let the batch fill: until it is full or max_delay has passed since the oldest arrival.
-            fill_until = min(item.enqueued_s for item in self._heap) + self.max_delay_s
-            while len(self._heap) < self.max_batch_size:
+    def _next_batch(self) -> tuple[list[WorkItem], list[WorkItem]] | None:
+        """On the model thread: wait for work, let the batch fill, take it. None when stopping."""
+        with self._ready:
+            while not self._heap and not self._stopping:
+                self._ready.wait()
+            if self._stopping:
+                return None
+            # Let the batch fill: until it is full or max_delay has passed since the oldest arrival,
+            # or since the model came free if that was later. Requests that arrived while the
+            # model was busy may still be on their way through gRPC: when the model frees the
+            # CPU, this short wait lets them join instead of leaving a small batch to run alone.
+            fill_until = max(min(item.enqueued_s for item in self._heap), self._free_since_s) + self.max_delay_s
+            while len(self._heap) < self.max_batch_size and not self._stopping:
                 remaining_s = fill_until - time.time()
                 if remaining_s <= 0:
                     break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining_s)
-                except asyncio.TimeoutError:
-                    break
-            batch, dropped = take_batch(self._heap, self.max_batch_size, time.time())
-            for item in dropped:
-                if not item.future.done():
-                    self.expired_count += 1
-                    item.future.set_exception(DeadlineError("deadline passed while queued; not computed"))
-            if not batch:
-                continue
+                self._ready.wait(remaining_s)
+            return take_batch(self._heap, self.max_batch_size, time.time())
+
+    def _work(self) -> None:
+        while True:
+            taken = self._next_batch()
+            if taken is None:
+                return
+            batch, dropped = taken
+            outputs: Any = None
+            error: Exception | None = None
             started = time.perf_counter()
+            if batch:
+                try:
+                    with self._model_lock or nullcontext():
+                        outputs = self.predict([item.payload for item in batch])
+                    if len(outputs) != len(batch):
+                        raise ModelError(f"model returned {len(outputs)} rows for a batch of {len(batch)}")
+                except Exception as exc:  # noqa: BLE001 - every caller in the batch gets the error
+                    error = exc if isinstance(exc, ModelError) else ModelError(f"model failed on a batch of {len(batch)}: {exc}")
+            elapsed_s = time.perf_counter() - started
+            self._free_since_s = time.time()
             try:
-                outputs = await loop.run_in_executor(self._executor, self.predict, [i.payload for i in batch])
-                if len(outputs) != len(batch):
-                    raise ModelError(f"model returned {len(outputs)} rows for a batch of {len(batch)}")
-            except Exception as exc:  # noqa: BLE001 - every caller in the batch gets the error
-                error = exc if isinstance(exc, ModelError) else ModelError(f"model failed on a batch of {len(batch)}: {exc}")
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(error)
-                continue
-            finally:
-                elapsed_s = time.perf_counter() - started
-                self.busy_s += elapsed_s
-                self.batch_sizes.append(len(batch))
-                del self.batch_sizes[:-1000]
-                if self._on_batch:
-                    self._on_batch(len(batch), elapsed_s)
-            for item, row in zip(batch, outputs):
-                if not item.future.done():
-                    item.future.set_result(row)
+                self._loop.call_soon_threadsafe(self._deliver, batch, dropped, outputs, error, elapsed_s)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
+
+    def _deliver(self, batch: list[WorkItem], dropped: list[WorkItem], outputs: Any, error: Exception | None,
+                 elapsed_s: float) -> None:
+        """On the event loop: resolve the futures of one batch (and of the requests it dropped)."""
+        for item in dropped:
+            if not item.future.done():
+                self.expired_count += 1
+                item.future.set_exception(DeadlineError("deadline passed while queued; not computed"))
+        if not batch:
+            return
+        self.busy_s += elapsed_s
+        self.batch_sizes.append(len(batch))
+        del self.batch_sizes[:-1000]
+        if self._on_batch:
+            self._on_batch(len(batch), elapsed_s)
+        for i, item in enumerate(batch):
+            if not item.future.done():
+                if error is not None:
+                    item.future.set_exception(error)
+                else:
+                    item.future.set_result(outputs[i])

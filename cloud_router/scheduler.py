@@ -6,8 +6,8 @@ process. A Redis-backed scheduler spreads the same work over replicas (`redis_ur
 
 from __future__ import annotations
 
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,15 +39,16 @@ class InMemoryScheduler:
             if on_batch:
                 on_batch(name, size, busy_s)
 
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        model_lock = threading.Lock()  # one model computes at a time: they share the node's cores
         self.batchers = {
             name: DynamicBatcher(
                 model.predict,
                 max_batch_size=max_batch_size,
                 max_delay_ms=max_delay_ms,
                 max_queue=max_queue,
-                executor=self._executor,
+                model_lock=model_lock,
                 on_batch=lambda size, s, name=name: batch_done(name, size, s),
+                name=name,
             )
             for name, model in models.items()
         }
@@ -59,7 +60,6 @@ class InMemoryScheduler:
     async def stop(self) -> None:
         for batcher in self.batchers.values():
             await batcher.stop()
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, model: Model, payload: Any, deadline_s: float, priority: int, request_id: str) -> np.ndarray:
         return await self.batchers[model.name].submit(payload, deadline_s, priority)

@@ -7,26 +7,31 @@
 3. Transport: a raw grpc.aio echo server with the same payload, against the agent with a
    trivial model.
 
-Every pair is measured in the same run; each figure is the median of several repetitions.
+Every pair is measured in the same run, interleaved (one repetition of each side, then the
+next), so drift on a busy machine hits both sides alike; each figure is the median of the
+repetitions. The load average before and after is recorded with the result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator, Sequence
 
 import grpc
 import numpy as np
 
+from edgecascade.echo_server import METHOD as ECHO_METHOD
 from edgecascade.loadgen import closed_loop, sequential_latencies_ms
 from edgecascade.processes import Daemon, free_port, wait_serving
 from protos import edgecascade_pb2 as pb
@@ -57,14 +62,15 @@ def request_bytes(payload: Any) -> bytes:
     return request.SerializeToString()
 
 
-async def grpc_load(target: str, method: str, payloads: Sequence[bytes], *, concurrency: int, duration_s: float):
+async def grpc_load(target: str, method: str, payloads: Sequence[bytes], *, concurrency: int, duration_s: float,
+                    warmup_s: float = 0.5):
     """Closed-loop load with pre-serialised requests (raw bytes in and out: no client-side parsing)."""
     async with grpc.aio.insecure_channel(target) as channel:
         call = channel.unary_unary(method)
         for i in range(20):
             await call(payloads[i % len(payloads)], timeout=30)
         return await closed_loop(lambda i: call(payloads[i % len(payloads)], timeout=30),
-                                 concurrency=concurrency, duration_s=duration_s)
+                                 concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s)
 
 
 def median(values: Sequence[float]) -> float:
@@ -73,94 +79,168 @@ def median(values: Sequence[float]) -> float:
 
 # -- 1. cloud ------------------------------------------------------------------------------
 
-def raw_model_throughput(bundle_dir: Path, inputs: list, *, duration_s: float) -> dict[int, float]:
-    """Queries/s of the bare model, called in-process, at each batch size."""
-    from shared.model import load_model
-
-    model = load_model(bundle_dir)
-    model.load()
+def raw_model_throughput(model: Any, inputs: list, *, duration_s: float) -> dict[int, float]:
+    """Queries/s of the bare (loaded) model, called in-process, at each batch size."""
     out = {}
     for batch_size in BATCH_SIZES:
-        batch = [inputs[i % len(inputs)] for i in range(batch_size)]
-        model.predict(batch)  # warm-up
+        batches = [[inputs[(start + i) % len(inputs)] for i in range(batch_size)] for start in range(0, 512, batch_size)]
+        model.predict(batches[0])  # warm-up
         done, started = 0, time.perf_counter()
         while time.perf_counter() - started < duration_s:
-            model.predict(batch)
+            model.predict(batches[(done // batch_size) % len(batches)])
             done += batch_size
         out[batch_size] = done / (time.perf_counter() - started)
     return out
 
 
-def cloud_side(bundle_dir: Path, inputs: list, work: Path, *, reps: int, duration_s: float) -> dict[str, Any]:
-    raw_runs = [raw_model_throughput(bundle_dir, inputs, duration_s=duration_s) for _ in range(reps)]
+def router_max_batch_size(best_batch: int) -> int:
+    """The router's batch limit: the model's best batch, but at most half the concurrency, so one
+    batch fills while the other runs (a batch of all 64 in flight would leave the model idle
+    while its answers travel back and the next 64 requests arrive)."""
+    return max(1, min(best_batch, CONCURRENCY // 2))
+
+
+def with_threads(bundle_dir: Path, threads: int, work: Path) -> Path:
+    """A copy of a cloud bundle whose card asks for `threads` torch threads (runtimes with a
+    `threads` option); the bundle itself when it has none."""
+    card = json.loads((Path(bundle_dir) / "model.json").read_text())
+    if "threads" not in card.get("options", {}):
+        return Path(bundle_dir)
+    copy = work / f"cloud-{threads}-threads"
+    shutil.copytree(bundle_dir, copy)
+    card["options"]["threads"] = threads
+    (copy / "model.json").write_text(json.dumps(card, indent=2) + "\n")
+    return copy
+
+
+def cloud_side(bundle_dir: Path, inputs: list, work: Path, *, reps: int, duration_s: float,
+               threads: int | None = None) -> dict[str, Any]:
+    """Bare model at each batch size (in this process) against the router with batching on and
+    off. `threads`: run the model (both sides) with that many torch threads instead of its card's."""
+    from shared.model import load_model
+
+    if threads is not None:
+        bundle_dir = with_threads(bundle_dir, threads, work)
+    model = load_model(bundle_dir)
+    model.load()
+    payloads = [request_bytes(x) for x in inputs[:512]]
+    raw_runs = [raw_model_throughput(model, inputs, duration_s=duration_s)]  # the first decides the batch limit
+    best_batch = max(raw_runs[0], key=raw_runs[0].get)
+    max_batch = router_max_batch_size(best_batch)
+    runs: dict[bool, list] = {True: [], False: []}
+    common = {"model_dirs": [str(bundle_dir)], "max_delay_ms": 5.0, "max_queue": 4096}
+    with Daemon("cloud", {**common, "batching": True, "max_batch_size": max_batch}, work, name="router-batched") as batched, \
+            Daemon("cloud", {**common, "batching": False}, work, name="router-unbatched") as unbatched:
+        for rep in range(reps):
+            if rep:
+                raw_runs.append(raw_model_throughput(model, inputs, duration_s=duration_s))
+            for batching, router in ((True, batched), (False, unbatched)):
+                # Warm-up of a second: the first answers of an unbatched router take 64 model calls.
+                runs[batching].append(asyncio.run(grpc_load(router.target, "/edgecascade.v1.CloudRouter/Infer", payloads,
+                                                            concurrency=CONCURRENCY, duration_s=duration_s,
+                                                            warmup_s=min(1.0, duration_s))))
     raw_by_batch = {b: median([r[b] for r in raw_runs]) for b in BATCH_SIZES}
     best_batch = max(raw_by_batch, key=raw_by_batch.get)
-    payloads = [request_bytes(x) for x in inputs[:512]]
-    results: dict[str, Any] = {"raw_model_rps_by_batch": {str(b): round(v, 1) for b, v in raw_by_batch.items()},
-                               "raw_model_best_batch": best_batch,
-                               "raw_model_best_rps": round(raw_by_batch[best_batch], 1)}
-    for batching in (True, False):
-        settings = {"model_dirs": [str(bundle_dir)], "batching": batching, "max_batch_size": best_batch,
-                    "max_delay_ms": 5.0, "max_queue": 4096}
-        runs = []
-        with Daemon("cloud", settings, work, name=f"router-batching-{batching}") as router:
-            for _ in range(reps):
-                runs.append(asyncio.run(grpc_load(router.target, "/edgecascade.v1.CloudRouter/Infer", payloads,
-                                                  concurrency=CONCURRENCY, duration_s=duration_s)))
-        key = "router_batched" if batching else "router_unbatched"
-        results[f"{key}_rps"] = round(median([r.rps for r in runs]), 1)
-        results[f"{key}_errors"] = sum(r.errors for r in runs)
-        if batching:
-            results["router_p50_ms"] = round(median([r.percentile_ms(50) for r in runs]), 2)
-            results["router_p99_ms"] = round(median([r.percentile_ms(99) for r in runs]), 2)
-    return results
+    return {
+        "cloud_model_threads": model.card.options.get("threads"),
+        "raw_model_rps_by_batch": {str(b): round(v, 1) for b, v in raw_by_batch.items()},
+        "raw_model_best_batch": best_batch,
+        "raw_model_best_rps": round(raw_by_batch[best_batch], 1),
+        "router_max_batch_size": max_batch,
+        "router_batched_rps": round(median([r.rps for r in runs[True]]), 1),
+        "router_batched_errors": sum(r.errors for r in runs[True]),
+        "router_p50_ms": round(median([r.percentile_ms(50) for r in runs[True]]), 2),
+        "router_p99_ms": round(median([r.percentile_ms(99) for r in runs[True]]), 2),
+        "router_unbatched_rps": round(median([r.rps for r in runs[False]]), 1),
+        "router_unbatched_errors": sum(r.errors for r in runs[False]),
+    }
 
 
 # -- 2. edge -------------------------------------------------------------------------------
 
-def edge_side(bundle_dir: Path, inputs: list, work: Path, *, reps: int, count: int) -> dict[str, Any]:
-    """Single-query latency: bare session against the agent (edge-accepted requests, SDK)."""
+#: Idle time between the "paced" bare-session calls: about one loopback round trip, so the
+#: session runs as it does behind a server (caches cooled by the wait), not in a hot loop.
+PACED_GAP_S = 0.0005
+
+
+def edge_side(bundle_dir: Path, inputs: list, work: Path, echo_target: str, *, reps: int, count: int) -> dict[str, Any]:
+    """Single-query latency: bare session against the agent (edge-accepted requests, SDK), and a
+    raw gRPC echo of an edge request's bytes (the transport's own round trip)."""
     from shared.model import load_model
     from shared.sdk import Client
 
     model = load_model(bundle_dir, edge=True)
     model.load()
-    raw_p50, agent_p50, agent_p99 = [], [], []
-    with Daemon("edge", {"bundle_dir": str(bundle_dir), "cloud_target": None, "agent_id": "bench"}, work, name="edge-bench") as agent:
-        with Client(agent.target, timeout_s=5) as client:
-            accepted = [x for x in inputs if client.infer(x).served_by == "edge"][:200] or inputs[:1]
-            for _ in range(reps):
-                raw_p50.append(float(np.median(sequential_latencies_ms(
-                    lambda i: model.predict([accepted[i % len(accepted)]]), count=count))))
-                lat = sequential_latencies_ms(lambda i: client.infer(accepted[i % len(accepted)]), count=count)
-                agent_p50.append(float(np.median(lat)))
-                agent_p99.append(float(np.percentile(lat, 99)))
-    return {"raw_edge_p50_ms": round(median(raw_p50), 4), "agent_p50_ms": round(median(agent_p50), 4),
-            "agent_p99_ms": round(median(agent_p99), 4), "agent_overhead_p50_ms": round(median(agent_p50) - median(raw_p50), 4)}
+    out: dict[str, list[float]] = {}
+
+    def keep(key: str, latencies_ms: np.ndarray) -> None:
+        out.setdefault(key + "_p50_ms", []).append(float(np.median(latencies_ms)))
+        out.setdefault(key + "_p99_ms", []).append(float(np.percentile(latencies_ms, 99)))
+
+    def paced(i: int) -> None:
+        time.sleep(PACED_GAP_S)
+        model.predict([accepted[i % len(accepted)]])
+
+    served_edge_ms: list[float] = []
+
+    def via_agent(i: int) -> None:
+        served_edge_ms.append(client.infer(accepted[i % len(accepted)]).edge_ms)
+
+    with Daemon("edge", {"bundle_dir": str(bundle_dir), "cloud_target": None, "agent_id": "bench"}, work, name="edge-bench") as agent, \
+            Client(agent.target, timeout_s=5) as client, grpc.insecure_channel(echo_target) as echo_channel:
+        accepted = [x for x in inputs[:1000] if client.infer(x).served_by == "edge"][:200] or inputs[:1]
+        echo = echo_channel.unary_unary(ECHO_METHOD)
+        echo_payload = request_bytes(accepted[0])
+        for _ in range(reps):
+            keep("raw_edge", sequential_latencies_ms(lambda i: model.predict([accepted[i % len(accepted)]]), count=count))
+            keep("raw_edge_paced", sequential_latencies_ms(paced, count=count) - PACED_GAP_S * 1000.0)
+            served_edge_ms.clear()
+            keep("agent", sequential_latencies_ms(via_agent, count=count))
+            keep("agent_model", np.asarray(served_edge_ms[-count:]))  # edge_ms: model + policy, inside the agent
+            keep("echo", sequential_latencies_ms(lambda i: echo(echo_payload, timeout=5), count=count))
+    result = {key: round(median(values), 4) for key, values in out.items()
+              if key in ("raw_edge_p50_ms", "raw_edge_paced_p50_ms", "agent_p50_ms", "agent_p99_ms",
+                         "agent_model_p50_ms", "echo_p50_ms")}
+    result["agent_overhead_p50_ms"] = round(result["agent_p50_ms"] - result["raw_edge_p50_ms"], 4)
+    # What the agent adds besides its model's own time as served (which runs colder than in a loop).
+    result["agent_overhead_beyond_model_p50_ms"] = round(result["agent_p50_ms"] - result["agent_model_p50_ms"], 4)
+    result["edge_accepted_inputs"] = len(accepted)
+    return result
 
 
 # -- 3. transport floor ----------------------------------------------------------------------
 
-def transport_floor(trivial_bundle: Path, work: Path, *, reps: int, duration_s: float, concurrency: int = 32) -> dict[str, Any]:
+def transport_floor(trivial_bundle: Path, work: Path, echo_target: str, *, reps: int, duration_s: float,
+                    concurrency: int = 32) -> dict[str, Any]:
+    """Closed-loop throughput of the raw echo against the agent serving a trivial model, same bytes."""
     payload = request_bytes(np.array([4.0, 0.0, 0.0], dtype=np.float32))
     echo_runs, agent_runs = [], []
-    port = free_port()
-    echo = subprocess.Popen([sys.executable, "-m", "edgecascade.echo_server", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_serving(f"127.0.0.1:{port}", 30, echo)
-        with Daemon("edge", {"bundle_dir": str(trivial_bundle), "cloud_target": None}, work, name="edge-trivial") as agent:
-            for _ in range(reps):  # interleaved, so drift on a noisy machine hits both alike
-                echo_runs.append(asyncio.run(grpc_load(f"127.0.0.1:{port}", "/bench.Echo/Echo", [payload],
-                                                       concurrency=concurrency, duration_s=duration_s)))
-                agent_runs.append(asyncio.run(grpc_load(agent.target, "/edgecascade.v1.EdgeAgent/Infer", [payload],
-                                                        concurrency=concurrency, duration_s=duration_s)))
-    finally:
-        echo.terminate()
-        echo.wait(10)
-    return {"payload_bytes": len(payload), "echo_rps": round(median([r.rps for r in echo_runs]), 1),
+    with Daemon("edge", {"bundle_dir": str(trivial_bundle), "cloud_target": None}, work, name="edge-trivial") as agent:
+        for _ in range(reps):  # interleaved, so drift on a noisy machine hits both alike
+            echo_runs.append(asyncio.run(grpc_load(echo_target, ECHO_METHOD, [payload],
+                                                   concurrency=concurrency, duration_s=duration_s)))
+            agent_runs.append(asyncio.run(grpc_load(agent.target, "/edgecascade.v1.EdgeAgent/Infer", [payload],
+                                                    concurrency=concurrency, duration_s=duration_s)))
+    ratios = [a.rps / e.rps for a, e in zip(agent_runs, echo_runs) if e.rps > 0]
+    return {"payload_bytes": len(payload), "transport_concurrency": concurrency,
+            "echo_rps": round(median([r.rps for r in echo_runs]), 1),
             "agent_trivial_rps": round(median([r.rps for r in agent_runs]), 1),
+            "agent_trivial_to_echo_median_ratio": round(median(ratios), 3) if ratios else 0.0,
             "agent_trivial_errors": sum(r.errors for r in agent_runs)}
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[str]:
+    """The raw grpc.aio echo server in a child process; yields its target."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "edgecascade.echo_server", "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_serving(f"127.0.0.1:{port}", 30, process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def trivial_bundle(directory: Path) -> Path:
@@ -212,15 +292,22 @@ def bench_models(quick: bool) -> tuple[Path, list, Path, list, str]:
 
 
 def run_serve_bench(out_path: Path, *, quick: bool = False) -> dict[str, Any]:
-    reps, duration_s, count = (1, 0.5, 50) if quick else (3, 5.0, 1000)
+    reps, duration_s, count = (1, 0.5, 50) if quick else (5, 4.0, 1000)
     cloud_dir, cloud_inputs, edge_dir, edge_inputs, description = bench_models(quick)
-    with tempfile.TemporaryDirectory(prefix="edgecascade-bench-") as tmp:
+    started = time.perf_counter()
+    result: dict[str, Any] = {"models": description, "machine": machine_description(), "repetitions": reps,
+                              "window_s": duration_s, "concurrency": CONCURRENCY,
+                              "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+    with tempfile.TemporaryDirectory(prefix="edgecascade-bench-") as tmp, echo_server() as echo_target:
         work = Path(tmp)
-        result: dict[str, Any] = {"models": description, "machine": machine_description(), "repetitions": reps,
-                                  "window_s": duration_s, "concurrency": CONCURRENCY}
-        result.update(cloud_side(cloud_dir, cloud_inputs, work, reps=reps, duration_s=duration_s))
-        result.update(edge_side(edge_dir, edge_inputs, work, reps=reps, count=count))
-        result.update(transport_floor(trivial_bundle(work / "trivial"), work, reps=reps, duration_s=duration_s))
+        # The limit is the model's best throughput on this machine: all its cores (the card's
+        # own default may be one thread, for nodes running several replicas).
+        result.update(cloud_side(cloud_dir, cloud_inputs, work, reps=reps, duration_s=duration_s,
+                                 threads=None if quick else os.cpu_count()))
+        result.update(edge_side(edge_dir, edge_inputs, work, echo_target, reps=reps, count=count))
+        result.update(transport_floor(trivial_bundle(work / "trivial"), work, echo_target, reps=reps, duration_s=duration_s))
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["bench_s"] = round(time.perf_counter() - started, 1)
     result["targets"] = check_targets(result)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

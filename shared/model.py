@@ -63,13 +63,14 @@ class Model(abc.ABC):
             return value
         if isinstance(value, str):
             raise InvalidInputError(f"model {self.name!r} takes a {spec.dtype} tensor, got text")
-        if value.dtype.name != spec.dtype:
+        # Cheap comparisons first (this runs on every request): dtype == str, tuple == tuple.
+        if value.dtype != spec.dtype and value.dtype.name != spec.dtype:  # name: any byte order
             raise InvalidInputError(f"model {self.name!r} takes dtype {spec.dtype}, got {value.dtype.name}")
-        if len(value.shape) != len(spec.shape) or any(
+        if value.shape != tuple(spec.shape) and (len(value.shape) != len(spec.shape) or any(
             want not in (-1, got) for want, got in zip(spec.shape, value.shape)
-        ):
+        )):
             raise InvalidInputError(f"model {self.name!r} takes shape {spec.shape}, got {list(value.shape)}")
-        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise InvalidInputError("tensor input holds NaN or infinity")
         return value
 

@@ -22,7 +22,7 @@ def response_of(
     defer_reason: str = "",
     fallback_reason: str = "",
 ) -> pb.InferResponse:
-    response = pb.InferResponse(
+    return pb.InferResponse(
         request_id=request_id,
         served_by=ROUTE_TO_PROTO[route],
         label=prediction.label,
@@ -34,7 +34,6 @@ def response_of(
         cloud_ms=cloud_ms,
         defer_reason=defer_reason,
         fallback_reason=fallback_reason,
+        signals=None if signals is None else pb.Signals(max_prob=signals.max_prob, margin=signals.margin,
+                                                        entropy=signals.entropy),
     )
-    if signals is not None:
-        response.signals.CopyFrom(pb.Signals(max_prob=signals.max_prob, margin=signals.margin, entropy=signals.entropy))
-    return response

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import Optional
 
 from protos import edgecascade_pb2 as pb
@@ -57,7 +57,7 @@ def request_deadline_s(
 def request_id_of(request: pb.InferRequest) -> str:
     if len(request.request_id) > 128:
         raise InvalidInputError("request_id is longer than 128 characters")
-    return request.request_id or uuid.uuid4().hex
+    return request.request_id or os.urandom(16).hex()  # 128 random bits, like uuid4().hex at a quarter of the cost
 
 
 def agent_id_of(metadata) -> str:

@@ -48,10 +48,11 @@ class InferResult:
 
     @classmethod
     def from_proto(cls, r: pb.InferResponse) -> "InferResult":
+        signals = r.signals
         return cls(
             request_id=r.request_id, label=r.label, label_name=r.label_name,
             probabilities=from_proto(r.probabilities), served_by=ROUTE_FROM_PROTO.get(r.served_by, "unspecified"),
-            max_prob=r.signals.max_prob, margin=r.signals.margin, entropy=r.signals.entropy,
+            max_prob=signals.max_prob, margin=signals.margin, entropy=signals.entropy,
             model_name=r.model_name, model_version=r.model_version, edge_ms=r.edge_ms, cloud_ms=r.cloud_ms,
             defer_reason=r.defer_reason, fallback_reason=r.fallback_reason,
         )
@@ -75,12 +76,11 @@ def _checked_timeout_s(timeout_s: float) -> float:
 
 
 def build_request(value: Input, *, model: str, request_id: str, priority: int, timeout_s: float) -> pb.InferRequest:
-    request = pb.InferRequest(model=model, request_id=request_id, priority=priority, timeout_ms=timeout_s * 1000.0)
     if isinstance(value, str):
-        request.text = value
-    else:
-        request.tensor.CopyFrom(to_proto(np.asarray(value)))
-    return request
+        return pb.InferRequest(model=model, request_id=request_id, priority=priority, timeout_ms=timeout_s * 1000.0,
+                               text=value)
+    return pb.InferRequest(model=model, request_id=request_id, priority=priority, timeout_ms=timeout_s * 1000.0,
+                           tensor=to_proto(value))
 
 
 def _options(max_message_bytes: int) -> list[tuple[str, int]]:

@@ -17,31 +17,40 @@ ALLOWED_DTYPES = frozenset(
 MAX_ELEMENTS = 1 << 31
 
 
+#: Little-endian dtype -> its name, and back: one dict lookup per tensor on the hot path.
+_NAME_OF_DTYPE = {np.dtype(name).newbyteorder("<"): name for name in ALLOWED_DTYPES}
+_DTYPE_OF_NAME = {name: dtype for dtype, name in _NAME_OF_DTYPE.items()}
+
+
 def to_proto(array: np.ndarray) -> pb.Tensor:
     """Encode an array as a Tensor message (one copy, into the bytes field)."""
     array = np.asarray(array)
-    if array.dtype.name not in ALLOWED_DTYPES:
-        raise InvalidInputError(f"dtype {array.dtype.name!r} is not supported; use one of {sorted(ALLOWED_DTYPES)}")
-    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-    return pb.Tensor(dtype=array.dtype.name, shape=list(array.shape), data=np.ascontiguousarray(little).tobytes())
+    name = _NAME_OF_DTYPE.get(array.dtype)
+    if name is None:  # big-endian, or not a tensor dtype at all
+        if array.dtype.name not in ALLOWED_DTYPES:
+            raise InvalidInputError(f"dtype {array.dtype.name!r} is not supported; use one of {sorted(ALLOWED_DTYPES)}")
+        name = array.dtype.name
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return pb.Tensor(dtype=name, shape=array.shape, data=array.tobytes())  # tobytes: C order, any layout
 
 
 def from_proto(tensor: pb.Tensor) -> np.ndarray:
     """Decode a Tensor message, refusing unknown dtypes, bad shapes and wrong byte lengths."""
-    if tensor.dtype not in ALLOWED_DTYPES:
+    dtype = _DTYPE_OF_NAME.get(tensor.dtype)
+    if dtype is None:
         raise InvalidInputError(
             f"tensor dtype {tensor.dtype!r} is not supported; use one of {sorted(ALLOWED_DTYPES)}"
         )
-    shape = tuple(int(d) for d in tensor.shape)
-    if any(d < 0 or d > MAX_ELEMENTS for d in shape):
+    shape = tuple(tensor.shape)
+    if shape and (min(shape) < 0 or max(shape) > MAX_ELEMENTS):
         raise InvalidInputError(f"tensor shape {list(shape)} has a negative or absurd dimension")
     count = math.prod(shape)
     if count == 0:
         raise InvalidInputError(f"tensor is empty (shape {list(shape)})")
-    dtype = np.dtype(tensor.dtype).newbyteorder("<")
     expected = count * dtype.itemsize
-    if len(tensor.data) != expected:
+    data = tensor.data
+    if len(data) != expected:
         raise InvalidInputError(
-            f"tensor data is {len(tensor.data)} bytes but shape {list(shape)} of {tensor.dtype} needs {expected}"
+            f"tensor data is {len(data)} bytes but shape {list(shape)} of {tensor.dtype} needs {expected}"
         )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
