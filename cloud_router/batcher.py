@@ -95,13 +95,21 @@ class DynamicBatcher:
         now_s = time.time() if now_s is None else now_s
         return max(0.0, now_s - oldest_s)
 
-    def start(self) -> None:
-        """Start the model thread; call from the event loop that will submit."""
-        if self._thread is None:
-            self._loop = asyncio.get_running_loop()
-            self._stopping = False
-            self._thread = threading.Thread(target=self._work, name=f"batcher-{self.name}", daemon=True)
-            self._thread.start()
+    def start(self, prepare: Callable[[], None] | None = None) -> asyncio.Future:
+        """Start the model thread; call from the event loop that will submit. The thread first
+        runs `prepare` (loading the model, say), so that all the model's work happens on this
+        one thread. Returns a future that resolves once it ran, or holds its error."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        if self._thread is not None:
+            ready.set_result(None)
+            return ready
+        self._loop = loop
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, args=(prepare, ready), name=f"batcher-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+        return ready
 
     async def stop(self) -> None:
         """Stop taking batches (one already running finishes) and fail every queued request."""
@@ -150,7 +158,15 @@ class DynamicBatcher:
                 self._ready.wait(remaining_s)
             return take_batch(self._heap, self.max_batch_size, time.time())
 
-    def _work(self) -> None:
+    def _work(self, prepare: Callable[[], None] | None, ready: asyncio.Future) -> None:
+        try:
+            if prepare is not None:
+                prepare()
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever awaits start()
+            self._thread = None
+            self._loop.call_soon_threadsafe(_resolve, ready, exc)
+            return
+        self._loop.call_soon_threadsafe(_resolve, ready, None)
         while True:
             taken = self._next_batch()
             if taken is None:
@@ -194,3 +210,11 @@ class DynamicBatcher:
                     item.future.set_exception(error)
                 else:
                     item.future.set_result(outputs[i])
+
+
+def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
+    if not future.done():
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)

@@ -43,10 +43,10 @@ class Router:
         return model
 
     async def start(self) -> None:
+        await self.scheduler.start()  # the in-memory scheduler loads its models on their own threads
         for model in self.models.values():
             if self.load_models and not model.ready:
                 model.load()
-        await self.scheduler.start()
         self.ready = True
 
     async def stop(self) -> None:

@@ -32,6 +32,7 @@ class InMemoryScheduler:
     def __init__(self, models: dict[str, Model], *, max_batch_size: int, max_delay_ms: float, max_queue: int,
                  on_batch: Any = None, saturation_wait_s: float = 1.0) -> None:
         self.saturation_wait_s = saturation_wait_s
+        self.models = models
         self.capacity = {name: CapacityMeter() for name in models}
 
         def batch_done(name: str, size: int, busy_s: float) -> None:
@@ -54,8 +55,14 @@ class InMemoryScheduler:
         }
 
     async def start(self) -> None:
-        for batcher in self.batchers.values():
-            batcher.start()
+        """Start each model's batcher thread, loading the model there if it is not loaded yet:
+        torch's OpenMP threads then serve one thread only. (A model loaded on the event loop's
+        thread and run on another gets a second OpenMP pool; with more pool threads than cores
+        libgomp stops spinning between parallel regions, and a 2-thread MiniLM at batch 1 took
+        10 ms instead of 4.5 ms here.)"""
+        for name, batcher in self.batchers.items():
+            model = self.models[name]
+            await batcher.start(prepare=None if model.ready else model.load)
 
     async def stop(self) -> None:
         for batcher in self.batchers.values():

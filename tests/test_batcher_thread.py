@@ -99,3 +99,31 @@ def test_stop_fails_queued_requests_and_submit_after_stop_is_refused():
     running, queued = asyncio.run(main())
     assert float(running) == 2.0                 # the batch in the model finished
     assert isinstance(queued, ModelError) and "shutting down" in str(queued)
+
+
+def test_prepare_runs_on_the_model_thread_and_its_error_reaches_start():
+    threads: dict[str, int] = {}
+
+    def prepare():
+        threads["prepare"] = threading.get_ident()
+
+    def model(inputs):
+        threads["predict"] = threading.get_ident()
+        return np.asarray(inputs, dtype=np.float32)
+
+    def broken_prepare():
+        raise ModelError("weights unreadable")
+
+    async def main():
+        batcher = DynamicBatcher(model, max_batch_size=1, max_delay_ms=0)
+        await batcher.start(prepare=prepare)
+        await batcher.submit(1.0, time.time() + 5)
+        await batcher.stop()
+        failing = DynamicBatcher(model, max_batch_size=1, max_delay_ms=0)
+        with pytest.raises(ModelError, match="weights unreadable"):
+            await failing.start(prepare=broken_prepare)
+        with pytest.raises(ModelError, match="not running"):
+            await failing.submit(1.0, time.time() + 5)
+
+    asyncio.run(main())
+    assert threads["prepare"] == threads["predict"] != threading.get_ident()
