@@ -141,13 +141,13 @@ def _open(root: Path) -> DemoModels:
 
 def _build_into(root: Path, *, replace: bool) -> None:
     building = root.parent / f".{root.name}.build-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    log.info("building the demo models in %s (first run only)", root)
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_builds(root)
         building.mkdir()
     except OSError as exc:
         raise ConfigError(f"cannot create the demo cache in {root.parent}: {exc}; set {CACHE_ENV} elsewhere") from None
-    log.info("building the demo models in %s (first run only)", root)
     try:
         try:
             from edgecascade.demo_build import build_demo
@@ -164,8 +164,18 @@ def _build_into(root: Path, *, replace: bool) -> None:
         (building / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         _swap_in(building, root, replace=replace)
     finally:
-        shutil.rmtree(building, ignore_errors=True)
+        _discard(building)
     log.info("demo models ready in %s (%.1f s)", root, info["build_s"]["total"])
+
+
+def _discard(building: Path) -> None:
+    """Remove a build directory, retrying briefly: a worker thread of the build may still be
+    closing a file in it when an interrupt unwinds the build."""
+    for _ in range(50):
+        shutil.rmtree(building, ignore_errors=True)
+        if not building.exists():
+            return
+        time.sleep(0.1)
 
 
 def _swap_in(building: Path, root: Path, *, replace: bool) -> None:
