@@ -45,13 +45,16 @@ def test_demo_cleans_up_on_ctrl_c(tmp_path, demo_cache):
     proc = subprocess.Popen([sys.executable, "-m", "edgecascade.cli", "demo", "--out", str(tmp_path / "o"), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(demo_cache))
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(_children(proc.pid)) < 3:   # router + two agents up
-        time.sleep(0.1)
+    while time.monotonic() < deadline and not _children(proc.pid):   # interrupt as soon as a daemon is up
+        time.sleep(0.05)
     children = _children(proc.pid)
-    assert len(children) == 3, "demo did not start its daemons"
+    assert children, "demo did not start its daemons"
     proc.send_signal(signal.SIGINT)
     proc.wait(60)
-    assert proc.returncode == 130
+    assert proc.returncode in (0, 130)   # 0 only if the whole demo finished before the signal landed
     time.sleep(0.5)
     alive = [pid for pid in children if os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read().lower()]
     assert alive == [], f"daemons left running: {alive}"
+    # nothing the demo started later survives either (orphans would be re-parented, so look by config path)
+    ps = subprocess.run(["ps", "-e", "-o", "args="], capture_output=True, text=True).stdout
+    assert not [line for line in ps.splitlines() if "edgecascade-demo-" in line and " run --config" in line]
