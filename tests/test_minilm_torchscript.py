@@ -29,3 +29,22 @@ def test_traced_encoder_matches_eager(encoders, batch_size):
 
 def test_torchscript_is_the_runtime_default():
     assert MiniLMOptions().torchscript is True
+
+
+@pytest.mark.parametrize("call_overhead_tokens", [0.0, 40.0, 1e6])
+def test_length_bucketed_chunks_give_the_same_embeddings(encoders, call_overhead_tokens):
+    """Splitting a batch into chunks of similar length changes only the padding, which the
+    attention mask hides: the same embeddings as one text at a time, in the caller's order."""
+    _, traced = encoders
+    texts = TEXTS * 3 + ["card", "top up failed twice today", "where is my money"]
+    traced.batch_size, traced.call_overhead_tokens = 1, None
+    one_by_one = traced.embed(texts)
+    traced.batch_size, traced.call_overhead_tokens = 64, call_overhead_tokens
+    try:
+        np.testing.assert_allclose(traced.embed(texts), one_by_one, atol=2e-5)
+    finally:
+        traced.call_overhead_tokens = None
+
+
+def test_bucketing_is_the_runtime_default():
+    assert MiniLMOptions().call_overhead_tokens == 40.0
