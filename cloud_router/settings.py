@@ -9,6 +9,8 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.event_loop import EventLoopName
+
 
 class RouterSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGECASCADE_ROUTER_", extra="forbid")
@@ -77,6 +79,8 @@ class RouterSettings(BaseSettings):
     """Port of the Prometheus /metrics endpoint; None disables it."""
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
+    event_loop: EventLoopName = "auto"
+    """asyncio loop to serve on: `auto` (uvloop when installed, else asyncio's), `uvloop`, `asyncio`."""
 
     @model_validator(mode="after")
     def _role_needs_redis(self) -> "RouterSettings":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 from pathlib import Path
@@ -19,6 +18,7 @@ from edge_agent.settings import EdgeSettings
 from edge_agent.updater import open_version_store, start_updater
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
+from shared.event_loop import run_on_loop
 from shared.grpc_server import add_health_and_reflection, bind, create_server, run_until_signal, set_serving
 from shared.kserve_service import SERVICE_NAME as KSERVE_SERVICE_NAME
 from shared.kserve_service import add_kserve_servicer
@@ -96,4 +96,4 @@ async def serve(settings: EdgeSettings, ready_callback=None) -> None:
 
 
 def run(settings: EdgeSettings) -> None:
-    asyncio.run(serve(settings))
+    run_on_loop(serve(settings), settings.event_loop)

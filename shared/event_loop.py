@@ -1,0 +1,43 @@
+"""Run a daemon's main coroutine on the event loop its settings name.
+
+`auto` (the default) takes uvloop where it is installed (the `edge` and `cloud` extras
+install it on Linux and macOS) and asyncio's own loop otherwise; `uvloop` insists on it.
+gRPC's asyncio stack runs on any asyncio loop. `edgecascade bench serve --transport` measures
+what each loop gives (README, "Serving performance").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+from typing import Any, Coroutine, Literal
+
+from shared.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+EventLoopName = Literal["auto", "asyncio", "uvloop"]
+
+
+def resolve_event_loop(name: EventLoopName) -> str:
+    """`asyncio` or `uvloop`: what `name` means on this machine."""
+    if name == "asyncio":
+        return "asyncio"
+    available = importlib.util.find_spec("uvloop") is not None
+    if name == "uvloop" and not available:
+        raise ConfigError("event_loop is 'uvloop' but uvloop is not installed (pip install uvloop), "
+                          "or set event_loop to 'auto' or 'asyncio'")
+    return "uvloop" if available else "asyncio"
+
+
+def run_on_loop(main: Coroutine[Any, Any, Any], name: EventLoopName = "auto") -> Any:
+    """asyncio.run(main) on the loop `name` resolves to."""
+    chosen = resolve_event_loop(name)
+    log.info("event loop: %s", chosen)
+    if chosen == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    return asyncio.run(main)
