@@ -14,7 +14,6 @@ repetitions. The load average before and after is recorded with the result.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -35,6 +34,7 @@ from edgecascade.echo_server import METHOD as ECHO_METHOD
 from edgecascade.loadgen import closed_loop, sequential_latencies_ms
 from edgecascade.processes import Daemon, free_port, wait_serving
 from protos import edgecascade_pb2 as pb
+from shared.event_loop import run_on_loop
 from shared.tensor_codec import to_proto
 
 BATCH_SIZES = (1, 4, 8, 16, 32, 64)
@@ -63,14 +63,26 @@ def request_bytes(payload: Any) -> bytes:
 
 
 async def grpc_load(target: str, method: str, payloads: Sequence[bytes], *, concurrency: int, duration_s: float,
-                    warmup_s: float = 0.5):
-    """Closed-loop load with pre-serialised requests (raw bytes in and out: no client-side parsing)."""
-    async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(method)
-        for i in range(20):
-            await call(payloads[i % len(payloads)], timeout=30)
-        return await closed_loop(lambda i: call(payloads[i % len(payloads)], timeout=30),
+                    warmup_s: float = 0.5, channels: int = 1):
+    """Closed-loop load with pre-serialised requests (raw bytes in and out: no client-side parsing),
+    spread over `channels` connections of their own (so SO_REUSEPORT servers see several)."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    opened = [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
+    try:
+        calls = [channel.unary_unary(method) for channel in opened]
+        for i in range(20 * channels):
+            await calls[i % channels](payloads[i % len(payloads)], timeout=30)
+        return await closed_loop(lambda i: calls[i % channels](payloads[i % len(payloads)], timeout=30),
                                  concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s)
+    finally:
+        for channel in opened:
+            await channel.close()
+
+
+def run_load(target: str, method: str, payloads: Sequence[bytes], **kwargs):
+    """`grpc_load` on the bench's own event loop (uvloop when installed: the client's CPU is
+    shared with the server's on one machine, so the cheaper client disturbs it less)."""
+    return run_on_loop(grpc_load(target, method, payloads, **kwargs), "auto")
 
 
 def median(values: Sequence[float]) -> float:
@@ -113,46 +125,79 @@ def with_threads(bundle_dir: Path, threads: int, work: Path) -> Path:
     return copy
 
 
+_raw_model = None
+
+
+def _load_raw_model(bundle_dir: str) -> None:
+    global _raw_model
+    from shared.model import load_model
+
+    _raw_model = load_model(Path(bundle_dir))
+    _raw_model.load()
+
+
+def _raw_throughput_in_child(inputs: list, duration_s: float) -> dict[int, float]:
+    return raw_model_throughput(_raw_model, inputs, duration_s=duration_s)
+
+
+@contextlib.contextmanager
+def raw_model_process(bundle_dir: Path) -> Iterator[Any]:
+    """The bare model, loaded in a fresh (spawned) process of its own: the limit is measured as
+    the model runs alone, without the bench's gRPC client threads in its process (which, with
+    libgomp's thread pool, once cut MiniLM's batch-1 rate 20-fold)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_load_raw_model,
+                             initargs=(str(bundle_dir),)) as pool:
+        yield lambda inputs, duration_s: pool.submit(_raw_throughput_in_child, inputs, duration_s).result()
+
+
 def cloud_side(bundle_dir: Path, inputs: list, work: Path, *, reps: int, duration_s: float,
                threads: int | None = None) -> dict[str, Any]:
-    """Bare model at each batch size (in this process) against the router with batching on and
-    off. `threads`: run the model (both sides) with that many torch threads instead of its card's."""
-    from shared.model import load_model
+    """Bare model at each batch size (in a process of its own) against the router with batching
+    on and off. `threads`: run the model (both sides) with that many torch threads instead of its card's."""
+    from shared.model_card import load_card
 
     if threads is not None:
         bundle_dir = with_threads(bundle_dir, threads, work)
-    model = load_model(bundle_dir)
-    model.load()
+    card = load_card(bundle_dir)
     payloads = [request_bytes(x) for x in inputs[:512]]
-    raw_runs = [raw_model_throughput(model, inputs, duration_s=duration_s)]  # the first decides the batch limit
-    best_batch = max(raw_runs[0], key=raw_runs[0].get)
-    max_batch = router_max_batch_size(best_batch)
-    runs: dict[bool, list] = {True: [], False: []}
-    common = {"model_dirs": [str(bundle_dir)], "max_delay_ms": 5.0, "max_queue": 4096}
-    with Daemon("cloud", {**common, "batching": True, "max_batch_size": max_batch}, work, name="router-batched") as batched, \
-            Daemon("cloud", {**common, "batching": False}, work, name="router-unbatched") as unbatched:
-        for rep in range(reps):
-            if rep:
-                raw_runs.append(raw_model_throughput(model, inputs, duration_s=duration_s))
-            for batching, router in ((True, batched), (False, unbatched)):
-                # Warm-up of a second: the first answers of an unbatched router take 64 model calls.
-                runs[batching].append(asyncio.run(grpc_load(router.target, "/edgecascade.v1.CloudRouter/Infer", payloads,
-                                                            concurrency=CONCURRENCY, duration_s=duration_s,
-                                                            warmup_s=min(1.0, duration_s))))
+    inputs = list(inputs[:1024])
+    with raw_model_process(bundle_dir) as raw_throughput:
+        raw_runs = [raw_throughput(inputs, duration_s)]  # the first decides the batch limit
+        best_batch = max(raw_runs[0], key=raw_runs[0].get)
+        max_batch = router_max_batch_size(best_batch)
+        runs: dict[bool, list] = {True: [], False: []}
+        common = {"model_dirs": [str(bundle_dir)], "max_delay_ms": 5.0, "max_queue": 4096}
+        with Daemon("cloud", {**common, "batching": True, "max_batch_size": max_batch}, work, name="router-batched") as batched, \
+                Daemon("cloud", {**common, "batching": False}, work, name="router-unbatched") as unbatched:
+            for rep in range(reps):
+                if rep:
+                    raw_runs.append(raw_throughput(inputs, duration_s))
+                for batching, router in ((True, batched), (False, unbatched)):
+                    # Warm-up of a second: the first answers of an unbatched router take 64 model calls.
+                    runs[batching].append(run_load(router.target, "/edgecascade.v1.CloudRouter/Infer", payloads,
+                                                   concurrency=CONCURRENCY, duration_s=duration_s,
+                                                   warmup_s=min(1.0, duration_s)))
     raw_by_batch = {b: median([r[b] for r in raw_runs]) for b in BATCH_SIZES}
     best_batch = max(raw_by_batch, key=raw_by_batch.get)
+    batched_rps, unbatched_rps = median([r.rps for r in runs[True]]), median([r.rps for r in runs[False]])
     return {
-        "cloud_model_threads": model.card.options.get("threads"),
+        "cloud_model_threads": card.options.get("threads"),
         "raw_model_rps_by_batch": {str(b): round(v, 1) for b, v in raw_by_batch.items()},
         "raw_model_best_batch": best_batch,
         "raw_model_best_rps": round(raw_by_batch[best_batch], 1),
+        # The most batching can give: the bare model's best rate over its batch-1 rate.
+        "raw_model_batching_gain": round(raw_by_batch[best_batch] / raw_by_batch[1], 2),
         "router_max_batch_size": max_batch,
-        "router_batched_rps": round(median([r.rps for r in runs[True]]), 1),
+        "router_batched_rps": round(batched_rps, 1),
         "router_batched_errors": sum(r.errors for r in runs[True]),
         "router_p50_ms": round(median([r.percentile_ms(50) for r in runs[True]]), 2),
         "router_p99_ms": round(median([r.percentile_ms(99) for r in runs[True]]), 2),
-        "router_unbatched_rps": round(median([r.rps for r in runs[False]]), 1),
+        "router_unbatched_rps": round(unbatched_rps, 1),
         "router_unbatched_errors": sum(r.errors for r in runs[False]),
+        "router_batching_gain": round(batched_rps / unbatched_rps, 2) if unbatched_rps else 0.0,
     }
 
 
@@ -210,33 +255,63 @@ def edge_side(bundle_dir: Path, inputs: list, work: Path, echo_target: str, *, r
 
 # -- 3. transport floor ----------------------------------------------------------------------
 
-def transport_floor(trivial_bundle: Path, work: Path, echo_target: str, *, reps: int, duration_s: float,
-                    concurrency: int = 32) -> dict[str, Any]:
-    """Closed-loop throughput of the raw echo against the agent serving a trivial model, same bytes."""
+#: Echo servers measured beside the issue's baseline (grpc.aio on asyncio's loop, one process):
+#: label -> (--kind, --processes).
+ECHO_SERVERS = {"echo_aio": ("aio", 1), "echo_uvloop": ("uvloop", 1), "echo_sync": ("sync", 1),
+                "echo_aio_2proc_reuseport": ("aio", 2)}
+TRANSPORT_CHANNELS = 4
+
+
+def transport_floor(trivial_bundle: Path, work: Path, *, reps: int, duration_s: float, count: int,
+                    concurrency: int = 32, variants: bool = True) -> dict[str, Any]:
+    """Closed-loop throughput and sequential p50 of the raw echo servers against the agent
+    serving a trivial model, same request bytes, interleaved. The agent runs on its default
+    loop (`agent_trivial`) and, with `variants`, on asyncio's own loop too; `variants` also adds
+    the uvloop, sync and two-process echo servers."""
     payload = request_bytes(np.array([4.0, 0.0, 0.0], dtype=np.float32))
-    echo_runs, agent_runs = [], []
-    with Daemon("edge", {"bundle_dir": str(trivial_bundle), "cloud_target": None}, work, name="edge-trivial") as agent:
-        for _ in range(reps):  # interleaved, so drift on a noisy machine hits both alike
-            echo_runs.append(asyncio.run(grpc_load(echo_target, ECHO_METHOD, [payload],
-                                                   concurrency=concurrency, duration_s=duration_s)))
-            agent_runs.append(asyncio.run(grpc_load(agent.target, "/edgecascade.v1.EdgeAgent/Infer", [payload],
-                                                    concurrency=concurrency, duration_s=duration_s)))
-    ratios = [a.rps / e.rps for a, e in zip(agent_runs, echo_runs) if e.rps > 0]
-    return {"payload_bytes": len(payload), "transport_concurrency": concurrency,
-            "echo_rps": round(median([r.rps for r in echo_runs]), 1),
-            "agent_trivial_rps": round(median([r.rps for r in agent_runs]), 1),
-            "agent_trivial_to_echo_median_ratio": round(median(ratios), 3) if ratios else 0.0,
-            "agent_trivial_errors": sum(r.errors for r in agent_runs)}
+    echo_names = list(ECHO_SERVERS) if variants else ["echo_aio"]
+    agents = {"agent_trivial": "auto", **({"agent_trivial_asyncio": "asyncio"} if variants else {})}
+    rps: dict[str, list[float]] = {}
+    p50: dict[str, list[float]] = {}
+    errors = 0
+    with contextlib.ExitStack() as stack:
+        targets = {name: (stack.enter_context(echo_server(*ECHO_SERVERS[name])), ECHO_METHOD) for name in echo_names}
+        for name, loop in agents.items():
+            agent = stack.enter_context(Daemon("edge", {"bundle_dir": str(trivial_bundle), "cloud_target": None,
+                                                        "event_loop": loop}, work, name=name.replace("_", "-")))
+            targets[name] = (agent.target, "/edgecascade.v1.EdgeAgent/Infer")
+        for _ in range(reps):  # interleaved, so drift on a noisy machine hits all alike
+            for name, (target, method) in targets.items():
+                run = run_load(target, method, [payload], concurrency=concurrency, duration_s=duration_s,
+                               channels=TRANSPORT_CHANNELS)
+                errors += run.errors if name.startswith("agent") else 0
+                rps.setdefault(name, []).append(run.rps)
+                with grpc.insecure_channel(target) as channel:
+                    call = channel.unary_unary(method)
+                    p50.setdefault(name, []).append(float(np.median(sequential_latencies_ms(lambda i: call(payload, timeout=5),
+                                                                                         count=count))))
+    ratios = [a / e for a, e in zip(rps["agent_trivial"], rps["echo_aio"]) if e > 0]
+    result = {"payload_bytes": len(payload), "transport_concurrency": concurrency, "transport_channels": TRANSPORT_CHANNELS,
+              "echo_rps": round(median(rps["echo_aio"]), 1),
+              "agent_trivial_rps": round(median(rps["agent_trivial"]), 1),
+              "agent_trivial_to_echo_median_ratio": round(median(ratios), 3) if ratios else 0.0,
+              "agent_trivial_errors": errors}
+    if variants:
+        result["transport_variants"] = {name: {"rps": round(median(rps[name]), 1), "p50_ms": round(median(p50[name]), 4)}
+                                        for name in targets}
+    return result
 
 
 @contextlib.contextmanager
-def echo_server() -> Iterator[str]:
-    """The raw grpc.aio echo server in a child process; yields its target."""
+def echo_server(kind: str = "aio", processes: int = 1) -> Iterator[str]:
+    """A raw gRPC echo server (edgecascade.echo_server) in a child process; yields its target."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "edgecascade.echo_server", "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "edgecascade.echo_server", "--port", str(port), "--kind", kind,
+                                "--processes", str(processes)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_serving(f"127.0.0.1:{port}", 30, process)
+        if processes > 1:
+            time.sleep(1.0)  # the other processes bind a moment later; connections go to bound ones only
         yield f"127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -305,7 +380,8 @@ def run_serve_bench(out_path: Path, *, quick: bool = False) -> dict[str, Any]:
         result.update(cloud_side(cloud_dir, cloud_inputs, work, reps=reps, duration_s=duration_s,
                                  threads=None if quick else os.cpu_count()))
         result.update(edge_side(edge_dir, edge_inputs, work, echo_target, reps=reps, count=count))
-        result.update(transport_floor(trivial_bundle(work / "trivial"), work, echo_target, reps=reps, duration_s=duration_s))
+        result.update(transport_floor(trivial_bundle(work / "trivial"), work, reps=reps, duration_s=duration_s,
+                                      count=count, variants=not quick))
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["bench_s"] = round(time.perf_counter() - started, 1)
     result["targets"] = check_targets(result)
