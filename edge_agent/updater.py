@@ -6,7 +6,8 @@ waits for it. One update goes through these steps, each reported to the router a
 1. signature, then manifest fields, model, expiry and version; the new card and policy;
 2. `downloading`: chunks into downloads/<id>.part, each checked against its hash, resumed
    after a restart or a broken link; `verified` once length and whole hash match;
-3. base hash on disk, apply in a child process, result hash; the bundle is installed as
+3. base hash on disk, apply in a child process (the resident apply worker, or one per
+   update: `update_apply_worker`), result hash; the bundle is installed as
    versions/<name> (not yet current); `applied`;
 4. a second slot loads it, warms it up and checks the golden inputs;
 5. `current` points at it and `cascade.active` is swapped (requests in flight finish on the
@@ -35,6 +36,7 @@ from edge_agent.model_slot import bundle_files, load_slot, prepare_slot, write_b
 from edge_agent.settings import EdgeSettings
 from edge_agent.update_link import UpdateLink
 from edge_agent.version_store import VersionStore, manifest_version_name
+from shared.delta.apply_worker import ResidentApplyWorker
 from shared.delta.chunks import PayloadAssembler
 from shared.delta.manifest import Manifest, SignedManifest, verify_manifest
 from shared.delta.package import apply_verified, file_sha256
@@ -77,11 +79,16 @@ class Updater:
         self.health_window_s = settings.update_health_window_s
         self.health_requests = settings.update_health_requests
         self.apply_priority = settings.update_apply_priority
+        self.apply_worker: Optional[ResidentApplyWorker] = (
+            ResidentApplyWorker(self.apply_priority) if settings.update_apply_worker == "resident" else None
+        )
         self.refused: dict[str, str] = {}
         """Update ids this agent refused or rolled back (reason), never tried again while it runs."""
         self._task: Optional[asyncio.Task] = None
 
     def start(self) -> None:
+        if self.apply_worker is not None:
+            self.apply_worker.start()  # its imports run now, at its low priority, not during an update
         self._task = asyncio.get_running_loop().create_task(self._run(), name="updater")
 
     async def stop(self) -> None:
@@ -89,6 +96,8 @@ class Updater:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self.apply_worker is not None:
+            await asyncio.to_thread(self.apply_worker.close)
         await self.link.close()
 
     async def _run(self) -> None:
@@ -161,7 +170,7 @@ class Updater:
         staging = self.store.new_staging(update_id)
         base = current.model.bundle_dir / manifest.file
         await asyncio.to_thread(apply_verified, manifest, payload, base, staging / manifest.file,
-                                priority=self.apply_priority)
+                                priority=self.apply_priority, worker=self.apply_worker)
         await pause_point("apply")
         write_bundle_files(staging, card, policy)
         bundle = await asyncio.to_thread(self.store.install, staging, name)

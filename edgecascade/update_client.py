@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable, Iterator, Optional
 
@@ -16,10 +17,17 @@ UPLOAD_MESSAGE_BYTES = 1 << 20
 Progress = Callable[[int, int], None]
 
 
-def _channel(target: str) -> grpc.Channel:
+def router_channel(target: str) -> grpc.Channel:
+    """A channel to a router with message limits fit for uploads; pass it as `channel=` to
+    reuse one connection for many calls (a new channel costs a connection set-up each time)."""
     limit = 2 * UPLOAD_MESSAGE_BYTES + (1 << 20)
     return grpc.insecure_channel(target, options=[("grpc.max_send_message_length", limit),
                                                   ("grpc.max_receive_message_length", 64 << 20)])
+
+
+def _channel(target: str, channel: Optional[grpc.Channel]):
+    """`channel` itself (left open), or a new one closed after the call."""
+    return contextlib.nullcontext(channel) if channel is not None else router_channel(target)
 
 
 def _typed(exc: grpc.RpcError, target: str) -> EdgecascadeError:
@@ -37,17 +45,18 @@ def _upload(package: DeltaPackage, canary_percent: float, progress: Optional[Pro
 
 
 def publish(target: str, package: DeltaPackage, *, canary_percent: float = 0.0, progress: Optional[Progress] = None,
-            timeout_s: float = 600.0) -> pb.PublishUpdateResponse:
+            timeout_s: float = 600.0, channel: Optional[grpc.Channel] = None) -> pb.PublishUpdateResponse:
     """Upload `package` to the router at `target`; `progress(sent, total)` after each message."""
-    with _channel(target) as channel:
+    with _channel(target, channel) as channel:
         try:
             return pb_grpc.CloudRouterStub(channel).PublishUpdate(_upload(package, canary_percent, progress), timeout=timeout_s)
         except grpc.RpcError as exc:
             raise _typed(exc, target) from None
 
 
-def rollout_status(target: str, model_name: str = "", timeout_s: float = 10.0) -> pb.RolloutStatus:
-    with _channel(target) as channel:
+def rollout_status(target: str, model_name: str = "", timeout_s: float = 10.0,
+                   channel: Optional[grpc.Channel] = None) -> pb.RolloutStatus:
+    with _channel(target, channel) as channel:
         try:
             return pb_grpc.CloudRouterStub(channel).GetRolloutStatus(pb.RolloutStatusRequest(model_name=model_name),
                                                                      timeout=timeout_s)

@@ -85,3 +85,29 @@ def test_xor_with_a_base_of_the_wrong_size_is_corrupt_patch():
     blob = tensor_diff.zstd_compress(b"\0" * 64)
     with pytest.raises(CorruptPatchError, match="base of 64"):
         decode("xor_zstd", 4, b"\0" * 32, blob, 64)
+
+
+def test_xor_planes_in_pieces_equal_the_whole_block_planes():
+    from shared.delta.tensor_diff import STREAM_BYTES, _planes, _xor_planes
+
+    rng = np.random.default_rng(3)
+    for itemsize in (2, 4, 8):
+        old = rng.integers(0, 256, 3 * STREAM_BYTES, dtype=np.uint8)
+        new = rng.integers(0, 256, 3 * STREAM_BYTES, dtype=np.uint8)
+        pieces = b"".join(p.tobytes() for p in _xor_planes(old, new, itemsize))
+        assert pieces == _planes(np.bitwise_xor(old, new), itemsize).tobytes()
+
+
+def test_encoder_window_is_capped():
+    import io
+
+    import zstandard
+
+    from shared.delta.tensor_diff import WINDOW_LOG, zstd_compress, zstd_compress_into
+
+    data = np.random.default_rng(4).integers(0, 8, 3 << 20, dtype=np.uint8).tobytes()
+    out = io.BytesIO()
+    zstd_compress_into(out, data)
+    for frame in (out.getvalue(), zstd_compress(data)):
+        assert zstandard.get_frame_parameters(frame).window_size <= 1 << WINDOW_LOG
+        assert zstandard.ZstdDecompressor().decompress(frame, max_output_size=len(data)) == data

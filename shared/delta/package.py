@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, NamedTuple, Optional
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
-import shared
+from shared.delta.apply_worker import CHILD_PRIORITIES, ResidentApplyWorker, lower_priority, worker_command  # noqa: F401 - re-exported
 from shared.delta.chunks import chunk_hashes, verify_payload
 from shared.delta.golden import Golden
 from shared.delta.install import temp_path_for
@@ -35,7 +34,6 @@ from shared.errors import (
 )
 
 DEFAULT_APPLY_TIMEOUT_S = 600.0
-CHILD_PRIORITIES = ("normal", "low", "idle")
 
 
 class DeltaPackage(NamedTuple):
@@ -163,9 +161,11 @@ def apply_verified(
     *,
     timeout_s: float = DEFAULT_APPLY_TIMEOUT_S,
     priority: str = "normal",
+    worker: Optional[ResidentApplyWorker] = None,
 ) -> AppliedUpdate:
     """The steps after the payload is verified: base hash, apply in a child, result hash.
-    `priority` is the child's CPU priority (see `lower_priority`)."""
+    The child is `worker` (a resident one, already started) when given, else a new
+    one-shot child at `priority` (see `lower_priority`)."""
     out_path = Path(out_path)
     try:
         base_sha256 = file_sha256(base_path)
@@ -176,11 +176,15 @@ def apply_verified(
             f"base file {base_path} has SHA-256 {base_sha256[:16]}..., the patch needs {manifest.base_sha256[:16]}..."
         )
     try:
-        apply_in_subprocess(
-            payload_path, base_path, out_path,
-            payload_sha256=manifest.payload_sha256, base_sha256=manifest.base_sha256, timeout_s=timeout_s,
-            priority=priority,
-        )
+        if worker is not None:
+            _raise_for_reply(worker.apply(payload_path, base_path, out_path, payload_sha256=manifest.payload_sha256,
+                                          base_sha256=manifest.base_sha256, timeout_s=timeout_s), None, None)
+        else:
+            apply_in_subprocess(
+                payload_path, base_path, out_path,
+                payload_sha256=manifest.payload_sha256, base_sha256=manifest.base_sha256, timeout_s=timeout_s,
+                priority=priority,
+            )
         result = file_sha256(out_path)
         if result != manifest.target_sha256:
             raise ResultHashMismatchError(
@@ -208,14 +212,12 @@ def apply_in_subprocess(
     Raises the worker's rejection as its own UpdateRejectedError subclass, and
     ApplyFailedError when the child crashes, prints nonsense or runs past `timeout_s`.
     """
-    cmd = [sys.executable, "-m", "shared.delta.apply_worker", "--payload", str(payload_path), "--base", str(base_path), "--out", str(out_path)]
+    args = ["--payload", str(payload_path), "--base", str(base_path), "--out", str(out_path)]
     if payload_sha256:
-        cmd += ["--payload-sha256", payload_sha256]
+        args += ["--payload-sha256", payload_sha256]
     if base_sha256:
-        cmd += ["--base-sha256", base_sha256]
-    env = dict(os.environ)
-    root = str(Path(shared.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        args += ["--base-sha256", base_sha256]
+    cmd, env = worker_command(*args)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         lower_priority(proc.pid, priority)
         try:
@@ -229,28 +231,19 @@ def apply_in_subprocess(
         reply = json.loads(lines[-1]) if lines else None
     except ValueError:
         reply = None
-    if proc.returncode == 0 and isinstance(reply, dict) and "sha256" in reply:
+    return _raise_for_reply(reply, proc.returncode, stderr)
+
+
+def _raise_for_reply(reply: Any, returncode: Optional[int], stderr: Optional[str]) -> tuple[int, str]:
+    """(size, sha256) from an apply worker's reply, or its refusal raised as its own error."""
+    if returncode in (0, None) and isinstance(reply, dict) and "sha256" in reply:
         return int(reply["size"]), str(reply["sha256"])
     if isinstance(reply, dict) and "reason" in reply:
         raise rejection_for(str(reply["reason"]), str(reply.get("message", "")))
-    detail = stderr.strip().splitlines()[-1:] or ["no output"]
-    raise ApplyFailedError(f"apply worker exited with status {proc.returncode}: {detail[0]}")
-
-
-def lower_priority(pid: int, priority: str) -> None:
-    """Lower a child's CPU priority so it takes only what serving leaves: `low` is nice 10,
-    `idle` is Linux SCHED_IDLE (and nice 19), `normal` changes nothing. Set from the parent
-    on the child's pid, never on a thread of the parent: a low-priority thread holding the
-    GIL would stall the serving thread. Best effort: where not allowed, nothing changes."""
-    if priority not in CHILD_PRIORITIES:
-        raise InvalidInputError(f"priority {priority!r} is not one of {CHILD_PRIORITIES}")
-    try:
-        if priority in ("low", "idle"):
-            os.setpriority(os.PRIO_PROCESS, pid, 19 if priority == "idle" else 10)
-        if priority == "idle":
-            os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux, not allowed, or the child already exited
-        pass
+    if returncode is None:
+        raise ApplyFailedError(f"apply worker answered without a result: {str(reply)[:200]}")
+    detail = (stderr or "").strip().splitlines()[-1:] or ["no output"]
+    raise ApplyFailedError(f"apply worker exited with status {returncode}: {detail[0]}")
 
 
 def rejection_for(reason: str, message: str) -> UpdateRejectedError:

@@ -33,8 +33,18 @@ ZSTD_LEVEL = 3
 BSDIFF_MAX_BYTES = 256 << 10
 #: Resized tensors above this are sent whole rather than bsdiffed (memory).
 BSDIFF_RESIZED_MAX_BYTES = 32 << 20
-#: Block size for XOR / subtraction / byte planes on both sides; a multiple of every itemsize.
+#: Block size of the byte planes (`xor_zstd`) on both sides; a multiple of every itemsize.
+#: Part of the payload format: changing it breaks payloads already published.
 BLOCK_BYTES = 1 << 20
+#: What the encoder hands zstd at a time (the byte-plane transform works in pieces this
+#: size inside a block), and the pages of the two files it holds at once for `sub_zstd` and
+#: plain `zstd`. Not part of the format.
+STREAM_BYTES = 256 << 10
+#: zstd window of everything the encoder writes: at most 2**WINDOW_LOG bytes (smaller inputs
+#: get a smaller one). Weight bytes have few long-distance matches, so a small window costs
+#: about nothing in size, and it bounds the streaming buffers on both sides (the encoder
+#: keeps a window plus a block; the decoder needs the window).
+WINDOW_LOG = 18
 #: If a delta is above this fraction of the tensor, also try plain zstd and keep the smaller.
 TRY_RAW_ABOVE = 0.5
 
@@ -67,9 +77,9 @@ def encode_into(
     start = out.tell()
     method = choose_method(kind, None if base is None else len(base), len(target))
     if method == "xor_zstd":
-        _blockwise_zstd(out, base, target, lambda old, new: _planes(np.bitwise_xor(old, new), itemsize), on_block)
+        _blockwise_zstd(out, base, target, lambda old, new: _xor_planes(old, new, itemsize), on_block, BLOCK_BYTES)
     elif method == "sub_zstd":
-        _blockwise_zstd(out, base, target, lambda old, new: np.subtract(new, old), on_block)
+        _blockwise_zstd(out, base, target, lambda old, new: (np.subtract(new, old),), on_block)
         if len(target) <= BSDIFF_MAX_BYTES:
             patch = bsdiff4.diff(bytes(base), bytes(target))
             if len(patch) < out.tell() - start:
@@ -146,8 +156,15 @@ def bsdiff4_patch(base, patch, length: int) -> bytes:
 # --- zstd helpers ----------------------------------------------------------------------------
 
 
+def zstd_compressor(size: int, level: int = ZSTD_LEVEL) -> zstandard.ZstdCompressor:
+    """A compressor at `level` for `size` bytes, with its window capped at 2**WINDOW_LOG."""
+    window_log = min(WINDOW_LOG, max(zstandard.WINDOWLOG_MIN, (max(size, 1) - 1).bit_length()))
+    params = zstandard.ZstdCompressionParameters.from_level(level, source_size=size, window_log=window_log)
+    return zstandard.ZstdCompressor(compression_params=params)
+
+
 def zstd_compress(data, level: int = ZSTD_LEVEL) -> bytes:
-    return zstandard.ZstdCompressor(level=level).compress(data)
+    return zstd_compressor(len(data), level).compress(data)
 
 
 def zstd_compress_into(out: BinaryIO, data, on_block: Optional[Callable[[int, int], object]] = None) -> int:
@@ -163,17 +180,21 @@ def zstd_size(data, on_block: Optional[Callable[[int, int], object]] = None) -> 
     return zstd_compress_into(_Counter(), data, on_block)
 
 
-def _blockwise_zstd(out, base: Optional[memoryview], target, transform, on_block=None) -> int:
-    """One zstd frame of transform(old_block, new_block) over the target's blocks."""
+def _blockwise_zstd(out, base: Optional[memoryview], target, transform, on_block=None, block_bytes: int = STREAM_BYTES) -> int:
+    """One zstd frame of the pieces transform(old_block, new_block) yields, block by block.
+
+    `on_block(offset, length)` after each block: the caller may give back its pages.
+    """
     new = np.frombuffer(target, np.uint8)
     old = None if base is None else np.frombuffer(base, np.uint8)
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj(size=len(new))
+    compressor = zstd_compressor(len(new)).compressobj(size=len(new))
     written = 0
-    for a in range(0, len(new), BLOCK_BYTES):
-        block = new[a : a + BLOCK_BYTES] if transform is None else transform(old[a : a + BLOCK_BYTES], new[a : a + BLOCK_BYTES])
-        written += out.write(compressor.compress(block)) or 0
+    for a in range(0, len(new), block_bytes):
+        pieces = (new[a : a + block_bytes],) if transform is None else transform(old[a : a + block_bytes], new[a : a + block_bytes])
+        for piece in pieces:
+            written += out.write(compressor.compress(piece)) or 0
         if on_block is not None:
-            on_block(a, min(BLOCK_BYTES, len(new) - a))
+            on_block(a, min(block_bytes, len(new) - a))
     written += out.write(compressor.flush()) or 0
     return written
 
@@ -234,6 +255,16 @@ def _rewind(out: BinaryIO, position: int) -> None:
 def _planes(block: np.ndarray, itemsize: int) -> np.ndarray:
     """Bytes of a block regrouped: all first bytes of each item, then all second bytes..."""
     return np.ascontiguousarray(block.reshape(-1, itemsize).T)
+
+
+def _xor_planes(old: np.ndarray, new: np.ndarray, itemsize: int) -> Iterator[np.ndarray]:
+    """`_planes(old ^ new)` in pieces of at most STREAM_BYTES // itemsize bytes, in order, so
+    neither the XOR nor the regrouped block is ever held whole."""
+    old_items, new_items = old.reshape(-1, itemsize), new.reshape(-1, itemsize)
+    step = max(1, STREAM_BYTES // itemsize)
+    for k in range(itemsize):
+        for i in range(0, len(new_items), step):
+            yield np.bitwise_xor(old_items[i : i + step, k], new_items[i : i + step, k])
 
 
 def _unplanes(planes: np.ndarray, itemsize: int) -> np.ndarray:
