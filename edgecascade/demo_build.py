@@ -14,6 +14,10 @@ Inputs are 8x8 images flattened row-major to 64 float32 values, pixel intensity 
   demo default; `edgecascade calibrate` computes a certified one.
 
 Nothing here runs at import time; torch, sklearn and the quantizer are imported by `build_demo`.
+
+`build_demo` calls `on_step(step)` after each of BUILD_STEPS has written its files; the cache
+uses it to stop at the next step after a Ctrl-C that a library swallowed (scikit-learn's MLP
+training catches KeyboardInterrupt and returns early), and for its test-only pause hook.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -47,6 +51,9 @@ TARGET_DEFER_RATE = 0.25
 PRESSURE_DEFER_RATE = 0.05
 ONNX_OPSET = 17
 ONNX_IR_VERSION = 8  # readable by onnxruntime >= 1.14 on older boards
+#: What `build_demo` has written when it calls `on_step`: the two splits, the edge bundle
+#: (no policy yet), the cloud bundle, the edge policy.
+BUILD_STEPS = ("data", "edge", "cloud", "policy")
 
 
 def load_digit_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -64,8 +71,11 @@ def load_digit_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"train": (X_train, y_train), "calibration": (X_cal, y_cal), "test": (X_test, y_test)}
 
 
-def build_demo(out_dir: Path) -> dict[str, Any]:
-    """Write edge/, cloud/, calibration.npz and test.npz under `out_dir`; return the build facts."""
+def build_demo(out_dir: Path, on_step: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+    """Write edge/, cloud/, calibration.npz and test.npz under `out_dir`; return the build facts.
+
+    `on_step(step)` is called after each of BUILD_STEPS; an exception from it ends the build."""
+    step_done = on_step or (lambda step: None)
     started = time.perf_counter()
     _import_build_dependencies()
     splits = load_digit_splits()
@@ -73,6 +83,7 @@ def build_demo(out_dir: Path) -> dict[str, Any]:
     for name in ("calibration", "test"):
         X, y = splits[name]
         np.savez(out_dir / f"{name}.npz", X=X, y=y)
+    step_done("data")
 
     edge_dir = out_dir / "edge"
     edge_dir.mkdir()
@@ -91,6 +102,7 @@ def build_demo(out_dir: Path) -> dict[str, Any]:
         ),
     )
     edge_s = time.perf_counter() - started
+    step_done("edge")
 
     cloud_dir = out_dir / "cloud"
     net = train_cloud_mlp(X_train, y_train)
@@ -98,8 +110,10 @@ def build_demo(out_dir: Path) -> dict[str, Any]:
 
     save_mlp_bundle(cloud_dir, net, name=CLOUD_NAME, version=1, labels=LABELS)
     cloud_s = time.perf_counter() - started - edge_s
+    step_done("cloud")
 
     facts = _evaluate_and_write_policy(out_dir, splits)
+    step_done("policy")
     X_test, y_test = splits["test"]
     facts["accuracy"]["test"]["edge_float"] = round(float((_mlp_numpy(X_test, weights, biases).argmax(1) == y_test).mean()), 4)
     facts["split"] = {"seed": SEED, "train": TRAIN_SIZE, "calibration": CALIBRATION_SIZE, "test": TEST_SIZE}

@@ -10,6 +10,16 @@
 The first call builds it (about 10 s, see `edgecascade.demo_build`) in a hidden sibling
 directory and renames it into place, so an interrupted build never leaves a half cache.
 Later calls only read demo.json, and import neither torch nor scikit-learn.
+
+Ctrl-C (SIGINT) during a build, from the main thread, always ends it with KeyboardInterrupt
+and removes the build directory: a Ctrl-C that a library swallowed is raised again after the
+build step it landed in, and one during the swap-in or the cleanup waits until that is done.
+
+Test-only: EDGECASCADE_TEST_PAUSE_AT=demo-<step> (a step of `demo_build.BUILD_STEPS`, or
+`built`: demo.json written, just before the swap-in) makes the build stop for good at that
+point, in Python, so a test can interrupt it there; `demo-<step>:<seconds>` pauses only that
+long. The same variable drives the updater's pauses (`edge_agent.updater`). Never set it in
+production.
 """
 
 from __future__ import annotations
@@ -18,12 +28,15 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -41,6 +54,7 @@ _REQUIRED = ("edge/model.json", "edge/model.onnx", "edge/policy.json", "cloud/mo
 _BUILD_MODULES = {"torch", "sklearn", "safetensors", "onnx", "onnxruntime", "scipy"}
 #: Build directories older than this are leftovers of a killed build and are removed.
 _STALE_BUILD_S = 3600
+PAUSE_ENV = "EDGECASCADE_TEST_PAUSE_AT"
 
 
 @dataclass(frozen=True)
@@ -145,37 +159,114 @@ def _build_into(root: Path, *, replace: bool) -> None:
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_builds(root)
-        building.mkdir()
     except OSError as exc:
         raise ConfigError(f"cannot create the demo cache in {root.parent}: {exc}; set {CACHE_ENV} elsewhere") from None
-    try:
+    with _CtrlC() as ctrl_c:
         try:
-            from edgecascade.demo_build import build_demo
+            try:
+                building.mkdir()
+            except OSError as exc:
+                raise ConfigError(f"cannot create the demo cache in {root.parent}: {exc}; set {CACHE_ENV} elsewhere") from None
 
-            facts = build_demo(building)  # imports torch, scikit-learn and the ONNX quantizer
-        except ModuleNotFoundError as exc:
-            if exc.name not in _BUILD_MODULES:
-                raise
-            raise ConfigError(
-                f"building the demo models needs {exc.name!r}, which is not installed; "
-                "install the cloud extra (pip install 'edgecascade[cloud]')"
-            ) from None
-        info = {"format": DEMO_FORMAT, "created_unix_s": round(time.time(), 3), **facts}
-        (building / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        _swap_in(building, root, replace=replace)
-    finally:
-        _discard(building)
+            def step_done(step: str) -> None:
+                ctrl_c.check()
+                _pause_point(f"demo-{step}")
+
+            with ctrl_c.live():
+                try:
+                    from edgecascade.demo_build import build_demo
+
+                    facts = build_demo(building, step_done)  # imports torch, scikit-learn and the ONNX quantizer
+                except ModuleNotFoundError as exc:
+                    if exc.name not in _BUILD_MODULES:
+                        raise
+                    raise ConfigError(
+                        f"building the demo models needs {exc.name!r}, which is not installed; "
+                        "install the cloud extra (pip install 'edgecascade[cloud]')"
+                    ) from None
+                info = {"format": DEMO_FORMAT, "created_unix_s": round(time.time(), 3), **facts}
+                (building / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+                step_done("built")
+            _swap_in(building, root, replace=replace)
+        finally:
+            _discard(building)
     log.info("demo models ready in %s (%.1f s)", root, info["build_s"]["total"])
 
 
+class _CtrlC:
+    """SIGINT during one build, in the main thread (elsewhere it changes nothing).
+
+    Outside `live()` (creating the build directory, the swap-in, the cleanup) a Ctrl-C is only
+    remembered, and raised as KeyboardInterrupt when `live()` starts or the build has ended, so
+    none of these is cut short. Inside `live()` it raises KeyboardInterrupt at once, as Python's
+    default handler does, and `check()` raises it again where a library caught and dropped it."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._pending = False
+        self._live = False
+        self._installed = False
+
+    def __enter__(self) -> "_CtrlC":
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self._pending and exc_type is None:
+            raise KeyboardInterrupt
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.seen = True
+        if not self._live:
+            self._pending = True
+            return
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a Ctrl-C came (and, since we got here, was swallowed)."""
+        if self.seen:
+            log.warning("the demo build was interrupted (Ctrl-C); stopping")
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def live(self) -> Iterator[None]:
+        self._live = True
+        try:
+            if self._pending:
+                self._pending = False
+                raise KeyboardInterrupt
+            yield
+        finally:
+            self._live = False
+
+
+def _pause_point(step: str) -> None:
+    """Test-only hook (see the module docstring): `<step>` waits for good, `<step>:<seconds>`
+    waits that long and goes on. SIGINT ends the wait at once."""
+    wanted, _, seconds = os.environ.get(PAUSE_ENV, "").partition(":")
+    if wanted != step:
+        return
+    log.warning("TEST PAUSE at %s (%s is set) for %s", step, PAUSE_ENV, f"{seconds} s" if seconds else "good")
+    if seconds:
+        time.sleep(float(seconds))
+        return
+    while True:
+        time.sleep(3600)
+
+
 def _discard(building: Path) -> None:
-    """Remove a build directory, retrying briefly: a worker thread of the build may still be
-    closing a file in it when an interrupt unwinds the build."""
+    """Remove a build directory (retrying briefly, in case it is still being written to)."""
     for _ in range(50):
         shutil.rmtree(building, ignore_errors=True)
         if not building.exists():
             return
         time.sleep(0.1)
+    log.warning("could not remove the demo build directory %s; it is removed by a build after %d s",
+                building, _STALE_BUILD_S)
 
 
 def _swap_in(building: Path, root: Path, *, replace: bool) -> None:

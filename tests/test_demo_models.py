@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -182,24 +183,79 @@ def test_edge_bundle_and_cache_load_without_torch(demo, cache_root):
     assert sklearn_imported == "False"
 
 
-@pytest.mark.skip(reason="flaky: depending on where SIGINT lands, a library swallows it (the build completes) "
-                         "or, rarely, the build directory is left behind; see the issue notes")
-def test_interrupted_build_leaves_no_cache(tmp_path):
-    script = f"from edgecascade.demo_models import ensure_demo_models; ensure_demo_models({str(tmp_path)!r})"
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _stderr_until(proc: subprocess.Popen, marker: bytes, timeout_s: float) -> bytes:
+    """What the child wrote to stderr up to and including `marker`; fails if it exits first."""
+    seen, deadline = b"", time.monotonic() + timeout_s
+    while marker not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no {marker!r} from the child: {seen[-2000:]!r}"
+        if select.select([proc.stderr], [], [], remaining)[0]:
+            chunk = os.read(proc.stderr.fileno(), 65536)
+            assert chunk, f"child exited (rc {proc.wait()}) before {marker!r}: {seen[-2000:]!r}"
+            seen += chunk
+    return seen
+
+
+@pytest.mark.parametrize(
+    "step, written",
+    [("data", ["calibration.npz", "test.npz"]),  # early: before any training
+     ("built", ["demo.json", "edge/policy.json", "cloud/weights.safetensors"])],  # late: just before the swap-in
+)
+def test_interrupted_build_leaves_no_cache(tmp_path, step, written):
+    script = ("import logging; logging.basicConfig(level=logging.WARNING); "
+              f"from edgecascade.demo_models import ensure_demo_models; ensure_demo_models({str(tmp_path)!r})")
+    env = {**os.environ, "EDGECASCADE_TEST_PAUSE_AT": f"demo-{step}"}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120  # generous: the machine may be busy
-        while not any(p.name.startswith(f".{DEMO_FORMAT}.build-") for p in tmp_path.iterdir()):
-            assert proc.poll() is None and time.monotonic() < deadline, "build never started"
-            time.sleep(0.01)
-        time.sleep(0.3)  # well inside the build (imports, training)
+        head = _stderr_until(proc, f"TEST PAUSE at demo-{step}".encode(), timeout_s=300)  # generous: busy machine
+        (building,) = tmp_path.iterdir()
+        assert building.name.startswith(f".{DEMO_FORMAT}.build-")
+        assert all((building / name).is_file() for name in written)
         os.kill(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
+        _, tail = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode != 0 and b"KeyboardInterrupt" in stderr
+            proc.wait()
+    assert proc.returncode != 0 and b"KeyboardInterrupt" in head + tail
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_that_a_library_swallows_still_ends_the_build():
+    """scikit-learn's MLP training catches KeyboardInterrupt and returns early; the build must
+    still stop. And a Ctrl-C during the swap-in or the cleanup waits until that is done."""
+    script = textwrap.dedent(
+        """
+        import os, signal
+        from edgecascade.demo_models import _CtrlC
+
+        def ctrl_c():
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs before os.kill returns to Python code
+
+        with _CtrlC() as guard:
+            with guard.live():
+                try:
+                    ctrl_c()
+                except KeyboardInterrupt:
+                    print("library swallowed it")
+                try:
+                    guard.check()
+                except KeyboardInterrupt:
+                    print("check raised")
+        try:
+            with _CtrlC() as guard:
+                ctrl_c()
+                print("cleanup went on")
+        except KeyboardInterrupt:
+            print("raised after cleanup")
+        print("default handler back:", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n") == ["library swallowed it", "check raised", "cleanup went on",
+                                          "raised after cleanup", "default handler back: True", ""]
 
 
 def test_swap_in_replaces_an_old_cache_and_keeps_a_concurrent_winner(tmp_path):
