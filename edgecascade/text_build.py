@@ -1,7 +1,7 @@
 """Builds a text model pair from labelled CSVs: the INT8 ONNX edge bundle and the MiniLM cloud bundle.
 
     OUT/
-      edge/     runtime "onnx": model.json (featurizer options), model.onnx (INT8), policy.json
+      edge/     runtime "onnx": model.json (featurizer options), model.onnx (INT8, sparse inputs), policy.json
       cloud/    runtime "minilm_head": model.json, head.safetensors (the encoder stays in its package)
       build.json                 what was built: sizes, timings, accuracies on the eval set
       eval_predictions.npz       with an eval set: edge_probs, cloud_pred, gold (`edgecascade calibrate` reads it)
@@ -113,15 +113,14 @@ def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Op
 def build_edge_bundle(edge_dir: Path, texts: Sequence[str], y: np.ndarray, labels: Sequence[str], *, name: str,
                       version: int, featurizer_options: Optional[dict] = None) -> ModelCard:
     """Train the linear model, write the INT8 model.onnx and model.json (no policy) to `edge_dir`."""
-    from edgecascade.text_edge_build import QUANT_CALIBRATION_ROWS, train_linear, write_quantized_onnx
+    from edgecascade.text_edge_build import train_linear, write_sparse_int8_onnx
     from shared.text_features import featurizer_from_options, parse_featurizer_options
 
     options = parse_featurizer_options(featurizer_options or {}).model_dump(mode="json")
     edge_dir.mkdir(parents=True, exist_ok=True)
     featurizer = featurizer_from_options(options)
     linear = train_linear(featurizer, texts, y, len(labels))
-    rows = np.random.default_rng(0).permutation(len(texts))[:QUANT_CALIBRATION_ROWS]
-    write_quantized_onnx(edge_dir / "model.onnx", linear, name, featurizer([texts[i] for i in rows]))
+    write_sparse_int8_onnx(edge_dir / "model.onnx", linear, name)
     card = ModelCard(name=name, version=version, labels=list(labels), runtime="onnx", file="model.onnx",
                      input=InputSpec(kind="text"), options={"featurizer": options, "intra_op_threads": 1})
     save_card(edge_dir, card)

@@ -1,6 +1,6 @@
 """The BANKING77 text model pair for benchmarks, built once per data set and cached.
 
-    $EDGECASCADE_CACHE_DIR (default ~/.cache/edgecascade)/text-v1-<hash of train.csv + test.csv>/
+    $EDGECASCADE_CACHE_DIR (default ~/.cache/edgecascade)/text-v2-<hash of train.csv + test.csv>/
       edge/  cloud/  build.json  eval_predictions.npz      (as written by `edgecascade train`)
     .../embeddings/                                        (the shared sentence-embedding cache)
 
@@ -32,7 +32,7 @@ from shared.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: Bump when the build changes what it produces.
-TEXT_FORMAT = "text-v1"
+TEXT_FORMAT = "text-v2"  # v2: sparse-input INT8 edge graph
 _REQUIRED = ("edge/model.json", "edge/model.onnx", "edge/policy.json", "cloud/model.json", "cloud/head.safetensors",
              BUILD_INFO_FILE)
 

@@ -44,15 +44,22 @@ def resolve_providers(requested: Sequence[str]) -> list[str]:
     return chosen
 
 
+#: Inputs of a graph that takes featurizer output in COO form (edgecascade.text_edge_build).
+SPARSE_INPUTS = ("indices", "values", "segment", "row_ids")
+
+
 class OnnxModel(Model):
-    """An ONNX graph with input `input` and output `probs`. Text goes through the card's
-    featurizer (options["featurizer"]), or without one straight into the graph as STRING [N]."""
+    """An ONNX graph with one input and output `probs`. Text goes through the card's featurizer
+    (options["featurizer"]), or without one straight into the graph as STRING [N]. A featurized
+    graph takes either the dense vector [N, F] or, when its inputs are SPARSE_INPUTS, only the
+    non-empty buckets (COO: bucket, value, row of each entry, and the row numbers)."""
 
     def __init__(self, card: ModelCard, bundle_dir: Path, providers: Sequence[str] = ("cpu",)) -> None:
         super().__init__(card, bundle_dir)
         self.requested_providers = list(providers)
         self.session = None
         self._featurize = None
+        self._sparse = False
 
     def load(self) -> None:
         import onnxruntime as ort
@@ -68,7 +75,12 @@ class OnnxModel(Model):
             raise
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ConfigError(f"cannot load ONNX model {self.bundle_dir / self.card.file}: {exc}") from None
-        self._input_name = self.session.get_inputs()[0].name
+        input_names = tuple(i.name for i in self.session.get_inputs())
+        self._input_name = input_names[0]
+        self._sparse = sorted(input_names) == sorted(SPARSE_INPUTS)
+        if self._sparse and not (self.card.input.kind == "text" and "featurizer" in self.card.options):
+            raise ConfigError(f"ONNX model {self.bundle_dir / self.card.file} takes sparse features "
+                              f"{list(SPARSE_INPUTS)}; its card must declare text input with a featurizer")
         if self.card.input.kind == "text" and "featurizer" in self.card.options:
             from shared.text_features import featurizer_from_options
 
@@ -80,6 +92,12 @@ class OnnxModel(Model):
         return self.session.get_providers() if self.session else []
 
     def predict(self, inputs: Sequence[ModelInput]) -> np.ndarray:
+        if self._sparse:
+            rows, buckets, values = self._featurize.sparse(list(inputs))
+            feeds = {"indices": buckets, "values": values, "segment": rows,
+                     "row_ids": np.arange(len(inputs), dtype=np.int64)}
+            (probs,) = self.session.run(None, feeds)
+            return np.asarray(probs, dtype=np.float32)
         if self._featurize is not None:
             batch = self._featurize(list(inputs))
         elif self.card.input.kind == "text":  # no featurizer: the graph takes a STRING tensor [N]
