@@ -17,10 +17,11 @@ so one file holds every learned number:
 
 W is stored as int8 with one scale per class column (symmetric, full 8-bit range) and only the
 nnz rows a query touches are gathered and dequantized: about 20 KB read per query instead of
-the whole 5 MB matrix a dense MatMul streams through. Rows are independent of their batch
-neighbours. (`float_graph` is the dense float32 reference of the same function.)
+the whole 5 MB matrix a dense MatMul streams through. A row's answer does not depend on its
+batch neighbours, to within float rounding (about 1e-7: the sums of a batch are blocked
+differently). `float_graph` is the dense float32 reference of the same function.
 
-Build-time only: imports scikit-learn, scipy and onnxruntime.quantization. Inference needs
+Build-time only: imports scikit-learn and scipy. Inference needs
 only numpy and onnxruntime (`shared.onnx_model` + `shared.text_features`).
 """
 

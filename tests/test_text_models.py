@@ -144,7 +144,8 @@ def test_edge_answers_do_not_depend_on_the_batch(built):
     batch = model.predict(texts)
     singles = np.concatenate([model.predict([t]) for t in texts])
     assert batch.shape == (30, NUM_CLASSES) and batch.dtype == np.float32
-    assert np.array_equal(batch, singles)
+    np.testing.assert_allclose(batch, singles, atol=1e-6)  # float rounding only: the sparse graph's sums
+    assert np.array_equal(batch.argmax(1), singles.argmax(1))
     assert np.allclose(batch.sum(axis=1), 1.0, atol=1e-4)
 
 
