@@ -349,6 +349,19 @@ def check_targets(r: dict[str, Any]) -> dict[str, bool]:
     }
 
 
+def physical_limits(r: dict[str, Any]) -> list[str]:
+    """Targets this machine cannot meet whatever the framework does, with the measured reason."""
+    out = []
+    if r["raw_model_batching_gain"] < 3.5:
+        out.append(f"the bare model itself gains only {r['raw_model_batching_gain']}x from batching here "
+                   f"(best batch against batch 1), so no server can reach 3.5x; the router gets "
+                   f"{r['router_batching_gain']}x")
+    if r["echo_p50_ms"] > 0.5:
+        out.append(f"a raw gRPC echo round trip alone takes {r['echo_p50_ms']} ms, more than the 0.5 ms "
+                   f"the agent may add to the bare session")
+    return out
+
+
 def bench_models(quick: bool) -> tuple[Path, list, Path, list, str]:
     """(cloud bundle, cloud inputs, edge bundle, edge inputs, description).
 
@@ -385,6 +398,7 @@ def run_serve_bench(out_path: Path, *, quick: bool = False) -> dict[str, Any]:
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["bench_s"] = round(time.perf_counter() - started, 1)
     result["targets"] = check_targets(result)
+    result["physical_limits"] = physical_limits(result)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2) + "\n")

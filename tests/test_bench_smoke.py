@@ -19,3 +19,18 @@ def test_bench_serve_quick(tmp_path, demo_cache):
                 "raw_edge_p50_ms", "agent_p50_ms", "agent_p99_ms", "echo_rps", "agent_trivial_rps"):
         assert result[key] > 0, key
     assert result["router_batched_errors"] == result["router_unbatched_errors"] == result["agent_trivial_errors"] == 0
+    assert isinstance(result["physical_limits"], list) and len(result["targets"]) == 4
+    assert result["raw_model_batching_gain"] > 0 and result["router_batching_gain"] > 0
+
+
+def test_transport_variants_quick(tmp_path):
+    """Every echo server kind (aio, uvloop, sync, two processes on one port) and the agent on
+    each event loop answer the same bytes; no thresholds."""
+    from edgecascade.bench_serve import ECHO_SERVERS, transport_floor, trivial_bundle
+
+    result = transport_floor(trivial_bundle(tmp_path / "trivial"), tmp_path, reps=1, duration_s=0.3, count=20,
+                             concurrency=4)
+    variants = result["transport_variants"]
+    assert set(variants) == set(ECHO_SERVERS) | {"agent_trivial", "agent_trivial_asyncio"}
+    assert all(v["rps"] > 0 and v["p50_ms"] > 0 for v in variants.values())
+    assert result["agent_trivial_errors"] == 0
