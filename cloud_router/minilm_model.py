@@ -19,7 +19,7 @@ for runtime torch_mlp: scale throughput with replicas, not threads, on small nod
 TorchScript (`torchscript`, default on): the encoder is traced once at load and run as one
 graph. Same numbers; the point is the GIL. Eager torch takes the GIL back after every op, so
 in a router, whose event loop also needs the GIL, each of the ~100 ops of a forward pass can
-wait for the loop (docs/performance.md measured the router's throughput with and without).
+wait for the loop.
 """
 
 from __future__ import annotations

@@ -136,8 +136,18 @@ def _load_raw_model(bundle_dir: str) -> None:
     _raw_model.load()
 
 
-def _raw_throughput_in_child(inputs: list, duration_s: float) -> dict[int, float]:
-    return raw_model_throughput(_raw_model, inputs, duration_s=duration_s)
+def _raw_throughput_in_child(inputs: list, duration_s: float, bucketed: bool = True) -> dict[int, float]:
+    """`bucketed=False`: a MiniLM model splits its batches into plain fixed-size runs instead of
+    length buckets (what the bucketing gains); other models have no such option."""
+    encoder = getattr(_raw_model, "encoder", None)
+    saved = getattr(encoder, "call_overhead_tokens", None)
+    if not bucketed and encoder is not None:
+        encoder.call_overhead_tokens = None
+    try:
+        return raw_model_throughput(_raw_model, inputs, duration_s=duration_s)
+    finally:
+        if encoder is not None:
+            encoder.call_overhead_tokens = saved
 
 
 @contextlib.contextmanager
@@ -150,13 +160,15 @@ def raw_model_process(bundle_dir: Path) -> Iterator[Any]:
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_load_raw_model,
                              initargs=(str(bundle_dir),)) as pool:
-        yield lambda inputs, duration_s: pool.submit(_raw_throughput_in_child, inputs, duration_s).result()
+        yield lambda inputs, duration_s, bucketed=True: pool.submit(_raw_throughput_in_child, inputs, duration_s,
+                                                                    bucketed).result()
 
 
 def cloud_side(bundle_dir: Path, inputs: list, work: Path, *, reps: int, duration_s: float,
-               threads: int | None = None) -> dict[str, Any]:
+               threads: int | None = None, compare_bucketing: bool = False) -> dict[str, Any]:
     """Bare model at each batch size (in a process of its own) against the router with batching
-    on and off. `threads`: run the model (both sides) with that many torch threads instead of its card's."""
+    on and off. `threads`: run the model (both sides) with that many torch threads instead of its card's.
+    `compare_bucketing`: also the bare model once without length buckets."""
     from shared.model_card import load_card
 
     if threads is not None:
@@ -166,6 +178,7 @@ def cloud_side(bundle_dir: Path, inputs: list, work: Path, *, reps: int, duratio
     inputs = list(inputs[:1024])
     with raw_model_process(bundle_dir) as raw_throughput:
         raw_runs = [raw_throughput(inputs, duration_s)]  # the first decides the batch limit
+        unbucketed = raw_throughput(inputs, duration_s, False) if compare_bucketing else None
         best_batch = max(raw_runs[0], key=raw_runs[0].get)
         max_batch = router_max_batch_size(best_batch)
         runs: dict[bool, list] = {True: [], False: []}
@@ -183,7 +196,11 @@ def cloud_side(bundle_dir: Path, inputs: list, work: Path, *, reps: int, duratio
     raw_by_batch = {b: median([r[b] for r in raw_runs]) for b in BATCH_SIZES}
     best_batch = max(raw_by_batch, key=raw_by_batch.get)
     batched_rps, unbatched_rps = median([r.rps for r in runs[True]]), median([r.rps for r in runs[False]])
+    extra = {}
+    if unbucketed is not None:
+        extra["raw_model_rps_by_batch_without_length_buckets"] = {str(b): round(v, 1) for b, v in unbucketed.items()}
     return {
+        **extra,
         "cloud_model_threads": card.options.get("threads"),
         "raw_model_rps_by_batch": {str(b): round(v, 1) for b, v in raw_by_batch.items()},
         "raw_model_best_batch": best_batch,
@@ -391,7 +408,7 @@ def run_serve_bench(out_path: Path, *, quick: bool = False) -> dict[str, Any]:
         # The limit is the model's best throughput on this machine: all its cores (the card's
         # own default may be one thread, for nodes running several replicas).
         result.update(cloud_side(cloud_dir, cloud_inputs, work, reps=reps, duration_s=duration_s,
-                                 threads=None if quick else os.cpu_count()))
+                                 threads=None if quick else os.cpu_count(), compare_bucketing=not quick))
         result.update(edge_side(edge_dir, edge_inputs, work, echo_target, reps=reps, count=count))
         result.update(transport_floor(trivial_bundle(work / "trivial"), work, reps=reps, duration_s=duration_s,
                                       count=count, variants=not quick))
