@@ -213,3 +213,59 @@ def test_onnx_typed_float_data_is_a_span_too(tmp_path):
     assert [(s.name, s.kind, s.length) for s in spans] == [("W", "float", w.nbytes)]
     payload = roundtrip(base, target)
     assert methods(payload) == {"W": "xor_zstd"}
+
+
+def test_blockwise_build_round_trips_tensors_across_many_pieces(tmp_path):
+    """Tensors at unaligned offsets, longer than several stream pieces and format blocks, with
+    changes only in the last partial piece, in the middle, or nowhere: the mmapped build
+    reads, compares and gives back pages piece by piece, and the result is byte-identical."""
+    from shared.delta import tensor_diff
+
+    rng = np.random.default_rng(11)
+    n = 2 * tensor_diff.BLOCK_BYTES + 3 * tensor_diff.STREAM_BYTES + 123  # not a multiple of anything
+    q = rng.integers(-100, 100, n, dtype=np.int8)
+    q_tail = q.copy()
+    q_tail[-5:] += 1  # only the last, partial piece differs
+    w = rng.standard_normal(n // 4 + 7).astype(np.float32)
+    w_mid = w.copy()
+    w_mid[len(w) // 2 : len(w) // 2 + 100] *= 1.001
+    same = rng.standard_normal(tensor_diff.STREAM_BYTES // 4 + 1).astype(np.float32)
+    odd = np.arange(3, dtype=np.int8)  # shifts every later tensor off page alignment
+    base = write_safetensors(tmp_path / "a.safetensors", {"a_odd": odd, "q": q, "same": same, "w": w})
+    target = write_safetensors(tmp_path / "b.safetensors", {"a_odd": odd, "q": q_tail, "same": same, "w": w_mid})
+    payload = roundtrip(base, target)
+    got = methods(payload)
+    assert got["q"] in ("sub_zstd", "zstd") and got["w"] == "xor_zstd" and got["same"] == "copy"
+    assert len(payload) < 0.05 * target.stat().st_size
+
+
+def test_spans_equal_sees_a_difference_in_the_last_partial_piece(tmp_path):
+    from shared.delta.layout import TensorSpan
+    from shared.delta.payload import _spans_equal, mapped_file
+    from shared.delta.tensor_diff import STREAM_BYTES
+
+    data = np.random.default_rng(12).integers(0, 256, 3 * STREAM_BYTES + 1001, dtype=np.uint8).tobytes()
+    (tmp_path / "a").write_bytes(b"x" + data)
+    (tmp_path / "b").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    (tmp_path / "c").write_bytes(data)
+    span_a = TensorSpan("t", "int8", 1, 1, len(data))
+    span_b = TensorSpan("t", "int8", 1, 0, len(data))
+    with mapped_file(tmp_path / "a") as a, mapped_file(tmp_path / "b") as b, mapped_file(tmp_path / "c") as c:
+        assert not _spans_equal(a, span_a, b, span_b)
+        assert _spans_equal(a, span_a, c, span_b)
+        assert a[1:] == c[:]  # pages given back read again with the same bytes
+
+
+def test_drop_pages_keeps_the_mapped_bytes(tmp_path):
+    import mmap as mmap_module
+
+    from shared.delta.payload import drop_pages, mapped_file
+
+    data = np.random.default_rng(13).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    (tmp_path / "f").write_bytes(data)
+    with mapped_file(tmp_path / "f") as mapped:
+        assert isinstance(mapped, mmap_module.mmap)
+        for offset in (0, 5, 70_000, (1 << 20) - 20_000):  # margin before 0 and past the end are clipped
+            drop_pages(mapped, offset, 20_000)
+            assert mapped[:] == data
+    drop_pages(data, 0, len(data))  # not an mmap: nothing to do

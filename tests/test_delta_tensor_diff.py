@@ -111,3 +111,31 @@ def test_encoder_window_is_capped():
     for frame in (out.getvalue(), zstd_compress(data)):
         assert zstandard.get_frame_parameters(frame).window_size <= 1 << WINDOW_LOG
         assert zstandard.ZstdDecompressor().decompress(frame, max_output_size=len(data)) == data
+
+
+def test_difference_frames_use_the_small_delta_window():
+    import zstandard
+
+    rng = np.random.default_rng(5)
+    old = rng.integers(-128, 128, 3 << 20, dtype=np.int8)
+    new = (old + rng.integers(-1, 2, old.size)).astype(np.int8)
+    for kind, itemsize in (("int8", 1), ("float", 4)):
+        method, blob = encode(kind, itemsize, old.tobytes(), new.tobytes())
+        assert method in ("sub_zstd", "xor_zstd")
+        assert zstandard.get_frame_parameters(blob).window_size <= 1 << tensor_diff.DELTA_WINDOW_LOG
+        assert decode(method, itemsize, old.tobytes(), blob, new.nbytes) == new.tobytes()
+
+
+def test_blobs_made_with_the_earlier_zstd_settings_still_decode():
+    """Payloads published before the level-1 delta frames (level 3, 256 KiB window, one
+    compressor call per 256 KiB piece) apply unchanged: the decoder reads any window."""
+    import zstandard
+
+    rng = np.random.default_rng(6)
+    old = rng.integers(-128, 128, tensor_diff.BLOCK_BYTES + 5000, dtype=np.int8)
+    new = (old + rng.integers(-2, 3, old.size)).astype(np.int8)
+    params = zstandard.ZstdCompressionParameters.from_level(3, source_size=new.nbytes, window_log=18)
+    stream = zstandard.ZstdCompressor(compression_params=params).compressobj(size=new.nbytes)
+    diff = np.subtract(new.view(np.uint8), old.view(np.uint8))
+    blob = b"".join(stream.compress(diff[i : i + (256 << 10)]) for i in range(0, diff.size, 256 << 10)) + stream.flush()
+    assert decode("sub_zstd", 1, old.tobytes(), blob, new.nbytes) == new.tobytes()

@@ -46,7 +46,14 @@ FULL_FALLBACK_RATIO = 0.8
 #: Opaque files above this are sent whole: whole-file bsdiff4 needs ~17x their size in memory.
 WHOLE_BSDIFF_MAX_BYTES = 256 << 20
 _MAX_HEADER_BYTES = 64 << 20
-DROP_PAGES_MIN_BYTES = 64 << 10
+#: `drop_pages` skips ranges smaller than this (a syscall per tiny tensor is not worth it).
+DROP_PAGES_MIN_BYTES = 16 << 10
+#: How far before a range `drop_pages` also gives pages back. A page fault on a file mapping
+#: maps the cached pages around it too ("fault-around", 64 KiB by default, aligned to the
+#: address, not to our blocks), so reading block k maps again the tail of block k-1, which
+#: was already dropped; without the margin those pages stay resident until the map is
+#: closed (measured: one 64 KiB block's worth per block read, the whole file in the end).
+DROP_PAGES_MARGIN_BYTES = 64 << 10
 
 
 @dataclass
@@ -197,8 +204,8 @@ def _spans_equal(base, base_span: TensorSpan, target, target_span: TensorSpan) -
     if base_span.length != target_span.length:
         return False
     a, b = memoryview(base), memoryview(target)
-    for i in range(0, base_span.length, tensor_diff.BLOCK_BYTES):
-        n = min(tensor_diff.BLOCK_BYTES, base_span.length - i)
+    for i in range(0, base_span.length, tensor_diff.STREAM_BYTES):
+        n = min(tensor_diff.STREAM_BYTES, base_span.length - i)
         x = np.frombuffer(a[base_span.offset + i : base_span.offset + i + n], np.uint8)
         y = np.frombuffer(b[target_span.offset + i : target_span.offset + i + n], np.uint8)
         same = np.array_equal(x, y)
@@ -232,7 +239,8 @@ def drop_pages(mapped, offset: int, length: int) -> None:
     """
     if length < DROP_PAGES_MIN_BYTES or not isinstance(mapped, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
         return
-    start = offset - offset % mmap.PAGESIZE
+    start = max(0, offset - DROP_PAGES_MARGIN_BYTES)
+    start -= start % mmap.PAGESIZE
     end = min(offset + length, len(mapped))
     if end > start:
         mapped.madvise(mmap.MADV_DONTNEED, start, end - start)

@@ -39,12 +39,25 @@ BLOCK_BYTES = 1 << 20
 #: What the encoder hands zstd at a time (the byte-plane transform works in pieces this
 #: size inside a block), and the pages of the two files it holds at once for `sub_zstd` and
 #: plain `zstd`. Not part of the format.
-STREAM_BYTES = 256 << 10
-#: zstd window of everything the encoder writes: at most 2**WINDOW_LOG bytes (smaller inputs
-#: get a smaller one). Weight bytes have few long-distance matches, so a small window costs
-#: about nothing in size, and it bounds the streaming buffers on both sides (the encoder
-#: keeps a window plus a block; the decoder needs the window).
+STREAM_BYTES = 64 << 10
+#: zstd window of the plain frames the encoder writes (raw tensors, glue, the whole file): at
+#: most 2**WINDOW_LOG bytes (smaller inputs get a smaller one). Weight bytes have few
+#: long-distance matches, so a small window costs about nothing in size, and it bounds the
+#: streaming buffers on both sides (the encoder keeps a window plus a block; the decoder
+#: needs the window).
 WINDOW_LOG = 18
+#: Cap on zstd's hash and chain table logs for plain frames (level 3 would use 17/16 for
+#: inputs over 256 KiB: 0.75 MiB of tables). Same sizes on the benchmark files, half the
+#: compression context.
+HASH_LOG = 14
+#: The XOR planes and byte differences of `xor_zstd` / `sub_zstd` are close to noise: what
+#: zstd gains there is entropy coding, and the short matches a stronger match finder takes
+#: cost more than the literals they replace. Level 1 with small tables and a 64 KiB window
+#: made the benchmark deltas 1.5-15 % smaller than level 3 with a 256 KiB window, with a
+#: context of ~0.3 MiB instead of ~1.3 MiB (and a 64 KiB window for the decoder).
+DELTA_ZSTD_LEVEL = 1
+DELTA_WINDOW_LOG = 16
+DELTA_HASH_LOG = 10
 #: If a delta is above this fraction of the tensor, also try plain zstd and keep the smaller.
 TRY_RAW_ABOVE = 0.5
 
@@ -156,10 +169,20 @@ def bsdiff4_patch(base, patch, length: int) -> bytes:
 # --- zstd helpers ----------------------------------------------------------------------------
 
 
-def zstd_compressor(size: int, level: int = ZSTD_LEVEL) -> zstandard.ZstdCompressor:
-    """A compressor at `level` for `size` bytes, with its window capped at 2**WINDOW_LOG."""
-    window_log = min(WINDOW_LOG, max(zstandard.WINDOWLOG_MIN, (max(size, 1) - 1).bit_length()))
+def zstd_compressor(size: int, level: int = ZSTD_LEVEL, *, delta: bool = False) -> zstandard.ZstdCompressor:
+    """A compressor for `size` bytes: plain bytes at `level` with the window capped at
+    2**WINDOW_LOG and the tables at HASH_LOG, or (`delta`) difference planes at the DELTA_*
+    settings."""
+    if delta:
+        level, max_window_log, max_hash_log = DELTA_ZSTD_LEVEL, DELTA_WINDOW_LOG, DELTA_HASH_LOG
+    else:
+        max_window_log, max_hash_log = WINDOW_LOG, HASH_LOG
+    window_log = min(max_window_log, max(zstandard.WINDOWLOG_MIN, (max(size, 1) - 1).bit_length()))
     params = zstandard.ZstdCompressionParameters.from_level(level, source_size=size, window_log=window_log)
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, source_size=size, window_log=window_log,
+        hash_log=min(params.hash_log, max_hash_log), chain_log=min(params.chain_log, max_hash_log),
+    )
     return zstandard.ZstdCompressor(compression_params=params)
 
 
@@ -187,7 +210,7 @@ def _blockwise_zstd(out, base: Optional[memoryview], target, transform, on_block
     """
     new = np.frombuffer(target, np.uint8)
     old = None if base is None else np.frombuffer(base, np.uint8)
-    compressor = zstd_compressor(len(new)).compressobj(size=len(new))
+    compressor = zstd_compressor(len(new), delta=transform is not None).compressobj(size=len(new))
     written = 0
     for a in range(0, len(new), block_bytes):
         pieces = (new[a : a + block_bytes],) if transform is None else transform(old[a : a + block_bytes], new[a : a + block_bytes])
