@@ -4,10 +4,11 @@ Every `update_poll_interval_s` the agent asks the router (GetUpdateNotice) wheth
 waits for it. One update goes through these steps, each reported to the router and metrics:
 
 1. signature, then manifest fields, model, expiry and version; the new card and policy;
-2. `downloading`: chunks into downloads/<id>.part, each checked against its hash, resumed
-   after a restart or a broken link; `verified` once length and whole hash match;
-3. base hash on disk, apply in a child process (the resident apply worker, or one per
-   update: `update_apply_worker`), result hash; the bundle is installed as
+2. `downloading`: chunks into downloads/<id>.part, each checked against its hash (in a
+   thread, off the event loop), resumed after a restart or a broken link; `verified` once
+   length and whole hash match;
+3. base hash, apply and result hash in a child process at `update_apply_priority` (the
+   resident apply worker, or one per update: `update_apply_worker`); the bundle is installed as
    versions/<name> (not yet current); `applied`;
 4. a second slot loads it, warms it up and checks the golden inputs;
 5. `current` points at it and `cascade.active` is swapped (requests in flight finish on the
@@ -27,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -41,7 +44,7 @@ from shared.delta.chunks import PayloadAssembler
 from shared.delta.manifest import Manifest, SignedManifest, verify_manifest
 from shared.delta.package import apply_verified, file_sha256
 from shared.delta.signing import load_public_key
-from shared.errors import UnavailableError, UpdateRejectedError
+from shared.errors import InvalidInputError, UnavailableError, UpdateRejectedError
 from shared.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,22 @@ PAUSE_STEPS = ("download", "apply", "install", "swap")
 #: Router states the metrics gauge has no label for.
 METRIC_STATE = {"healthy": "active"}
 HEALTH_WINDOW_REASON = "health_window"
+#: Until the swap, a thread of the update (model load, warm-up, golden check) that holds the
+#: GIL hands it to the serving event loop within this long (Python's default is 5 ms).
+UPDATE_GIL_SWITCH_INTERVAL_S = 0.001
+
+
+@contextmanager
+def short_gil_turns(interval_s: float = UPDATE_GIL_SWITCH_INTERVAL_S):
+    """Lower sys.setswitchinterval to `interval_s` (never raise it) for the block, then restore it."""
+    if interval_s <= 0:
+        raise InvalidInputError(f"interval_s must be positive, got {interval_s}")
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, interval_s))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 async def pause_point(step: str) -> None:
@@ -137,8 +156,9 @@ class Updater:
                                        active_version=current.model.version, now=time.time(),
                                        model_name=current.model.name)
             name = manifest_version_name(manifest)
-            bundle = await self._install(update_id, manifest, current)
-            candidate = await asyncio.to_thread(prepare_slot, bundle, self.providers, manifest.golden)
+            with short_gil_turns():  # until the swap
+                bundle = await self._install(update_id, manifest, current)
+                candidate = await asyncio.to_thread(prepare_slot, bundle, self.providers, manifest.golden)
         except UnavailableError as exc:
             log.warning("update %s interrupted: %s (it resumes at the next poll)", update_id, exc)
             return "interrupted"
@@ -181,13 +201,17 @@ class Updater:
 
     async def _download(self, update_id: str, manifest: Manifest) -> Path:
         self.store.remove_downloads(keep=update_id)
-        with PayloadAssembler(manifest, self.store.part_path(update_id)) as parts:
+        # chunk hashing and writing (and re-hashing a resumed part file) run off the event loop:
+        # hashlib and file writes release the GIL, so serving goes on meanwhile
+        parts = await asyncio.to_thread(PayloadAssembler, manifest, self.store.part_path(update_id))
+        with parts:
             missing = parts.missing()
             if len(missing) < manifest.chunk_count:
                 log.info("resuming the download of update %s: %d of %d chunks already on disk", update_id,
                          manifest.chunk_count - len(missing), manifest.chunk_count)
             for n, index in enumerate(missing):
-                parts.add_chunk(index, await self.link.fetch_chunk(update_id, index))
+                data = await self.link.fetch_chunk(update_id, index)
+                await asyncio.to_thread(parts.add_chunk, index, data)
                 if n == 0:
                     await pause_point("download")
             return await asyncio.to_thread(parts.finish)

@@ -376,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  checks:", ", ".join(f"{k}={'ok' if v else 'FAIL'}" for k, v in pair["checks"].items()))
     swap = report["swap"]
     print(f"swap: {swap['swaps']} swaps, {swap['failed_requests']} failed requests, p99 {swap['p99_swap_ms']} ms "
-          f"during swaps vs {swap['p99_steady_ms']} ms steady")
+          f"during swaps vs {swap['p99_steady_ms']} ms steady (per-swap p99: median {swap['per_swap_p99_ms_median']} ms, "
+          f"max {swap['per_swap_p99_ms_max']} ms)")
     return 0
 
 

@@ -52,7 +52,7 @@ def test_child_refusal_comes_back_typed_and_the_child_stays(update, worker, tmp_
     reply = worker.apply(payload, base, tmp_path / "out", base_sha256="0" * 64, timeout_s=60)
     assert reply["reason"] == "wrong_base"
     pid = worker.pid
-    with pytest.raises(WrongBaseError):  # the parent's own base check refuses first
+    with pytest.raises(WrongBaseError, match="the patch needs"):  # the child's base check, typed in the parent
         apply_verified(manifest.model_copy(update={"base_sha256": "0" * 64}), payload, base, tmp_path / "o2", worker=worker)
     assert worker.pid == pid and worker.started == 1
     assert not (tmp_path / "o2").exists()

@@ -30,3 +30,4 @@ def test_swap_bench_reports_its_fields():
     assert result["swaps"] == 1 and result["failed_requests"] == 0
     assert result["requests_swap"] > 0 and result["requests_steady"] > 0
     assert result["p99_swap_ms"] > 0 and result["p99_steady_ms"] > 0
+    assert 0 < result["per_swap_p99_ms_median"] <= result["per_swap_p99_ms_max"]

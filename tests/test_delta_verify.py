@@ -220,6 +220,21 @@ def test_wrong_target_hash_is_result_hash_mismatch(files, key, tmp_path):
     assert not (tmp_path / "model.onnx.new").exists()
 
 
+def test_wrong_target_size_is_result_hash_mismatch(files, key, tmp_path):
+    pkg = package(files, key)
+    lying = resign(pkg, key, target_size=pkg.manifest.target_size + 1)
+    with pytest.raises(ResultHashMismatchError, match="bytes"):
+        apply(pkg._replace(signed_manifest=lying), files[0], key.public_key(), tmp_path)
+    assert not (tmp_path / "model.onnx.new").exists()
+
+
+def test_changed_base_is_refused_by_the_child_with_both_hashes(files, key, tmp_path):
+    pkg = package(files, key)
+    files[0].write_bytes(files[0].read_bytes() + b"\0")
+    with pytest.raises(WrongBaseError, match=r"has SHA-256 [0-9a-f]{16}\.\.\., the patch needs " + pkg.manifest.base_sha256[:16]):
+        apply(pkg, files[0], key.public_key(), tmp_path)
+
+
 def test_child_past_its_time_limit_is_apply_failed(files, key, tmp_path):
     pkg = package(files, key)
     (tmp_path / "p.bin").write_bytes(pkg.payload)

@@ -154,3 +154,21 @@ def test_apply_child_priority_is_lowered_from_outside():
     lower_priority(child.pid, "idle")
     assert child.communicate(timeout=10)[0].split() == ["True", "19"]
     assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the parent's own threads are untouched
+
+
+def test_short_gil_turns_lowers_the_switch_interval_for_the_block_only():
+    import sys
+
+    from edge_agent.updater import short_gil_turns
+
+    before = sys.getswitchinterval()
+    with short_gil_turns(0.0005):
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    assert sys.getswitchinterval() == before
+    with short_gil_turns(before * 10):  # never raised
+        assert sys.getswitchinterval() == before
+    with pytest.raises(RuntimeError), short_gil_turns(0.0005):
+        raise RuntimeError("restored on the way out too")
+    assert sys.getswitchinterval() == before
+    with pytest.raises(InvalidInputError, match="positive"), short_gil_turns(0):
+        pass

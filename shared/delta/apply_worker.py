@@ -39,8 +39,8 @@ def apply_files(payload_path: str, base_path: str, out_path: str, *, payload_sha
     with mapped_file(payload_path) as payload, mapped_file(base_path) as base:
         if payload_sha256 is not None and hashlib.sha256(payload).hexdigest() != payload_sha256:
             raise CorruptPatchError("payload file changed after it was verified")
-        if base_sha256 is not None and hashlib.sha256(base).hexdigest() != base_sha256:
-            raise WrongBaseError(f"base file {base_path} does not match the manifest's base hash")
+        if base_sha256 is not None and (found := hashlib.sha256(base).hexdigest()) != base_sha256:
+            raise WrongBaseError(f"base file {base_path} has SHA-256 {found[:16]}..., the patch needs {base_sha256[:16]}...")
         with open(out_path, "wb") as out:
             size, sha256 = apply_payload(payload, base, out)
             out.flush()

@@ -2,7 +2,7 @@
 
 Agent order, each step refusing with its own UpdateRejectedError subclass:
 signature -> manifest fields, model, expiry, version -> payload length and chunk hashes ->
-base hash on disk -> apply in a child process -> result hash.
+base hash on disk, apply and result hash (all three in a child process, at a low priority).
 """
 
 from __future__ import annotations
@@ -165,30 +165,30 @@ def apply_verified(
 ) -> AppliedUpdate:
     """The steps after the payload is verified: base hash, apply in a child, result hash.
     The child is `worker` (a resident one, already started) when given, else a new
-    one-shot child at `priority` (see `lower_priority`)."""
+    one-shot child at `priority` (see `lower_priority`).
+
+    The hashing runs in the child, at its priority, not in the caller's process (an agent
+    serving beside it): the child checks the base file against the manifest's base hash
+    before it reads it for the patch, and hashes the target as it writes it; its reported
+    size and SHA-256 must be the manifest's."""
     out_path = Path(out_path)
-    try:
-        base_sha256 = file_sha256(base_path)
-    except FileNotFoundError:
-        raise WrongBaseError(f"base file {base_path} does not exist") from None
-    if base_sha256 != manifest.base_sha256:
-        raise WrongBaseError(
-            f"base file {base_path} has SHA-256 {base_sha256[:16]}..., the patch needs {manifest.base_sha256[:16]}..."
-        )
+    if not Path(base_path).is_file():
+        raise WrongBaseError(f"base file {base_path} does not exist")
     try:
         if worker is not None:
-            _raise_for_reply(worker.apply(payload_path, base_path, out_path, payload_sha256=manifest.payload_sha256,
-                                          base_sha256=manifest.base_sha256, timeout_s=timeout_s), None, None)
+            size, result = _raise_for_reply(worker.apply(payload_path, base_path, out_path,
+                                                         payload_sha256=manifest.payload_sha256,
+                                                         base_sha256=manifest.base_sha256, timeout_s=timeout_s), None, None)
         else:
-            apply_in_subprocess(
+            size, result = apply_in_subprocess(
                 payload_path, base_path, out_path,
                 payload_sha256=manifest.payload_sha256, base_sha256=manifest.base_sha256, timeout_s=timeout_s,
                 priority=priority,
             )
-        result = file_sha256(out_path)
-        if result != manifest.target_sha256:
+        if result != manifest.target_sha256 or size != manifest.target_size:
             raise ResultHashMismatchError(
-                f"patched file has SHA-256 {result[:16]}..., manifest states {manifest.target_sha256[:16]}..."
+                f"patched file has SHA-256 {result[:16]}... ({size} bytes), manifest states "
+                f"{manifest.target_sha256[:16]}... ({manifest.target_size} bytes)"
             )
     except BaseException:
         out_path.unlink(missing_ok=True)
