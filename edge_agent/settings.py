@@ -69,7 +69,7 @@ class EdgeSettings(BaseSettings):
     update fails as apply_failed; `low` is nice 10; `normal` competes with serving."""
     update_apply_worker: Literal["resident", "per_update"] = "resident"
     """`resident`: the apply child starts with the updater and waits, idle, for updates (about
-    30 MB of memory held; no Python start-up while an update runs beside serving). `per_update`:
+    45 MB resident here; no Python start-up while an update runs beside serving). `per_update`:
     a new child for each update (no memory held between updates; each update pays a Python
     start-up, about 0.4 s of CPU, which showed up as a p99 tail during swaps)."""
     metrics_port: Optional[int] = None

@@ -19,7 +19,7 @@ W is stored as int8 with one scale per class column (symmetric, full 8-bit range
 nnz rows a query touches are gathered and dequantized: about 20 KB read per query instead of
 the whole 5 MB matrix a dense MatMul streams through. A row's answer does not depend on its
 batch neighbours, to within float rounding (about 1e-7: the sums of a batch are blocked
-differently). `float_graph` is the dense float32 reference of the same function.
+differently).
 
 Build-time only: imports scikit-learn and scipy. Inference needs
 only numpy and onnxruntime (`shared.onnx_model` + `shared.text_features`).
@@ -27,7 +27,6 @@ only numpy and onnxruntime (`shared.onnx_model` + `shared.text_features`).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -35,8 +34,6 @@ from typing import Sequence
 import numpy as np
 
 from shared.text_features import HashedNgramFeaturizer
-
-log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
 ONNX_IR_VERSION = 8  # readable by onnxruntime >= 1.14 on older boards
@@ -111,40 +108,6 @@ def fit_logistic_regression(X, y: np.ndarray, num_classes: int, *, C: float, max
     full_coef[seen] = coef
     full_intercept[seen] = intercept
     return full_coef, full_intercept
-
-
-def float_graph(model: LinearTextModel, name: str):
-    """The float32 ONNX graph for `model` (see the module docstring)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    num_features, num_classes = model.weight.shape
-    nodes = [
-        helper.make_node("Mul", ["input", "idf"], ["weighted"]),
-        helper.make_node("ReduceL2", ["weighted"], ["norm"], axes=[1], keepdims=1),
-        helper.make_node("Max", ["norm", "tiny"], ["safe_norm"]),
-        helper.make_node("Div", ["weighted", "safe_norm"], ["features"]),
-        helper.make_node("MatMul", ["features", "W"], ["scores"]),
-        helper.make_node("Add", ["scores", "b"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
-    ]
-    initializers = [
-        numpy_helper.from_array(model.idf.astype(np.float32), "idf"),
-        numpy_helper.from_array(np.array([1e-12], dtype=np.float32), "tiny"),
-        numpy_helper.from_array(model.weight.astype(np.float32), "W"),
-        numpy_helper.from_array(model.bias.astype(np.float32), "b"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        name,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, num_features])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, num_classes])],
-        initializer=initializers,
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="edgecascade")
-    proto.ir_version = ONNX_IR_VERSION
-    onnx.checker.check_model(proto)
-    return proto
 
 
 def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -76,13 +76,18 @@ def serve(stdin=None, stdout=None) -> int:
     return 0
 
 
+def checked_priority(priority: str) -> str:
+    if priority not in CHILD_PRIORITIES:
+        raise InvalidInputError(f"priority {priority!r} is not one of {CHILD_PRIORITIES}")
+    return priority
+
+
 def lower_priority(pid: int, priority: str) -> None:
     """Lower a child's CPU priority so it takes only what serving leaves: `low` is nice 10,
     `idle` is Linux SCHED_IDLE (and nice 19), `normal` changes nothing. Set from the parent
     on the child's pid, never on a thread of the parent: a low-priority thread holding the
     GIL would stall the serving thread. Best effort: where not allowed, nothing changes."""
-    if priority not in CHILD_PRIORITIES:
-        raise InvalidInputError(f"priority {priority!r} is not one of {CHILD_PRIORITIES}")
+    checked_priority(priority)
     try:
         if priority in ("low", "idle"):
             os.setpriority(os.PRIO_PROCESS, pid, 19 if priority == "idle" else 10)
@@ -113,9 +118,7 @@ class ResidentApplyWorker:
     """
 
     def __init__(self, priority: str = "idle") -> None:
-        if priority not in CHILD_PRIORITIES:
-            raise InvalidInputError(f"priority {priority!r} is not one of {CHILD_PRIORITIES}")
-        self.priority = priority
+        self.priority = checked_priority(priority)
         self._proc: Optional[subprocess.Popen] = None
         self._lock = threading.Lock()
         self._buffer = b""

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Optional
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
-from shared.delta.apply_worker import CHILD_PRIORITIES, ResidentApplyWorker, lower_priority, worker_command  # noqa: F401 - re-exported
+from shared.delta.apply_worker import ResidentApplyWorker, lower_priority, worker_command
 from shared.delta.chunks import chunk_hashes, verify_payload
 from shared.delta.golden import Golden
 from shared.delta.install import temp_path_for
