@@ -83,6 +83,9 @@ def build_worker(settings: RouterSettings, router: Router, redis_client: Any, on
 
 async def serve(settings: RouterSettings, ready_callback=None) -> None:
     metrics = RouterMetrics(settings.router_id)
+    updates = UpdateService(public_key_path=settings.update_public_key, check_uploads=settings.update_check_uploads,
+                            agent_ttl_s=settings.update_agent_ttl_s, max_chunk_bytes=settings.max_message_bytes - 1024,
+                            store_dir=settings.update_store_dir)
     redis_client = None
     if settings.redis_url:
         from cloud_router.redis_connection import connect
@@ -106,8 +109,6 @@ async def serve(settings: RouterSettings, ready_callback=None) -> None:
             await close_quietly(redis_client)
 
     server = create_server(settings.max_message_bytes)
-    updates = UpdateService(public_key_path=settings.update_public_key, check_uploads=settings.update_check_uploads,
-                            agent_ttl_s=settings.update_agent_ttl_s, max_chunk_bytes=settings.max_message_bytes - 1024)
     pb_grpc.add_CloudRouterServicer_to_server(CloudRouterServicer(router, settings, metrics, updates), server)
     add_kserve_servicer(server, RouterKServeBackend(router, settings, metrics), metrics)
     health = add_health_and_reflection(server, SERVICE_NAMES)

@@ -75,6 +75,10 @@ class RouterSettings(BaseSettings):
     offering it. Off only in fault tests, where the router plays a faulty relay."""
     update_agent_ttl_s: float = Field(default=120.0, gt=0)
     """An agent that has not polled for updates this long no longer counts when canaries are picked."""
+    update_store_dir: Optional[Path] = None
+    """Directory where published updates (manifest and payload) and the rollout state are kept,
+    so they survive a restart; reloaded and checked again at start. One router per directory.
+    None keeps them in memory only: a restart loses them (publish again)."""
     metrics_port: Optional[int] = None
     """Port of the Prometheus /metrics endpoint; None disables it."""
     shutdown_grace_s: float = Field(default=10.0, ge=0)

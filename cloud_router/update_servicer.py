@@ -34,7 +34,7 @@ class UpdateRpcs:
                 raise InvalidInputError(f"upload is longer than the manifest's {manifest.payload_size} payload bytes")
         if manifest is None:
             raise InvalidInputError("PublishUpdate received no messages")
-        update = self.updates.publish(signed_manifest, bytes(payload), canary_percent)
+        update = await self.updates.publish_off_loop(signed_manifest, bytes(payload), canary_percent)
         m = update.manifest
         return pb.PublishUpdateResponse(
             update_id=update.update_id, model_name=m.model_name, version=m.version, rollback=m.rollback,

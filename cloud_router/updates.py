@@ -1,5 +1,8 @@
-"""The router's update store and rollout state, in memory: one rollout per model (the latest
+"""The router's update store and rollout state: one rollout per model (the latest
 published), the payloads agents download chunk by chunk, and what each agent reported.
+
+In memory only, or, with `store_dir` (setting `update_store_dir`), also on disk through
+`UpdateStore`, reloaded and checked again at start (docs/model_updates.md, "Router side").
 
 The router is a relay, not a trust anchor: agents verify every manifest and byte again. It
 still checks uploads (manifest fields, expiry, payload length and hashes; the signature
@@ -8,6 +11,8 @@ when it has the public key), so an operator sees a broken package at publish tim
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -15,10 +20,12 @@ from pathlib import Path
 from typing import Optional
 
 from cloud_router.rollout import AGENT_STATES, OFFERED, AgentRecord, PublishedUpdate, Rollout, is_recent
+from cloud_router.update_store import StoredRollout, StoredState, UpdateStore
 from shared.delta.chunks import chunk_of, verify_payload
-from shared.delta.manifest import Manifest, SignedManifest, parse_manifest, verify_manifest
-from shared.delta.signing import load_public_key
-from shared.errors import ExpiredUpdateError, InvalidInputError, UpdateNotFoundError
+from shared.delta.manifest import Manifest, SignedManifest, parse_manifest
+from shared.delta.signing import load_public_key, verify_signature
+from shared.errors import (BadManifestError, CorruptPatchError, EdgecascadeError, ExpiredUpdateError, InvalidInputError,
+                           UnavailableError, UpdateNotFoundError)
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +40,8 @@ def update_id_of(signed_manifest: bytes, payload: bytes) -> str:
 
 class UpdateService:
     def __init__(self, *, public_key_path: Optional[Path] = None, check_uploads: bool = True,
-                 agent_ttl_s: float = 120.0, max_payload_bytes: int = 1 << 30, max_chunk_bytes: int = 8 << 20) -> None:
+                 agent_ttl_s: float = 120.0, max_payload_bytes: int = 1 << 30, max_chunk_bytes: int = 8 << 20,
+                 store_dir: Optional[Path] = None) -> None:
         self.public_key = load_public_key(public_key_path) if public_key_path else None
         self.check_uploads = check_uploads
         self.agent_ttl_s = agent_ttl_s
@@ -41,37 +49,88 @@ class UpdateService:
         self.max_chunk_bytes = max_chunk_bytes
         self.rollouts: dict[str, Rollout] = {}
         self.agents: dict[str, AgentRecord] = {}
+        self._publishing = asyncio.Lock()
+        self.store = UpdateStore(store_dir) if store_dir is not None else None
+        if self.store is None:
+            log.info("published model updates and rollout state live in memory only (update_store_dir is not set): "
+                     "a restart loses them")
+        else:
+            self._restore()
+
+    def close(self) -> None:
+        """Release the store directory (a process that exits releases it too)."""
+        if self.store is not None:
+            self.store.close()
 
     # --- publishing ---------------------------------------------------------------------------
 
     def read_manifest(self, signed_manifest: bytes) -> Manifest:
         """The manifest of an upload's first message, checked as far as the router can."""
-        signed = SignedManifest.from_bytes(signed_manifest)
-        if self.check_uploads and self.public_key is not None:
-            manifest = verify_manifest(signed.manifest_bytes, signed.signature, self.public_key,
-                                       active_version=None, now=time.time())
-        else:
-            manifest = parse_manifest(signed.manifest_bytes)
+        manifest = self._manifest_of(signed_manifest)
         if manifest.payload_size > self.max_payload_bytes:
             raise InvalidInputError(f"payload of {manifest.payload_size} bytes is above the router's limit of {self.max_payload_bytes}")
         if manifest.chunk_size > self.max_chunk_bytes:
             raise InvalidInputError(f"chunk_size {manifest.chunk_size} is above the router's limit of {self.max_chunk_bytes} "
                                     "(a chunk must fit one gRPC message)")
-        if self.check_uploads and time.time() >= manifest.expires_at:
+        if self.check_uploads and _expired(manifest):
             raise ExpiredUpdateError(f"manifest for {manifest.model_name!r} v{manifest.version} has already expired")
         return manifest
 
+    def _manifest_of(self, signed_manifest: bytes) -> Manifest:
+        """Parse an envelope; its signature is checked when uploads are and the key is known. No expiry check."""
+        signed = SignedManifest.from_bytes(signed_manifest)
+        if self.check_uploads and self.public_key is not None:
+            verify_signature(self.public_key, signed.manifest_bytes, signed.signature)
+        return parse_manifest(signed.manifest_bytes)
+
     def publish(self, signed_manifest: bytes, payload: bytes, canary_percent: float) -> PublishedUpdate:
         """Store an update and start its rollout; it replaces the model's previous rollout."""
+        return self.start_rollout(self.prepare_rollout(signed_manifest, payload, canary_percent))
+
+    async def publish_off_loop(self, signed_manifest: bytes, payload: bytes, canary_percent: float) -> PublishedUpdate:
+        """`publish`, with the checks and file writes in a worker thread so serving goes on. One
+        publish at a time, so a replaced update's files are never deleted under another publish."""
+        async with self._publishing:
+            rollout = await asyncio.to_thread(self.prepare_rollout, signed_manifest, payload, canary_percent)
+            return self.start_rollout(rollout)
+
+    def prepare_rollout(self, signed_manifest: bytes, payload: bytes, canary_percent: float) -> Rollout:
+        """Check an upload and, with a store, write its files; the rollout is not started yet
+        (this touches no shared state, so it may run in a worker thread)."""
         if not 0.0 <= canary_percent <= 100.0:
             raise InvalidInputError(f"canary_percent must be within 0..100, got {canary_percent}")
         manifest = self.read_manifest(signed_manifest)
         if self.check_uploads:
             verify_payload(manifest, payload)
-        update = PublishedUpdate(update_id_of(signed_manifest, payload), signed_manifest, manifest, payload, time.time())
-        self.rollouts[manifest.model_name] = Rollout(update, canary_percent)
+        update_id = update_id_of(signed_manifest, payload)
+        if self.store is not None:
+            try:
+                self.store.save_update(update_id, signed_manifest, payload)
+                payload = self.store.map_payload(update_id)  # served from the file from now on
+            except OSError as exc:
+                raise UnavailableError(f"could not store update {update_id} in {self.store.directory}: {exc}") from None
+        return Rollout(PublishedUpdate(update_id, signed_manifest, manifest, payload, time.time()), canary_percent)
+
+    def start_rollout(self, rollout: Rollout) -> PublishedUpdate:
+        """Make `rollout` its model's current one; with a store, durably before it is offered."""
+        update, manifest = rollout.update, rollout.update.manifest
+        replaced = self.rollouts.get(manifest.model_name)
+        self.rollouts[manifest.model_name] = rollout
+        if self.store is not None:
+            try:
+                self._save_state()
+            except OSError as exc:
+                if replaced is None:
+                    del self.rollouts[manifest.model_name]
+                else:
+                    self.rollouts[manifest.model_name] = replaced
+                if replaced is None or replaced.update_id != update.update_id:
+                    self.store.delete_update(update.update_id)
+                raise UnavailableError(f"could not store the rollout state in {self.store.directory}: {exc}") from None
+            if replaced is not None and replaced.update_id != update.update_id:
+                self.store.delete_update(replaced.update_id)
         log.info("published update %s: %s v%d%s, %d payload bytes, canary %g%%", update.update_id, manifest.model_name,
-                 manifest.version, " (rollback)" if manifest.rollback else "", len(payload), canary_percent)
+                 manifest.version, " (rollback)" if manifest.rollback else "", len(update.payload), rollout.canary_percent)
         return update
 
     # --- what agents call ---------------------------------------------------------------------
@@ -80,12 +139,20 @@ class UpdateService:
         """The update `agent_id` should take now, if any (and remember the agent)."""
         if not agent_id or not model_name:
             raise InvalidInputError("an update notice request needs agent_id and model_name")
-        record = self.agents.get(agent_id) or self.agents.setdefault(agent_id, AgentRecord(agent_id))
+        record = self.agents.get(agent_id)
+        before = self._durable_view(record)
+        record = record or self.agents.setdefault(agent_id, AgentRecord(agent_id))
         record.model_name, record.active_version, record.last_seen_unix_s = model_name, model_version, time.time()
-        rollout = self.rollouts.get(model_name)
-        if rollout is None:
+        update = self._offer(record)
+        if self._durable_view(record) != before:
+            self._save_state_or_log()
+        return update
+
+    def _offer(self, record: AgentRecord) -> Optional[PublishedUpdate]:
+        rollout = self.rollouts.get(record.model_name)
+        if rollout is None or (self.check_uploads and _expired(rollout.update.manifest)):
             return None
-        peers = [r for r in self.agents.values() if r.model_name == model_name and is_recent(r, self.agent_ttl_s)]
+        peers = [r for r in self.agents.values() if r.model_name == record.model_name and is_recent(r, self.agent_ttl_s)]
         if not rollout.admit(record, peers):
             return None
         if record.update_id != rollout.update_id:
@@ -104,7 +171,9 @@ class UpdateService:
             raise InvalidInputError("an update state report needs agent_id")
         if state not in AGENT_STATES:
             raise InvalidInputError(f"unknown update state {state!r}; use one of {list(AGENT_STATES)}")
-        record = self.agents.get(agent_id) or self.agents.setdefault(agent_id, AgentRecord(agent_id))
+        record = self.agents.get(agent_id)
+        before = self._durable_view(record)
+        record = record or self.agents.setdefault(agent_id, AgentRecord(agent_id))
         record.model_name = model_name or record.model_name
         record.update_id, record.version, record.state = update_id, version, state
         record.reason, record.message = reason, message[:500]
@@ -113,11 +182,13 @@ class UpdateService:
         log.info("agent %s: update %s (v%d) %s%s", agent_id, update_id, version, state, f" ({reason})" if reason else "")
         rollout = self.rollouts.get(record.model_name)
         if rollout is not None:
-            before = rollout.phase
+            phase_before = rollout.phase
             rollout.on_report(record, self.agents)
-            if rollout.phase != before:
+            if rollout.phase != phase_before:
                 log.info("rollout %s of %s v%d: %s -> %s", rollout.update_id, record.model_name, rollout.version,
-                         before, rollout.phase)
+                         phase_before, rollout.phase)
+        if self._durable_view(record) != before:
+            self._save_state_or_log()
 
     # --- status -------------------------------------------------------------------------------
 
@@ -131,3 +202,78 @@ class UpdateService:
             if rollout.update_id == update_id:
                 return rollout.update
         raise UpdateNotFoundError(f"no published update {update_id!r} (never published, or replaced by a newer one)")
+
+    # --- the store --------------------------------------------------------------------------------
+
+    def _durable_view(self, record: Optional[AgentRecord]) -> tuple:
+        """What a state file holds of `record` and its model's rollout. `last_seen_unix_s` is left
+        out: polls refresh it often, so it is written only along with another change."""
+        if record is None:
+            return ()
+        rollout = self.rollouts.get(record.model_name)
+        return (dataclasses.replace(record, last_seen_unix_s=0.0),
+                (rollout.phase, len(rollout.canary_agents)) if rollout else None)
+
+    def _save_state(self) -> None:
+        assert self.store is not None
+        self.store.save_state(StoredState(
+            rollouts={
+                name: StoredRollout(update_id=r.update_id, canary_percent=r.canary_percent, phase=r.phase,
+                                    canary_agents=sorted(r.canary_agents), published_unix_s=r.update.published_unix_s)
+                for name, r in self.rollouts.items()
+            },
+            agents=list(self.agents.values()),
+        ))
+
+    def _save_state_or_log(self) -> None:
+        """After a poll or report: a failed write is logged and the router goes on from memory (the
+        next write catches up); only a publish fails when its state cannot be stored."""
+        if self.store is None:
+            return
+        try:
+            self._save_state()
+        except OSError as exc:
+            log.error("could not store the rollout state in %s (serving on from memory): %s", self.store.directory, exc)
+
+    def _restore(self) -> None:
+        """Load the store: every rollout whose update passes its checks again, and the agent records."""
+        assert self.store is not None
+        state = self.store.load_state()
+        for model_name, saved in state.rollouts.items():
+            rollout = self._restored_rollout(model_name, saved)
+            if rollout is not None:
+                self.rollouts[model_name] = rollout
+        self.agents = {record.agent_id: record for record in state.agents}
+        self.store.remove_unreferenced({r.update_id for r in self.rollouts.values()})
+        log.info("update store %s: loaded %d published updates (%s) and %d agent records", self.store.directory,
+                 len(self.rollouts), ", ".join(f"{r.update_id}: {name} v{r.version} {r.phase}"
+                                               for name, r in sorted(self.rollouts.items())) or "none", len(self.agents))
+
+    def _restored_rollout(self, model_name: str, saved: StoredRollout) -> Optional[Rollout]:
+        assert self.store is not None
+        try:
+            stored = self.store.read_update(saved.update_id)
+            manifest = self._manifest_of(stored.signed_manifest)
+            if manifest.model_name != model_name:
+                raise BadManifestError(f"its manifest is for model {manifest.model_name!r}")
+            if self.check_uploads:
+                verify_payload(manifest, stored.payload)
+            if update_id_of(stored.signed_manifest, stored.payload) != saved.update_id:
+                raise CorruptPatchError("its files do not hash to its update id")
+        except (OSError, EdgecascadeError) as exc:
+            aside = self.store.set_aside(saved.update_id)
+            reason = str(exc) if isinstance(exc, EdgecascadeError) else f"{type(exc).__name__}: {exc}"
+            log.warning("stored update %s of %s is not offered: %s%s", saved.update_id, model_name, reason,
+                        f" (its files are kept in {aside})" if aside else "")
+            return None
+        update = PublishedUpdate(saved.update_id, stored.signed_manifest, manifest, stored.payload, saved.published_unix_s)
+        rollout = Rollout(update, saved.canary_percent)
+        rollout.phase, rollout.canary_agents = saved.phase, set(saved.canary_agents)
+        if self.check_uploads and _expired(manifest):
+            log.warning("stored update %s of %s v%d expired at %d: shown in status, not offered", saved.update_id,
+                        model_name, manifest.version, manifest.expires_at)
+        return rollout
+
+
+def _expired(manifest: Manifest) -> bool:
+    return time.time() >= manifest.expires_at

@@ -171,6 +171,9 @@ def test_router_deployment_matches_its_config_and_neighbours():
     assert args.cloud_command == "run" and Path(args.config) == Path(mounts["config"]) / "cloud.yaml"
     for model_dir in config["model_dirs"]:
         assert any(Path(model_dir).is_relative_to(path) for path in mounts.values()), f"{model_dir} is on no volume"
+    writable = [m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")]
+    assert any(Path(config["update_store_dir"]).is_relative_to(path) for path in writable), \
+        "update_store_dir is on no writable volume (the root filesystem is read-only)"
 
     service = objects[("Service", "edgecascade-router")]
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
