@@ -3,26 +3,32 @@
 An open-loop client, in a process of its own, sends `rate_rps` requests per second (evenly
 spaced) to the agent the whole time. The router and the bench's own thread run at nice 10:
 they stand for other machines (the cloud, the operator); the bench keeps one channel to the
-router for publishing and status polls (every `STATUS_POLL_S`). After a warm-up, the bench publishes `swaps` signed updates one after the
-other (v1 -> v2 -> ... ; an ONNX MLP whose weights all move a little each time) and waits for
-the agent to report each one healthy.
+router for publishing and status polls (every `STATUS_POLL_S`). After a warm-up, the bench
+publishes `swaps` signed updates one after the other (v1 -> v2 -> ... ; an ONNX MLP whose
+weights all move a little each time) and waits for the agent to report each one healthy.
 
 Before each publish comes a steady window of `STEADY_WINDOW_S`, so steady and swap requests
-meet the same background load (on a shared machine it drifts). A request is a *swap*
-request when it starts inside a swap window: from the publish until the first answer from
-the new version plus `SWAP_TAIL_S` (the whole update: notice, download, apply in a child
-process, load, warm-up, golden check, swap). It is *steady* when it starts inside a steady
-window. Reported: failed requests (all of them, any window), p50/p99 latency of each set,
-the median and maximum over swaps of each swap's own p99, and the time from publish to the
-first answer of the new version.
+meet the same background load (on a shared machine it drifts). A request is a *swap* request
+when it starts inside a swap window: from the moment the agent takes up the update (its
+`downloading` report, read from its log) until the first answer from the new version plus
+`SWAP_TAIL_S` (the whole update on the board: download, apply in a child process, install,
+load, warm-up, golden check, swap). The time before that, from the publish until the agent's
+next poll hears of it, is the cloud's work (the router taking in and checking the upload),
+which in real life runs on another machine; requests that start there are reported apart,
+and together with the swap windows as *publish-to-swap* windows. A request is *steady* when it
+starts inside a steady window. Reported: failed requests (all of them, any window), p50/p99
+latency of each set, the median and maximum over swaps of each swap's own p99, and the time
+from publish to the first answer of the new version.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import multiprocessing
 import os
 import queue
+import re
 import statistics
 import tempfile
 import time
@@ -174,6 +180,22 @@ def _stand_back(router_pid: int) -> None:
                 pass
 
 
+#: The agent's log line for the first step of an update (edge_agent.updater reports it once
+#: the manifest is verified, before the first chunk is asked for).
+_DOWNLOADING_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO edge_agent\.updater: "
+                               r"update (\w+) \(v(\d+)\): downloading$", re.MULTILINE)
+
+
+def update_start_times(agent_log: str, monotonic_minus_wall_s: float) -> dict[int, float]:
+    """When the agent took up each version's update (monotonic clock), from its log. The log
+    stamps wall-clock time to the millisecond; `monotonic_minus_wall_s` maps it across."""
+    starts: dict[int, float] = {}
+    for stamp, _update_id, version in _DOWNLOADING_LINE.findall(agent_log):
+        wall_s = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        starts.setdefault(int(version), wall_s + monotonic_minus_wall_s)
+    return starts
+
+
 def _p(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 3) if values else float("nan")
 
@@ -196,9 +218,11 @@ def run_swap_bench(quick: bool = False, *, swaps: int | None = None, rate_rps: f
                 "state_dir": str(workdir / "state"), "agent_id": "bench-agent", "update_poll_interval_s": 0.05,
                 "update_health_window_s": 0.2, "update_health_requests": 10_000}
         steady_windows: list[tuple[float, float]] = []
-        swap_windows: list[tuple[float, float]] = []
+        publish_windows: list[tuple[int, float, float]] = []
+        """(version, publish time, first answer of that version + SWAP_TAIL_S)"""
         update_s: list[float] = []
         load_avg = [round(x, 2) for x in os.getloadavg()]
+        clock_offset_s = time.monotonic() - time.time()
         with Daemon("cloud", cloud, workdir, name="router") as router:
             edge["cloud_target"] = router.target
             with Daemon("edge", edge, workdir, name="agent") as agent, OpenLoopLoad(agent.target, rate_rps) as load, \
@@ -215,24 +239,32 @@ def run_swap_bench(quick: bool = False, *, swaps: int | None = None, rate_rps: f
                         if time.monotonic() - started > 60:
                             raise TimeoutError(f"agent did not swap to v{version} within 60 s:\n{agent.logs()[-2000:]}")
                         time.sleep(0.01)
-                    swap_windows.append((started, first + SWAP_TAIL_S))
+                    publish_windows.append((version, started, first + SWAP_TAIL_S))
                     update_s.append(first - started)
                     while not any(a.update_id == update_id and a.state == "healthy"
                                   for a in rollout_status(router.target, channel=channel).agents):
                         time.sleep(STATUS_POLL_S)
                     time.sleep(SETTLE_S)
+                agent_log = agent.logs()
+        clock_offset_s = (clock_offset_s + time.monotonic() - time.time()) / 2
+        taken_up = update_start_times(agent_log, clock_offset_s)
+        missing = [v for v, _, _ in publish_windows if v not in taken_up]
+        if missing:
+            raise RuntimeError(f"the agent's log has no 'downloading' line for versions {missing}")
+        swap_windows = [(taken_up[v], end) for v, _, end in publish_windows]
+        cloud_windows = [(start, taken_up[v]) for v, start, _ in publish_windows]
         load_avg += [round(x, 2) for x in os.getloadavg()]
 
-    def within(start: float, windows: list[tuple[float, float]]) -> bool:
-        return any(a <= start <= b for a, b in windows)
+    def latencies(windows: list[tuple[float, float]]) -> list[float]:
+        return [ms for s, ms, ok, _ in load.samples if ok and any(a <= s <= b for a, b in windows)]
 
-    swap_ms = [ms for s, ms, ok, _ in load.samples if ok and within(s, swap_windows)]
-    steady_ms = [ms for s, ms, ok, _ in load.samples if ok and within(s, steady_windows)]
+    swap_ms, steady_ms = latencies(swap_windows), latencies(steady_windows)
+    publish_ms, cloud_ms = latencies([(a, b) for _, a, b in publish_windows]), latencies(cloud_windows)
     p99_steady, p99_swap = _p(steady_ms, 99), _p(swap_ms, 99)
-    # The headline p99 over all swap requests (~40 per swap) is decided by a handful of them,
+    # The headline p99 over all swap requests (~30 per swap) is decided by a handful of them,
     # so one stall anywhere on the machine moves it; the p99 of each swap's own requests, and
     # its median over the swaps, shows whether swaps are slow in general or one was.
-    per_swap_p99 = [_p([ms for s, ms, ok, _ in load.samples if ok and a <= s <= b], 99) for a, b in swap_windows]
+    per_swap_p99 = [_p(latencies([window]), 99) for window in swap_windows]
     failed = sum(1 for s in load.samples if not s[2])
     return {
         "swaps": swaps,
@@ -243,8 +275,12 @@ def run_swap_bench(quick: bool = False, *, swaps: int | None = None, rate_rps: f
         "p50_swap_ms": _p(swap_ms, 50),
         "per_swap_p99_ms_median": round(statistics.median(per_swap_p99), 3),
         "per_swap_p99_ms_max": max(per_swap_p99),
+        "p99_publish_to_swap_ms": _p(publish_ms, 99),
+        "p99_publish_to_takeup_ms": _p(cloud_ms, 99),
         "requests_steady": len(steady_ms),
         "requests_swap": len(swap_ms),
+        "requests_publish_to_takeup": len(cloud_ms),
+        "takeup_after_publish_s_median": round(statistics.median(b - a for a, b in cloud_windows), 3),
         "rate_rps": rate_rps,
         "publish_to_new_version_s_median": round(statistics.median(update_s), 3),
         "model_bytes": packages[0].manifest.target_size,

@@ -31,3 +31,22 @@ def test_swap_bench_reports_its_fields():
     assert result["requests_swap"] > 0 and result["requests_steady"] > 0
     assert result["p99_swap_ms"] > 0 and result["p99_steady_ms"] > 0
     assert 0 < result["per_swap_p99_ms_median"] <= result["per_swap_p99_ms_max"]
+    assert result["requests_publish_to_takeup"] >= 0 and result["takeup_after_publish_s_median"] > 0
+    assert result["p99_publish_to_swap_ms"] > 0
+
+
+def test_update_start_times_reads_the_agents_downloading_lines():
+    import datetime
+
+    from edgecascade.bench_swap import update_start_times
+
+    log = (
+        "2026-11-21 17:00:00,250 INFO edge_agent.updater: update 0123abcd (v2): downloading\n"
+        "2026-11-21 17:00:00,300 INFO edge_agent.updater: update 0123abcd (v2): verified\n"
+        "2026-11-21 17:00:01,000 WARNING edge_agent.updater: update ffff (v3) rejected (expired): old\n"
+        "2026-11-21 17:00:02,125 INFO edge_agent.updater: update 4567ef (v3): downloading\n"
+    )
+    wall_s = datetime.datetime(2026, 11, 21, 17, 0, 0, 250000).timestamp()
+    starts = update_start_times(log, monotonic_minus_wall_s=-wall_s + 10.0)
+    assert sorted(starts) == [2, 3]
+    assert abs(starts[2] - 10.0) < 1e-6 and abs(starts[3] - 11.875) < 1e-6
