@@ -50,3 +50,26 @@ def test_update_start_times_reads_the_agents_downloading_lines():
     starts = update_start_times(log, monotonic_minus_wall_s=-wall_s + 10.0)
     assert sorted(starts) == [2, 3]
     assert abs(starts[2] - 10.0) < 1e-6 and abs(starts[3] - 11.875) < 1e-6
+
+
+def test_swap_report_keeps_the_median_run_and_every_runs_numbers():
+    from edgecascade.bench_delta import swap_report
+
+    def run(steady: float, swap: float, failed: int = 0) -> dict:
+        return {"failed_requests": failed, "p99_steady_ms": steady, "p99_swap_ms": swap, "per_swap_p99_ms_median": swap,
+                "p99_publish_to_swap_ms": swap}
+
+    report = swap_report([run(4.0, 8.0), run(4.0, 5.0, failed=1), run(4.0, 6.0)])
+    assert report["swap"]["p99_swap_ms"] == 6.0                      # ratios 2.0, 1.25, 1.5: the median is 1.5
+    assert [r["p99_ratio"] for r in report["swap_runs"]] == [2.0, 1.25, 1.5]
+    assert report["swap_failed_requests_all_runs"] == 1               # a failure in any run is on record
+
+
+def test_bench_delta_refuses_a_swap_run_count_below_one(capsys):
+    import pytest
+
+    from edgecascade.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "delta", "--swap-runs", "0"])
+    assert exc.value.code == 2 and "must be at least 1" in capsys.readouterr().err

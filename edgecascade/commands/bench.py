@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     delta = bench_sub.add_parser("delta", help="delta updates: patch size, diff/apply time and memory, swap under load")
     delta.add_argument("--quick", action="store_true", help="small models, for smoke tests")
+    delta.add_argument("--swap-runs", type=_positive_int, default=3, metavar="N",
+                       help="run the hot-swap part N times (about a minute each) and report the median run (default 3)")
     delta.add_argument("--out", type=Path, default=RESULTS_DIR / "delta.json", help="output JSON file")
     delta.set_defaults(func=_delta)
 
@@ -38,6 +40,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--quick", action="store_true", help="a few seconds, no targets checked, for smoke tests")
     serve.add_argument("--out", type=Path, default=RESULTS_DIR / "serve.json", help="output JSON file")
     serve.set_defaults(func=_serve)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _print(result: dict) -> None:
@@ -54,7 +66,7 @@ def _cascade(args: argparse.Namespace) -> int:
 def _delta(args: argparse.Namespace) -> int:
     from edgecascade.bench_delta import run_delta_bench
 
-    _print(run_delta_bench(args.out, quick=args.quick))
+    _print(run_delta_bench(args.out, quick=args.quick, swap_runs=args.swap_runs))
     return 0
 
 
