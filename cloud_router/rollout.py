@@ -20,12 +20,9 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 from shared.delta.manifest import Manifest
+from shared.update_states import FAILED_STATES, HEALTHY
 
 CANARY, FULL, HALTED = "canary", "full", "halted"
-#: States an agent reports for an update, in their usual order.
-AGENT_STATES = ("downloading", "verified", "applied", "active", "healthy", "rolled_back", "rejected")
-FAILED_STATES = frozenset({"rejected", "rolled_back"})
-HEALTHY = "healthy"
 OFFERED = "offered"
 
 

@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from cloud_router.rollout import AGENT_STATES, OFFERED, AgentRecord, PublishedUpdate, Rollout, is_recent
+from cloud_router.rollout import OFFERED, AgentRecord, PublishedUpdate, Rollout, is_recent
 from cloud_router.update_store import StoredRollout, StoredState, UpdateStore
 from shared.delta.chunks import chunk_of, verify_payload
 from shared.delta.manifest import Manifest, SignedManifest, parse_manifest
 from shared.delta.signing import load_public_key, verify_signature
 from shared.errors import (BadManifestError, CorruptPatchError, EdgecascadeError, ExpiredUpdateError, InvalidInputError,
                            UnavailableError, UpdateNotFoundError)
+from shared.update_states import ACTIVE, AGENT_STATES, HEALTH_WINDOW_REASON, HEALTHY, supersedes
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,8 @@ class UpdateService:
         before = self._durable_view(record)
         record = record or self.agents.setdefault(agent_id, AgentRecord(agent_id))
         record.model_name, record.active_version, record.last_seen_unix_s = model_name, model_version, time.time()
+        if record.state == ACTIVE:
+            self._end_probation(record)
         update = self._offer(record)
         if self._durable_view(record) != before:
             self._save_state_or_log()
@@ -174,21 +177,42 @@ class UpdateService:
         record = self.agents.get(agent_id)
         before = self._durable_view(record)
         record = record or self.agents.setdefault(agent_id, AgentRecord(agent_id))
+        record.last_seen_unix_s = time.time()
+        if record.update_id == update_id and not supersedes(state, record.state):
+            # a late or re-sent report: the record already holds a later state of this update
+            log.info("agent %s: update %s (v%d) %s ignored: it already reported %s", agent_id, update_id, version, state,
+                     record.state)
+            return
         record.model_name = model_name or record.model_name
         record.update_id, record.version, record.state = update_id, version, state
         record.reason, record.message = reason, message[:500]
         record.active_version = active_version or record.active_version
-        record.last_seen_unix_s = time.time()
         log.info("agent %s: update %s (v%d) %s%s", agent_id, update_id, version, state, f" ({reason})" if reason else "")
-        rollout = self.rollouts.get(record.model_name)
-        if rollout is not None:
-            phase_before = rollout.phase
-            rollout.on_report(record, self.agents)
-            if rollout.phase != phase_before:
-                log.info("rollout %s of %s v%d: %s -> %s", rollout.update_id, record.model_name, rollout.version,
-                         phase_before, rollout.phase)
+        self._advance_rollout(record)
         if self._durable_view(record) != before:
             self._save_state_or_log()
+
+    def _end_probation(self, record: AgentRecord) -> None:
+        """A poll from an agent whose last report was `active`. An agent does not poll during its
+        health window, so the window is over and its report of how it ended has not arrived (lost
+        when the agent restarted before it could re-send it): the version it polls with says how."""
+        kept = record.active_version == record.version
+        record.state, record.reason = (HEALTHY, "") if kept else ("rolled_back", HEALTH_WINDOW_REASON)
+        record.message = f"taken from the agent's poll on v{record.active_version}; its own report did not arrive"
+        log.warning("agent %s: update %s (v%d) %s: %s", record.agent_id, record.update_id, record.version, record.state,
+                    record.message)
+        self._advance_rollout(record)
+
+    def _advance_rollout(self, record: AgentRecord) -> None:
+        """Let `record`'s model's rollout move on after a new state of that agent."""
+        rollout = self.rollouts.get(record.model_name)
+        if rollout is None:
+            return
+        phase_before = rollout.phase
+        rollout.on_report(record, self.agents)
+        if rollout.phase != phase_before:
+            log.info("rollout %s of %s v%d: %s -> %s", rollout.update_id, record.model_name, rollout.version,
+                     phase_before, rollout.phase)
 
     # --- status -------------------------------------------------------------------------------
 

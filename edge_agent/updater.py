@@ -15,6 +15,9 @@ waits for it. One update goes through these steps, each reported to the router a
    old model); `active`;
 6. the health window (docs/model_updates.md): `healthy`, or swap back and `rolled_back`.
 
+A report the router does not take (it is down or restarting) is kept and sent again before
+each poll (`UpdateLink.resend_report`); the update goes on meanwhile.
+
 A refusal at any step is `rejected` with its reason, and the old model keeps serving. Router
 trouble (down, slow, update gone) only postpones the update to the next poll.
 
@@ -46,6 +49,7 @@ from shared.delta.package import apply_verified, file_sha256
 from shared.delta.signing import load_public_key
 from shared.errors import InvalidInputError, UnavailableError, UpdateRejectedError
 from shared.metrics import AgentMetrics
+from shared.update_states import HEALTH_WINDOW_REASON
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,6 @@ PAUSE_ENV = "EDGECASCADE_TEST_PAUSE_AT"
 PAUSE_STEPS = ("download", "apply", "install", "swap")
 #: Router states the metrics gauge has no label for.
 METRIC_STATE = {"healthy": "active"}
-HEALTH_WINDOW_REASON = "health_window"
 #: Until the swap, a thread of the update (model load, warm-up, golden check) that holds the
 #: GIL hands it to the serving event loop within this long (Python's default is 5 ms).
 UPDATE_GIL_SWITCH_INTERVAL_S = 0.001
@@ -132,7 +135,9 @@ class Updater:
             await asyncio.sleep(self.poll_interval_s)
 
     async def poll_once(self) -> Optional[str]:
-        """Ask for an update and take it; the final state, or None when there was none."""
+        """Send a state report the router has not taken yet, then ask for an update and take it;
+        the final state, or None when there was none."""
+        await self.link.resend_report()
         model = self.cascade.active.model
         try:
             notice = await self.link.notice(model.name, model.version)

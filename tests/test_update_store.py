@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -21,7 +23,7 @@ from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import ConfigError, UnavailableError
 from tests.conftest import make_softmax_bundle
 from tests.update_helpers import (crash, edge_settings, make_keys, publish_package, served_version, toy_versions, wait_for,
-                                  wait_state)
+                                  wait_log, wait_state)
 
 DONE = {"healthy", "rejected", "rolled_back"}
 
@@ -169,33 +171,53 @@ def notice(router: Daemon, agent_id: str, model_name: str) -> pb.UpdateNotice:
             pb.UpdateNoticeRequest(agent_id=agent_id, model_name=model_name, model_version=1), timeout=5)
 
 
-def test_a_killed_router_restarts_with_its_rollout_and_the_fleet_finishes_it(keys, tmp_path):
-    bundles, pkgs = packages(keys, "toy-restart")
+@contextmanager
+def canary_on_probation(keys, tmp_path, name: str):
+    """A router on a store, two agents of `name` v1, and a canary rollout of v2 (canary 1 %: one
+    canary, almost always) whose canaries have swapped: `active`, on probation until each serves
+    one request, so the test picks when the window ends. Yields the fleet; set `fleet.router` to a
+    restarted router (`restart`) so it is stopped at the end."""
+    bundles, pkgs = packages(keys, name)
     cloud = make_softmax_bundle(tmp_path / "cloud", name="toy-cloud", scale=10.0, permute=True)
     router_settings = {"model_dirs": [str(cloud)], "update_store_dir": str(tmp_path / "store"),
                        "update_public_key": str(keys["public"])}
-    router = Daemon("cloud", router_settings, tmp_path, name="router").start()
-    agent_ids = ["fleet-a", "fleet-b"]
-    # a canary stays `active` until it serves one request, so the router can die mid-rollout
-    agents = {a: Daemon("edge", edge_settings(bundles[1], router, tmp_path / a, keys["public"], a,
-                                              update_health_window_s=120, update_health_requests=1), tmp_path, name=a)
-              for a in agent_ids}
+    fleet = SimpleNamespace(router=Daemon("cloud", router_settings, tmp_path, name="router").start(),
+                            router_settings=router_settings, package=pkgs[2], agents={})
+    router = fleet.router
+    fleet.agents = {a: Daemon("edge", edge_settings(bundles[1], router, tmp_path / a, keys["public"], a,
+                                                    update_health_window_s=120, update_health_requests=1),
+                              tmp_path, name=a)
+                    for a in (f"{name}-a", f"{name}-b")}
     try:
-        for agent in agents.values():
+        for agent in fleet.agents.values():
             agent.start()
         wait_for(lambda: len(rollout_status(router.target).agents) == 2, "both agents to poll")
-        update_id = publish_package(router, pkgs[2], canary_percent=1)
+        fleet.update_id = publish_package(router, pkgs[2], canary_percent=1)
 
         def canaries_active():
-            status = rollout_status(router.target)
-            canaries = [a for a in status.agents if a.canary]
+            canaries = [a for a in rollout_status(router.target).agents if a.canary]
             return canaries if canaries and all(a.state == "active" for a in canaries) else None
 
-        canaries = {a.agent_id for a in wait_for(canaries_active, "the canary to swap", logs=router.logs)}
-        crash(router)
+        fleet.canaries = {a.agent_id for a in wait_for(canaries_active, "the canary to swap", logs=router.logs)}
+        yield fleet
+    finally:
+        for agent in fleet.agents.values():
+            agent.stop()
+        fleet.router.stop()
 
+
+def restart(fleet, tmp_path) -> Daemon:
+    """A new router on the killed one's port and store."""
+    return Daemon("cloud", {**fleet.router_settings, "listen": fleet.router.target}, tmp_path,
+                  name="router-restarted").start()
+
+
+def test_a_killed_router_restarts_with_its_rollout_and_the_fleet_finishes_it(keys, tmp_path):
+    with canary_on_probation(keys, tmp_path, "toy-restart") as fleet:
+        update_id, canaries = fleet.update_id, fleet.canaries
+        crash(fleet.router)
         restarted_at = time.time()
-        router = Daemon("cloud", {**router_settings, "listen": router.target}, tmp_path, name="router-restarted").start()
+        router = fleet.router = restart(fleet, tmp_path)
         status = rollout_status(router.target)
         (rollout,) = status.rollouts
         assert (rollout.update_id, rollout.phase, rollout.canary_percent) == (update_id, "canary", 1)
@@ -208,19 +230,35 @@ def test_a_killed_router_restarts_with_its_rollout_and_the_fleet_finishes_it(key
         wait_for(lambda: all(a.last_seen_unix_s >= restarted_at for a in rollout_status(router.target).agents
                              if a.agent_id not in canaries), "the other agent to poll the restarted router", logs=router.logs)
 
-        for agent_id in sorted(agent_ids, key=lambda a: a not in canaries):  # canaries first, then the rest follow
-            agent = agents[agent_id]
+        for agent_id in sorted(fleet.agents, key=lambda a: a not in canaries):  # canaries first, then the rest follow
+            agent = fleet.agents[agent_id]
             wait_state(router, agent, agent_id, update_id, {"active"} | DONE)
             assert served_version(agent) == 2  # the request that ends its probation
             assert wait_state(router, agent, agent_id, update_id, DONE).state == "healthy"
         assert rollout_status(router.target).rollouts[0].phase == "full"
         with grpc.insecure_channel(router.target) as channel:
             chunk = pb_grpc.CloudRouterStub(channel).FetchPatchChunk(pb.PatchChunkRequest(update_id=update_id, index=1))
-        assert chunk.data == pkgs[2].payload[32:64]
-    finally:
-        for agent in agents.values():
-            agent.stop()
-        router.stop()
+        assert chunk.data == fleet.package.payload[32:64]
+
+
+def test_a_healthy_report_sent_while_the_router_is_down_arrives_after_its_restart(keys, tmp_path):
+    with canary_on_probation(keys, tmp_path, "toy-report") as fleet:
+        update_id, agents = fleet.update_id, fleet.agents
+        crash(fleet.router)
+        for agent_id in fleet.canaries:
+            assert served_version(agents[agent_id]) == 2  # ends its probation: its `healthy` finds no router
+            wait_log(agents[agent_id], f"could not report update state healthy of update {update_id}")
+
+        router = fleet.router = restart(fleet, tmp_path)
+        for agent_id in fleet.canaries:
+            wait_log(agents[agent_id], f"update {update_id}: state healthy reported to {router.target} after all")
+            record = wait_state(router, agents[agent_id], agent_id, update_id, DONE)
+            assert (record.state, record.active_version) == ("healthy", 2), record.message
+        assert rollout_status(router.target).rollouts[0].phase == "full"
+        for agent_id in set(agents) - fleet.canaries:  # the rest follow
+            wait_state(router, agents[agent_id], agent_id, update_id, {"active"} | DONE)
+            assert served_version(agents[agent_id]) == 2
+            assert wait_state(router, agents[agent_id], agent_id, update_id, DONE).state == "healthy"
 
 
 def test_a_router_starts_over_a_corrupted_store_and_offers_only_sound_updates(keys, tmp_path):

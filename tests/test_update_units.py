@@ -3,6 +3,8 @@ store and crash recovery, settings."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from cloud_router.rollout import FULL, HALTED, canary_bucket
 from cloud_router.updates import UpdateService
 from edge_agent.settings import EdgeSettings
+from edge_agent.update_link import UpdateLink
 from edge_agent.version_store import CURRENT, VersionStore
 from edgecascade.update_package import package_from_bundles
 from shared.errors import (ConfigError, ExpiredUpdateError, InvalidInputError, TruncatedPatchError,
@@ -88,6 +91,71 @@ def test_a_failing_canary_halts_the_rollout(toy):
     assert not any(service.notice(a, "toy", 1) for a in ("a", "b", "c"))
     rollouts, records = service.status("toy")
     assert rollouts[0].phase == HALTED and {r.agent_id for r in records} == {"a", "b", "c"}
+
+
+def test_a_late_or_repeated_report_never_moves_the_record_back(toy):
+    service = UpdateService()
+    for agent in ("a", "b"):
+        service.notice(agent, "toy", 1)
+    update = service.publish(toy["package"].signed_manifest, toy["package"].payload, 0)
+
+    def report(agent, state, active_version=1, **kwargs):
+        service.report(agent, model_name="toy", update_id=update.update_id, version=2, state=state,
+                       active_version=active_version, **kwargs)
+        record = service.agents[agent]
+        return record.state, record.active_version
+
+    assert report("a", "downloading") == ("downloading", 1)
+    assert report("a", "active", active_version=2) == ("active", 2)
+    assert report("a", "verified") == ("active", 2)          # an older step, late: ignored
+    assert report("a", "active", active_version=2) == ("active", 2)  # the same one again
+    assert report("a", "healthy", active_version=2) == ("healthy", 2)
+    assert report("a", "active", active_version=2) == ("healthy", 2)
+    assert report("b", "rejected", reason="wrong_base") == ("rejected", 1)
+    for later in ("downloading", "healthy", "rolled_back"):  # nothing follows a final state
+        assert report("b", later, active_version=2) == ("rejected", 1)
+    assert service.agents["b"].reason == "wrong_base"
+    # a report of another update (a newer publish) starts that update's record afresh
+    service.report("b", model_name="toy", update_id="0" * 16, version=3, state="downloading")
+    assert (service.agents["b"].update_id, service.agents["b"].state) == ("0" * 16, "downloading")
+
+
+@pytest.mark.parametrize("polled_version, state, phase", [(2, "healthy", FULL), (1, "rolled_back", HALTED)])
+def test_a_poll_after_active_tells_the_router_how_the_health_window_ended(toy, polled_version, state, phase):
+    service = UpdateService()
+    for agent in ("a", "b", "c"):
+        service.notice(agent, "toy", 1)
+    update = service.publish(toy["package"].signed_manifest, toy["package"].payload, 1)
+    (canary,) = [a for a in ("a", "b", "c") if service.notice(a, "toy", 1)]
+    service.report(canary, model_name="toy", update_id=update.update_id, version=2, state="active", active_version=2)
+    # its report of how the window ended is lost (the agent restarted); it polls again
+    assert service.notice(canary, "toy", polled_version) is None
+    record = service.agents[canary]
+    assert (record.state, service.rollouts["toy"].phase) == (state, phase)
+    assert f"poll on v{polled_version}" in record.message
+    others_offered = [a for a in ("a", "b", "c") if a != canary and service.notice(a, "toy", 1)]
+    assert len(others_offered) == (2 if state == "healthy" else 0)
+
+
+def test_an_unsent_report_is_kept_and_never_replaced_by_an_older_step():
+    with socket.socket() as sock:  # a port nobody listens on: every report fails
+        sock.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{sock.getsockname()[1]}"
+
+    async def main():
+        link = UpdateLink(target, agent_id="a", max_message_bytes=1 << 20, timeout_s=5)
+        kept = []
+        for update_id, state in (("u1", "active"), ("u1", "healthy"), ("u1", "active"), ("u1", "verified"),
+                                 ("u2", "downloading")):
+            assert not await link.report(model_name="toy", update_id=update_id, version=2, state=state)
+            kept.append((link.pending_report.update_id, link.pending_report.state))
+        assert not await link.resend_report()
+        kept.append((link.pending_report.update_id, link.pending_report.state))
+        await link.close()
+        return kept
+
+    assert asyncio.run(main()) == [("u1", "active"), ("u1", "healthy"), ("u1", "healthy"), ("u1", "healthy"),
+                                   ("u2", "downloading"), ("u2", "downloading")]
 
 
 def test_version_store_seeds_switches_and_recovers(tmp_path):
