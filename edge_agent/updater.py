@@ -257,8 +257,14 @@ class Updater:
             await self._report(update_id, version, "healthy")
             return "healthy"
         if previous is None or self.store.installed(previous) is None:
-            log.error("update %s failed its health window (%s) but no previous version is installed", update_id, failure)
-            return "active"
+            # nothing to go back to: keep serving, but tell the router the update failed, so a
+            # rollout halts instead of taking this agent's next poll for a healthy one
+            message = f"{failure}; no previous version is installed to roll back to, still serving v{version}"
+            log.error("update %s failed its health window: %s", update_id, message)
+            await asyncio.to_thread(self.store.clear_journal)
+            self.refused[update_id] = HEALTH_WINDOW_REASON
+            await self._report(update_id, version, "rejected", HEALTH_WINDOW_REASON, message)
+            return "rejected"
         restored = old if old is not None else await asyncio.to_thread(load_slot, self.store.versions / previous,
                                                                        self.providers)
         await asyncio.to_thread(self.store.switch_to, previous)

@@ -115,6 +115,26 @@ def test_failed_health_window_rolls_back_on_its_own(world):
         assert record.active_version == 1
 
 
+def test_failed_health_window_without_a_previous_version_reports_the_failure(world):
+    import shutil
+
+    tmp = world["tmp"] / "orphan-bundles"
+    bundles = toy_versions(tmp, "toy-orphan", (1,))
+    fragile = make_fragile_bundle(tmp / "fragile-v2", name="toy-orphan", version=2)
+    with agent_for(world, "toy-orphan", "orphan", bundles[1], update_health_window_s=30.0) as agent:
+        update_id = publish_package(world["router"], package_from_bundles(fragile, bundles[1], world["key"]))
+        wait_state(world["router"], agent, "orphan", update_id, {"active"} | DONE)
+        versions = world["tmp"] / "orphan" / "state" / "versions"
+        (previous,) = [p for p in versions.iterdir() if p.name.startswith("v1-")]
+        shutil.rmtree(previous)  # an operator (or a full disk) took the version to go back to
+        with pytest.raises(grpc.RpcError):
+            served_version(agent, FRAGILE_INPUT)
+        record = wait_state(world["router"], agent, "orphan", update_id, DONE)
+        assert (record.state, record.reason) == ("rejected", "health_window"), record.message
+        assert "no previous version" in record.message
+        assert served_version(agent) == 2  # nothing to go back to: it keeps serving
+
+
 def test_canary_goes_first_and_the_rest_follow_when_it_is_healthy(world):
     bundles = toy_versions(world["tmp"] / "canary-bundles", "toy-canary", (1, 2))
     router = world["router"]
