@@ -19,6 +19,11 @@ and together with the swap windows as *publish-to-swap* windows. A request is *s
 starts inside a steady window. Reported: failed requests (all of them, any window), p50/p99
 latency of each set, the median and maximum over swaps of each swap's own p99, and the time
 from publish to the first answer of the new version.
+
+Control, in the same run: after each steady window, a process spinning at SCHED_IDLE (the
+lowest CPU priority Linux has) runs for `BUSY_BURST_S`, with no update going on; the p99 of
+the requests that start in those bursts, against steady, is what any background CPU work
+does to serving on this machine, however low its priority (`IdleBusyLoop`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ import multiprocessing
 import os
 import queue
 import re
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +50,10 @@ WARM_UP_S = 2.0
 STEADY_WINDOW_S = 1.0
 SETTLE_S = 0.3
 STATUS_POLL_S = 0.05
+#: Control: how long the idle-priority busy loop runs after each steady window, and the gap
+#: before the publish (so its requests have finished).
+BUSY_BURST_S = 0.1
+BUSY_GAP_S = 0.05
 HIDDEN = 512
 INPUT_DIM = 256
 
@@ -163,6 +175,48 @@ async def _load_loop(target: str, interval_s: float, stop, events, out_path: str
     np.save(out_path, np.array(rows, dtype=np.float64).reshape(-1, 4))
 
 
+class IdleBusyLoop:
+    """The control: a process spinning in pure Python at Linux SCHED_IDLE, the lowest CPU
+    priority there is, stopped (SIGSTOP) except for short bursts. Its bursts show what any
+    background CPU work, at any priority, does to serving latency on this machine: on a VM
+    whose two vCPUs share a physical core, even a SCHED_IDLE loop slows the serving threads.
+    Not available (None windows) where SCHED_IDLE cannot be set."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "IdleBusyLoop":
+        try:
+            process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        except OSError:
+            return self
+        try:
+            os.sched_setscheduler(process.pid, os.SCHED_IDLE, os.sched_param(0))
+        except (AttributeError, OSError):
+            process.kill()
+            process.wait()
+            return self
+        process.send_signal(signal.SIGSTOP)
+        self._process = process
+        return self
+
+    def burst(self, duration_s: float) -> tuple[float, float] | None:
+        """Let it spin for `duration_s`; the (start, end) of the burst, or None without a loop."""
+        if self._process is None:
+            time.sleep(duration_s)
+            return None
+        started = time.monotonic()
+        self._process.send_signal(signal.SIGCONT)
+        time.sleep(duration_s)
+        self._process.send_signal(signal.SIGSTOP)
+        return started, time.monotonic()
+
+    def __exit__(self, *exc) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+
+
 def _stand_back(router_pid: int) -> None:
     """Run the router and this process (publishing, polling status) at nice 10, so on a shared
     machine their work competes less with the agent and the load, which stand for one board.
@@ -218,6 +272,7 @@ def run_swap_bench(quick: bool = False, *, swaps: int | None = None, rate_rps: f
                 "state_dir": str(workdir / "state"), "agent_id": "bench-agent", "update_poll_interval_s": 0.05,
                 "update_health_window_s": 0.2, "update_health_requests": 10_000}
         steady_windows: list[tuple[float, float]] = []
+        busy_windows: list[tuple[float, float]] = []
         publish_windows: list[tuple[int, float, float]] = []
         """(version, publish time, first answer of that version + SWAP_TAIL_S)"""
         update_s: list[float] = []
@@ -226,13 +281,18 @@ def run_swap_bench(quick: bool = False, *, swaps: int | None = None, rate_rps: f
         with Daemon("cloud", cloud, workdir, name="router") as router:
             edge["cloud_target"] = router.target
             with Daemon("edge", edge, workdir, name="agent") as agent, OpenLoopLoad(agent.target, rate_rps) as load, \
-                    router_channel(router.target) as channel:  # one connection: no set-up cost per status poll
-                _stand_back(router.process.pid)  # the cloud and the operator are other machines in real life
+                    router_channel(router.target) as channel, IdleBusyLoop() as busy_loop:
+                # one channel: no set-up cost per status poll; the cloud and the operator are
+                # other machines in real life
+                _stand_back(router.process.pid)
                 time.sleep(WARM_UP_S)
                 for version, package in enumerate(packages, start=2):
                     steady_start = time.monotonic()
                     time.sleep(STEADY_WINDOW_S)
                     steady_windows.append((steady_start, time.monotonic()))
+                    if (burst := busy_loop.burst(BUSY_BURST_S)) is not None:
+                        busy_windows.append(burst)
+                    time.sleep(BUSY_GAP_S)
                     started = time.monotonic()
                     update_id = publish(router.target, package, channel=channel).update_id
                     while (first := load.first_answer_from(version)) is None:
@@ -260,6 +320,7 @@ def run_swap_bench(quick: bool = False, *, swaps: int | None = None, rate_rps: f
 
     swap_ms, steady_ms = latencies(swap_windows), latencies(steady_windows)
     publish_ms, cloud_ms = latencies([(a, b) for _, a, b in publish_windows]), latencies(cloud_windows)
+    busy_ms = latencies(busy_windows)
     p99_steady, p99_swap = _p(steady_ms, 99), _p(swap_ms, 99)
     # The headline p99 over all swap requests (~30 per swap) is decided by a handful of them,
     # so one stall anywhere on the machine moves it; the p99 of each swap's own requests, and
@@ -280,6 +341,12 @@ def run_swap_bench(quick: bool = False, *, swaps: int | None = None, rate_rps: f
         "requests_steady": len(steady_ms),
         "requests_swap": len(swap_ms),
         "requests_publish_to_takeup": len(cloud_ms),
+        "control_idle_busy_loop": {
+            "p99_ms": _p(busy_ms, 99),
+            "p50_ms": _p(busy_ms, 50),
+            "requests": len(busy_ms),
+            "p99_ratio_to_steady": round(_p(busy_ms, 99) / p99_steady, 3) if busy_ms else None,
+        },
         "takeup_after_publish_s_median": round(statistics.median(b - a for a, b in cloud_windows), 3),
         "rate_rps": rate_rps,
         "publish_to_new_version_s_median": round(statistics.median(update_s), 3),

@@ -33,6 +33,7 @@ def test_swap_bench_reports_its_fields():
     assert 0 < result["per_swap_p99_ms_median"] <= result["per_swap_p99_ms_max"]
     assert result["requests_publish_to_takeup"] >= 0 and result["takeup_after_publish_s_median"] > 0
     assert result["p99_publish_to_swap_ms"] > 0
+    assert set(result["control_idle_busy_loop"]) == {"p99_ms", "p50_ms", "requests", "p99_ratio_to_steady"}
 
 
 def test_update_start_times_reads_the_agents_downloading_lines():
