@@ -56,14 +56,17 @@ def test_update_start_times_reads_the_agents_downloading_lines():
 def test_swap_report_keeps_the_median_run_and_every_runs_numbers():
     from edgecascade.bench_delta import swap_report
 
-    def run(steady: float, swap: float, failed: int = 0) -> dict:
+    def run(steady: float, swap: float, failed: int = 0, control: float = 1.2) -> dict:
         return {"failed_requests": failed, "p99_steady_ms": steady, "p99_swap_ms": swap, "per_swap_p99_ms_median": swap,
-                "p99_publish_to_swap_ms": swap}
+                "p99_publish_to_swap_ms": swap, "control_idle_busy_loop": {"p99_ratio_to_steady": control}}
 
     report = swap_report([run(4.0, 8.0), run(4.0, 5.0, failed=1), run(4.0, 6.0)])
     assert report["swap"]["p99_swap_ms"] == 6.0                      # ratios 2.0, 1.25, 1.5: the median is 1.5
     assert [r["p99_ratio"] for r in report["swap_runs"]] == [2.0, 1.25, 1.5]
     assert report["swap_failed_requests_all_runs"] == 1               # a failure in any run is on record
+    assert report["physical_limits"] == []                            # the control stayed under 1.5x
+    limited = swap_report([run(4.0, 8.0, control=2.5), run(4.0, 7.0, control=1.9), run(4.0, 6.0, control=1.4)])
+    assert len(limited["physical_limits"]) == 1 and "1.9x steady" in limited["physical_limits"][0]
 
 
 def test_bench_delta_refuses_a_swap_run_count_below_one(capsys):
