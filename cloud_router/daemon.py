@@ -100,6 +100,7 @@ async def serve(settings: RouterSettings, ready_callback=None) -> None:
         await worker.start()
 
     async def stopped() -> None:
+        await updates.aclose()  # no RPC is left to change the state: write it once more, then let go of the store
         await router.stop()
         if worker is not None:
             await worker.stop(grace_s=settings.shutdown_grace_s)

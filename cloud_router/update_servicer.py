@@ -44,8 +44,11 @@ class UpdateRpcs:
     @grpc_errors
     async def GetUpdateNotice(self, request: pb.UpdateNoticeRequest, context: grpc.aio.ServicerContext) -> pb.UpdateNotice:
         update = self.updates.notice(request.agent_id, request.model_name, request.model_version)
-        if update is None:
+        if update is None:  # a change it made (a new agent, a health window ended) is written soon, unwaited
             return pb.UpdateNotice(available=False)
+        # the agent acts on an offer: the offer and a new canary are durable first (with a store),
+        # so a restarted router knows them; UNAVAILABLE when they could not be written
+        await self.updates.durable()
         return pb.UpdateNotice(available=True, update_id=update.update_id, signed_manifest=update.signed_manifest)
 
     @grpc_errors
@@ -59,6 +62,9 @@ class UpdateRpcs:
             request.agent_id, model_name=request.model_name, update_id=request.update_id, version=request.version,
             state=request.state, reason=request.reason, message=request.message, active_version=request.active_version,
         )
+        # the ack means the state is durable (with a store), so the agent may forget the report;
+        # UNAVAILABLE when it could not be written, and the agent sends it again
+        await self.updates.durable()
         return pb.UpdateStateAck()
 
     @grpc_errors

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from cloud_router.rollout import AgentRecord
 from shared.delta.install import atomic_write_bytes, fsync_dir, remove_stale_temps
@@ -83,6 +83,8 @@ class UpdateStore:
         self._lock_file: Optional[int] = None
         self.updates_dir = self.directory / "updates"
         self.state_path = self.directory / STATE_FILE
+        self.state_writes = 0
+        """How many times `state.json` has been written (the tests count group commits with it)."""
         try:
             self.updates_dir.mkdir(parents=True, exist_ok=True)
             fsync_dir(self.directory)
@@ -122,7 +124,8 @@ class UpdateStore:
             return StoredState()
 
     def save_state(self, state: StoredState) -> None:
-        atomic_write_bytes(self.state_path, state.model_dump_json(indent=1).encode())
+        atomic_write_bytes(self.state_path, state_json(state))
+        self.state_writes += 1
 
     # --- updates --------------------------------------------------------------------------------
 
@@ -172,6 +175,18 @@ class UpdateStore:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+
+
+_AGENT_RECORD = TypeAdapter(AgentRecord)
+
+
+def state_json(state: StoredState) -> bytes:
+    """`state` as JSON, one agent record a line. Each record is serialised by a call of its own:
+    pydantic holds the GIL for a whole call, so between calls the event loop gets its turn while
+    this runs in a worker thread, however large the fleet."""
+    head = state.model_dump_json(exclude={"agents"}).encode()  # {"format":...,"rollouts":{...}}
+    agents = b",".join(b"\n" + _AGENT_RECORD.dump_json(record) for record in state.agents)
+    return head[:-1] + b',"agents":[' + agents + b"\n]}\n"
 
 
 def _remove_temps(directory: Path) -> None:

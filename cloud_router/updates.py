@@ -3,6 +3,9 @@ published), the payloads agents download chunk by chunk, and what each agent rep
 
 In memory only, or, with `store_dir` (setting `update_store_dir`), also on disk through
 `UpdateStore`, reloaded and checked again at start (docs/model_updates.md, "Router side").
+State changes reach the disk through a `StateWriter` (group commit, in a worker thread): a
+poll or report only schedules its write; the servicer answers a report, or a poll that gets an
+offer, once it is durable (`durable`); a publish starts its rollout once the state naming it is.
 
 The router is a relay, not a trust anchor: agents verify every manifest and byte again. It
 still checks uploads (manifest fields, expiry, payload length and hashes; the signature
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from cloud_router.rollout import OFFERED, AgentRecord, PublishedUpdate, Rollout, is_recent
+from cloud_router.state_writer import StateWriter
 from cloud_router.update_store import StoredRollout, StoredState, UpdateStore
 from shared.delta.chunks import chunk_of, verify_payload
 from shared.delta.manifest import Manifest, SignedManifest, parse_manifest
@@ -52,16 +56,30 @@ class UpdateService:
         self.agents: dict[str, AgentRecord] = {}
         self._publishing = asyncio.Lock()
         self.store = UpdateStore(store_dir) if store_dir is not None else None
+        self._writer: Optional[StateWriter] = None
         if self.store is None:
             log.info("published model updates and rollout state live in memory only (update_store_dir is not set): "
                      "a restart loses them")
         else:
             self._restore()
+            self._writer = StateWriter(self._snapshot, self._save_snapshot, where=str(self.store.directory))
 
     def close(self) -> None:
         """Release the store directory (a process that exits releases it too)."""
         if self.store is not None:
             self.store.close()
+
+    async def aclose(self) -> None:
+        """Write what is not written yet (once), then release the store directory."""
+        if self._writer is not None:
+            await self._writer.close()
+        self.close()
+
+    async def durable(self) -> None:
+        """Return once every state change so far is in the store (at once without a store).
+        UnavailableError when the write failed (the next write tries again)."""
+        if self._writer is not None:
+            await self._writer.durable()
 
     # --- publishing ---------------------------------------------------------------------------
 
@@ -85,15 +103,28 @@ class UpdateService:
         return parse_manifest(signed.manifest_bytes)
 
     def publish(self, signed_manifest: bytes, payload: bytes, canary_percent: float) -> PublishedUpdate:
-        """Store an update and start its rollout; it replaces the model's previous rollout."""
-        return self.start_rollout(self.prepare_rollout(signed_manifest, payload, canary_percent))
+        """Store an update and start its rollout; it replaces the model's previous rollout. All in
+        the calling thread (tests, tools); the router uses `publish_off_loop`."""
+        rollout = self.prepare_rollout(signed_manifest, payload, canary_percent)
+        if self._writer is not None:
+            try:
+                self._writer.write_blocking(lambda: self._snapshot(rollout))
+            except OSError as exc:
+                raise self._not_stored(rollout, exc) from None
+        return self.start_rollout(rollout)
 
     async def publish_off_loop(self, signed_manifest: bytes, payload: bytes, canary_percent: float) -> PublishedUpdate:
-        """`publish`, with the checks and file writes in a worker thread so serving goes on. One
-        publish at a time, so a replaced update's files are never deleted under another publish."""
+        """`publish`, with the checks and file writes in worker threads so serving goes on. One
+        publish at a time, so a replaced update's files are never deleted under another publish.
+        With a store, the rollout starts (is offered) only once the state naming it is durable."""
         async with self._publishing:
             rollout = await asyncio.to_thread(self.prepare_rollout, signed_manifest, payload, canary_percent)
-            return self.start_rollout(rollout)
+            if self._writer is None:
+                return self.start_rollout(rollout)
+            try:
+                return await self._writer.write_now(lambda: self._snapshot(rollout), lambda: self.start_rollout(rollout))
+            except OSError as exc:
+                raise self._not_stored(rollout, exc) from None
 
     def prepare_rollout(self, signed_manifest: bytes, payload: bytes, canary_percent: float) -> Rollout:
         """Check an upload and, with a store, write its files; the rollout is not started yet
@@ -113,23 +144,13 @@ class UpdateService:
         return Rollout(PublishedUpdate(update_id, signed_manifest, manifest, payload, time.time()), canary_percent)
 
     def start_rollout(self, rollout: Rollout) -> PublishedUpdate:
-        """Make `rollout` its model's current one; with a store, durably before it is offered."""
+        """Make `rollout` its model's current one (with a store, once the state naming it is
+        durable); the files of the update it replaces are deleted."""
         update, manifest = rollout.update, rollout.update.manifest
         replaced = self.rollouts.get(manifest.model_name)
         self.rollouts[manifest.model_name] = rollout
-        if self.store is not None:
-            try:
-                self._save_state()
-            except OSError as exc:
-                if replaced is None:
-                    del self.rollouts[manifest.model_name]
-                else:
-                    self.rollouts[manifest.model_name] = replaced
-                if replaced is None or replaced.update_id != update.update_id:
-                    self.store.delete_update(update.update_id)
-                raise UnavailableError(f"could not store the rollout state in {self.store.directory}: {exc}") from None
-            if replaced is not None and replaced.update_id != update.update_id:
-                self.store.delete_update(replaced.update_id)
+        if self.store is not None and replaced is not None and replaced.update_id != update.update_id:
+            self.store.delete_update(replaced.update_id)
         log.info("published update %s: %s v%d%s, %d payload bytes, canary %g%%", update.update_id, manifest.model_name,
                  manifest.version, " (rollback)" if manifest.rollback else "", len(update.payload), rollout.canary_percent)
         return update
@@ -148,7 +169,7 @@ class UpdateService:
             self._end_probation(record)
         update = self._offer(record)
         if self._durable_view(record) != before:
-            self._save_state_or_log()
+            self._changed()
         return update
 
     def _offer(self, record: AgentRecord) -> Optional[PublishedUpdate]:
@@ -190,7 +211,7 @@ class UpdateService:
         log.info("agent %s: update %s (v%d) %s%s", agent_id, update_id, version, state, f" ({reason})" if reason else "")
         self._advance_rollout(record)
         if self._durable_view(record) != before:
-            self._save_state_or_log()
+            self._changed()
 
     def _end_probation(self, record: AgentRecord) -> None:
         """A poll from an agent whose last report was `active`. An agent does not poll during its
@@ -238,26 +259,37 @@ class UpdateService:
         return (dataclasses.replace(record, last_seen_unix_s=0.0),
                 (rollout.phase, len(rollout.canary_agents)) if rollout else None)
 
-    def _save_state(self) -> None:
-        assert self.store is not None
-        self.store.save_state(StoredState(
-            rollouts={
-                name: StoredRollout(update_id=r.update_id, canary_percent=r.canary_percent, phase=r.phase,
-                                    canary_agents=sorted(r.canary_agents), published_unix_s=r.update.published_unix_s)
-                for name, r in self.rollouts.items()
-            },
-            agents=list(self.agents.values()),
-        ))
+    def _changed(self) -> None:
+        """After a poll or report changed what the state file holds: a write is scheduled (the
+        caller does not wait for it; a report's RPC then waits in `durable`)."""
+        if self._writer is not None:
+            self._writer.mark()
 
-    def _save_state_or_log(self) -> None:
-        """After a poll or report: a failed write is logged and the router goes on from memory (the
-        next write catches up); only a publish fails when its state cannot be stored."""
-        if self.store is None:
-            return
-        try:
-            self._save_state()
-        except OSError as exc:
-            log.error("could not store the rollout state in %s (serving on from memory): %s", self.store.directory, exc)
+    def _snapshot(self, new_rollout: Optional[Rollout] = None) -> tuple[dict[str, StoredRollout], list[dict]]:
+        """What the state file holds, as copies cheap enough to take on the event loop (the
+        records as field dicts; `_save_snapshot` serialises them in a worker thread), with
+        `new_rollout` in place of its model's current rollout."""
+        rollouts = dict(self.rollouts)
+        if new_rollout is not None:
+            rollouts[new_rollout.update.manifest.model_name] = new_rollout
+        stored = {name: StoredRollout(update_id=r.update_id, canary_percent=r.canary_percent, phase=r.phase,
+                                      canary_agents=sorted(r.canary_agents), published_unix_s=r.update.published_unix_s)
+                  for name, r in rollouts.items()}
+        return stored, [record.__dict__.copy() for record in self.agents.values()]
+
+    def _save_snapshot(self, snapshot: tuple[dict[str, StoredRollout], list[dict]]) -> None:
+        assert self.store is not None
+        rollouts, agents = snapshot
+        self.store.save_state(StoredState(rollouts=rollouts, agents=[AgentRecord(**fields) for fields in agents]))
+
+    def _not_stored(self, rollout: Rollout, exc: OSError) -> UnavailableError:
+        """A publish whose state could not be written: its rollout does not start, and its files
+        are deleted unless the current rollout is the same update."""
+        assert self.store is not None
+        current = self.rollouts.get(rollout.update.manifest.model_name)
+        if current is None or current.update_id != rollout.update_id:
+            self.store.delete_update(rollout.update_id)
+        return UnavailableError(f"could not store the rollout state in {self.store.directory}: {exc}")
 
     def _restore(self) -> None:
         """Load the store: every rollout whose update passes its checks again, and the agent records."""

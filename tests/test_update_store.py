@@ -3,24 +3,28 @@ restart, and what is broken on disk is set aside at start without stopping the r
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from types import SimpleNamespace
 
 import grpc
 import pytest
 
-from cloud_router.rollout import CANARY, FULL
-from cloud_router.update_store import CORRUPT_SUFFIX, MANIFEST_FILE, PAYLOAD_FILE, STATE_FILE
+from cloud_router.rollout import CANARY, FULL, AgentRecord
+from cloud_router.update_servicer import UpdateRpcs
+from cloud_router.update_store import CORRUPT_SUFFIX, MANIFEST_FILE, PAYLOAD_FILE, STATE_FILE, StoredState
 from cloud_router.updates import UpdateService
+from edge_agent.update_link import UpdateLink
 from edgecascade.processes import Daemon
 from edgecascade.update_client import rollout_status
 from edgecascade.update_package import package_from_bundles
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import ConfigError, UnavailableError
+from shared.grpc_server import bind, create_server
 from tests.conftest import make_softmax_bundle
 from tests.update_helpers import (crash, edge_settings, make_keys, publish_package, served_version, toy_versions, wait_for,
                                   wait_log, wait_state)
@@ -314,3 +318,134 @@ def test_a_publish_that_cannot_be_stored_fails_and_polls_go_on(keys, tmp_path, c
     with pytest.raises(UnavailableError, match="could not store update"):
         service.publish(pkgs[3].signed_manifest, pkgs[3].payload, 0)
     service.close()
+
+
+# --- state writes: group commit off the event loop; a report's ack means durable -------------------------
+
+STEPS = ("downloading", "verified", "applied", "active", "healthy")
+
+
+class UpdateRpcsOnly(UpdateRpcs, pb_grpc.CloudRouterServicer):
+    """The router's update RPCs alone, served in the test's own process so the test can see its store."""
+
+    def __init__(self, updates: UpdateService) -> None:
+        self.updates = updates
+
+
+@asynccontextmanager
+async def update_server(service: UpdateService):
+    """A gRPC server on loopback serving `service`'s update RPCs; yields its target. On the way
+    out it stops and flushes, like the router daemon."""
+    server = create_server(1 << 22)
+    pb_grpc.add_CloudRouterServicer_to_server(UpdateRpcsOnly(service), server)
+    port = bind(server, "127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+        await service.aclose()
+
+
+async def report_steps(stub, agent_id: str, model_name: str, update_id: str, steps=STEPS) -> None:
+    """One agent's reports of one update, in order, each sent once its previous one was acked."""
+    for state in steps:
+        await stub.ReportUpdateState(pb.UpdateStateReport(
+            agent_id=agent_id, model_name=model_name, update_id=update_id, version=2, state=state,
+            active_version=2 if state in ("active", "healthy") else 1), timeout=10)
+
+
+def stored_records(store) -> dict[str, AgentRecord]:
+    return {r.agent_id: r for r in StoredState.model_validate_json((store / STATE_FILE).read_bytes()).agents}
+
+
+def test_concurrent_reports_are_durable_when_acked_and_share_writes(keys, tmp_path):
+    _, pkgs = packages(keys, "toy-fleet")
+    store = tmp_path / "store"
+    agents = [f"agent-{i:02d}" for i in range(50)]
+
+    async def main():
+        service = UpdateService(public_key_path=keys["public"], store_dir=store)
+        async with update_server(service) as target, grpc.aio.insecure_channel(target) as channel:
+            update = await service.publish_off_loop(pkgs[2].signed_manifest, pkgs[2].payload, 0)
+            stub = pb_grpc.CloudRouterStub(channel)
+            writes_before = service.store.state_writes
+            await asyncio.gather(*(report_steps(stub, a, "toy-fleet", update.update_id) for a in agents))
+            # every ack came after a write that covered its report: no further write is needed
+            records = stored_records(store)
+            return update, service.store.state_writes - writes_before, records
+
+    update, writes, records = asyncio.run(main())
+    assert sorted(records) == agents
+    assert all((r.update_id, r.state, r.active_version) == (update.update_id, "healthy", 2) for r in records.values())
+    reports = len(agents) * len(STEPS)
+    assert 1 <= writes <= reports // 4, f"{writes} writes for {reports} reports"
+
+
+def test_a_failed_state_write_answers_unavailable_and_the_agent_resends(keys, tmp_path, caplog):
+    _, pkgs = packages(keys, "toy-full")
+    store = tmp_path / "store"
+
+    async def main():
+        service = UpdateService(public_key_path=keys["public"], store_dir=store)
+        async with update_server(service) as target:
+            update = await service.publish_off_loop(pkgs[2].signed_manifest, pkgs[2].payload, 0)
+            link = UpdateLink(target, agent_id="a", max_message_bytes=1 << 22, timeout_s=10)
+            newcomer = UpdateLink(target, agent_id="b", max_message_bytes=1 << 22, timeout_s=10)
+            (store / STATE_FILE).unlink()
+            (store / STATE_FILE).mkdir()  # the state file can no longer be replaced
+            assert not await link.report(model_name="toy-full", update_id=update.update_id, version=2, state="healthy",
+                                         active_version=2)
+            assert link.pending_report.state == "healthy"  # kept, to be sent again
+            with pytest.raises(UnavailableError, match="UNAVAILABLE"):
+                await newcomer.notice("toy-full", 1)  # an offer too waits for its write
+            # the router serves on from memory
+            assert (service.agents["a"].state, service.agents["b"].state) == ("healthy", "offered")
+            assert not (await link.notice("toy-full", 2)).available  # a poll that offers nothing does not wait
+            (store / STATE_FILE).rmdir()  # the cause is gone
+            assert await link.resend_report() and link.pending_report is None
+            records = stored_records(store)
+            assert (records["a"].state, records["b"].state) == ("healthy", "offered")
+            assert (await newcomer.notice("toy-full", 1)).update_id == update.update_id
+            await link.close()
+            await newcomer.close()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(main())
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and all("could not store the rollout state" in e and "serving on from memory" in e for e in errors)
+    assert any("could not report update state healthy" in r.getMessage() and "UNAVAILABLE" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_acked_reports_survive_a_killed_router(keys, tmp_path):
+    _, pkgs = packages(keys, "toy-kill")
+    cloud = make_softmax_bundle(tmp_path / "cloud", name="toy-cloud", scale=10.0, permute=True)
+    settings = {"model_dirs": [str(cloud)], "update_store_dir": str(tmp_path / "store")}
+    agents = [f"agent-{i:02d}" for i in range(50)]
+    router = Daemon("cloud", settings, tmp_path, name="router").start()
+    try:
+        update_id = publish_package(router, pkgs[2])
+
+        async def fleet():
+            async with grpc.aio.insecure_channel(router.target) as channel:
+                stub = pb_grpc.CloudRouterStub(channel)
+
+                async def agent(agent_id):
+                    notice = await stub.GetUpdateNotice(
+                        pb.UpdateNoticeRequest(agent_id=agent_id, model_name="toy-kill", model_version=1), timeout=10)
+                    assert notice.update_id == update_id
+                    # half the fleet stops at a step short of the end
+                    await report_steps(stub, agent_id, "toy-kill", update_id, STEPS[:3 if agent_id[-1] in "02468" else 5])
+
+                await asyncio.gather(*(agent(a) for a in agents))
+
+        asyncio.run(fleet())
+        crash(router)  # right after the last ack
+        router = Daemon("cloud", {**settings, "listen": router.target}, tmp_path, name="router-restarted").start()
+        records = {a.agent_id: a for a in rollout_status(router.target).agents}
+    finally:
+        router.stop()
+    assert sorted(records) == agents
+    for agent_id, record in records.items():
+        assert (record.update_id, record.state) == (update_id, "applied" if agent_id[-1] in "02468" else "healthy")
