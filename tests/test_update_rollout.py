@@ -3,8 +3,10 @@ window, a staged canary rollout, and the `edgecascade update` command line."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections import Counter
+from contextlib import contextmanager
 
 import grpc
 import pytest
@@ -98,14 +100,23 @@ def test_download_resumes_after_a_broken_link(world):
         proxy.close()
 
 
-def test_failed_health_window_rolls_back_on_its_own(world):
-    tmp = world["tmp"] / "fragile-bundles"
-    bundles = toy_versions(tmp, "toy-fragile", (1,))
-    fragile = make_fragile_bundle(tmp / "fragile-v2", name="toy-fragile", version=2)
-    with agent_for(world, "toy-fragile", "fragile", bundles[1], update_health_window_s=30.0) as agent:
+@contextmanager
+def fragile_update_active(world, agent_id: str):
+    """An agent of its own (model `toy-<agent_id>`) that has swapped in a v2 which raises on
+    FRAGILE_INPUT, still in a 30 s health window; yields (agent, update id)."""
+    model = f"toy-{agent_id}"
+    tmp = world["tmp"] / f"{agent_id}-bundles"
+    bundles = toy_versions(tmp, model, (1,))
+    fragile = make_fragile_bundle(tmp / "fragile-v2", name=model, version=2)
+    with agent_for(world, model, agent_id, bundles[1], update_health_window_s=30.0) as agent:
         update_id = publish_package(world["router"], package_from_bundles(fragile, bundles[1], world["key"]))
-        wait_state(world["router"], agent, "fragile", update_id, {"active"} | DONE)
+        wait_state(world["router"], agent, agent_id, update_id, {"active"} | DONE)
         assert served_version(agent) == 2  # passed warm-up and golden inputs
+        yield agent, update_id
+
+
+def test_failed_health_window_rolls_back_on_its_own(world):
+    with fragile_update_active(world, "fragile") as (agent, update_id):
         with pytest.raises(grpc.RpcError):
             served_version(agent, FRAGILE_INPUT)  # live traffic breaks it
         record = wait_state(world["router"], agent, "fragile", update_id, DONE)
@@ -116,14 +127,7 @@ def test_failed_health_window_rolls_back_on_its_own(world):
 
 
 def test_failed_health_window_without_a_previous_version_reports_the_failure(world):
-    import shutil
-
-    tmp = world["tmp"] / "orphan-bundles"
-    bundles = toy_versions(tmp, "toy-orphan", (1,))
-    fragile = make_fragile_bundle(tmp / "fragile-v2", name="toy-orphan", version=2)
-    with agent_for(world, "toy-orphan", "orphan", bundles[1], update_health_window_s=30.0) as agent:
-        update_id = publish_package(world["router"], package_from_bundles(fragile, bundles[1], world["key"]))
-        wait_state(world["router"], agent, "orphan", update_id, {"active"} | DONE)
+    with fragile_update_active(world, "orphan") as (agent, update_id):
         versions = world["tmp"] / "orphan" / "state" / "versions"
         (previous,) = [p for p in versions.iterdir() if p.name.startswith("v1-")]
         shutil.rmtree(previous)  # an operator (or a full disk) took the version to go back to
