@@ -85,12 +85,17 @@ async def serve(settings: RouterSettings, ready_callback=None) -> None:
     metrics = RouterMetrics(settings.router_id)
     updates = UpdateService(public_key_path=settings.update_public_key, check_uploads=settings.update_check_uploads,
                             agent_ttl_s=settings.update_agent_ttl_s, max_chunk_bytes=settings.max_message_bytes - 1024,
-                            store_dir=settings.update_store_dir)
+                            store_dir=settings.update_store_dir, announce_memory=not settings.update_state_in_redis)
     redis_client = None
     if settings.redis_url:
-        from cloud_router.redis_connection import connect
+        from cloud_router.redis_connection import connect, redact_url
 
         redis_client = await connect(settings.redis_url, startup_wait_s=settings.redis_startup_wait_s)
+        if settings.update_state_in_redis:
+            from cloud_router.redis_updates import RedisUpdateService
+
+            updates = RedisUpdateService(updates, redis_client, RedisKeys(settings.redis_prefix),
+                                         where=redact_url(settings.redis_url))
     router = build_router(settings, redis_client, on_batch=metrics.observe_batch)
     metrics.watch(router)
     await router.start()

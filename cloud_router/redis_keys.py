@@ -10,7 +10,18 @@
     {prefix}:fleet:agent:{agent}     string (JSON FleetEntry) with a TTL: one live agent
     {prefix}:fleet:index             sorted set: agent id -> expiry (unix s), to list entries without SCAN
 
-Every command touches one key, so the layout also works on Redis Cluster without hash tags.
+Model-update state (setting `update_state_in_redis`, cloud_router/redis_updates.py):
+
+    {prefix}:update:{id}             hash: manifest (the signed envelope), payload_bytes, chunks
+    {prefix}:update:{id}:chunk:{i}   string: chunk i of the update's payload (the manifest's chunk_size)
+    {prefix}:rollout:{model}         string (JSON StoredRollout): the model's current rollout
+    {prefix}:rollouts                set: model names that have a rollout
+    {prefix}:update-agent:{agent}    string (JSON AgentRecord): one agent's update record
+    {prefix}:update-agents           set: agent ids with an update record
+
+Every scheduling command touches one key, so that layout also works on Redis Cluster without
+hash tags. The update state uses multi-key transactions (WATCH/MULTI), so it needs one server
+or Sentinel, not Cluster (the settings refuse that).
 """
 
 from __future__ import annotations
@@ -56,3 +67,21 @@ class RedisKeys:
 
     def fleet_index(self) -> str:
         return f"{self.prefix}:fleet:index"
+
+    def update(self, update_id: str) -> str:
+        return f"{self.prefix}:update:{update_id}"
+
+    def update_chunk(self, update_id: str, index: int) -> str:
+        return f"{self.prefix}:update:{update_id}:chunk:{index}"
+
+    def rollout(self, model: str) -> str:
+        return f"{self.prefix}:rollout:{model}"
+
+    def rollout_index(self) -> str:
+        return f"{self.prefix}:rollouts"
+
+    def update_agent(self, agent_id: str) -> str:
+        return f"{self.prefix}:update-agent:{agent_id}"
+
+    def update_agent_index(self) -> str:
+        return f"{self.prefix}:update-agents"

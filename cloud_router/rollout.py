@@ -33,6 +33,12 @@ class PublishedUpdate:
     manifest: Manifest
     payload: bytes
     published_unix_s: float
+    payload_size: Optional[int] = None
+    """The payload's length where `payload` is not held (update state in Redis: its chunks are)."""
+
+    @property
+    def payload_bytes(self) -> int:
+        return len(self.payload) if self.payload_size is None else self.payload_size
 
 
 @dataclass

@@ -79,6 +79,11 @@ class RouterSettings(BaseSettings):
     """Directory where published updates (manifest and payload) and the rollout state are kept,
     so they survive a restart; reloaded and checked again at start. One router per directory.
     None keeps them in memory only: a restart loses them (publish again)."""
+    update_state_in_redis: bool = False
+    """Keep published updates, rollouts and agent records in Redis (`redis_url`, keys under
+    `redis_prefix`), shared by every replica using that Redis and prefix, so an agent or operator
+    may reach any replica. Needs `redis_url` (one server or Sentinel, not Cluster); excludes
+    `update_store_dir`."""
     metrics_port: Optional[int] = None
     """Port of the Prometheus /metrics endpoint; None disables it."""
     shutdown_grace_s: float = Field(default=10.0, ge=0)
@@ -90,4 +95,18 @@ class RouterSettings(BaseSettings):
     def _role_needs_redis(self) -> "RouterSettings":
         if self.role != "all" and not self.redis_url:
             raise ValueError(f"role {self.role!r} needs redis_url (without Redis a router is always role 'all')")
+        return self
+
+    @model_validator(mode="after")
+    def _update_state_in_one_place(self) -> "RouterSettings":
+        if not self.update_state_in_redis:
+            return self
+        if not self.redis_url:
+            raise ValueError("update_state_in_redis needs redis_url (the Redis that keeps the update state)")
+        if self.update_store_dir is not None:
+            raise ValueError("set update_store_dir or update_state_in_redis, not both: the update state lives in "
+                             "one place (a directory for one router, or Redis for all replicas)")
+        if "+cluster://" in self.redis_url.lower():
+            raise ValueError("update_state_in_redis needs one Redis server or Sentinel, not Redis Cluster "
+                             "(the update state uses multi-key transactions)")
         return self

@@ -6,17 +6,22 @@ from typing import AsyncIterator
 
 import grpc
 
+from typing import TYPE_CHECKING, Union
+
 from cloud_router.rollout import Rollout
 from cloud_router.updates import UpdateService
 from protos import edgecascade_pb2 as pb
 from shared.errors import InvalidInputError
 from shared.grpc_errors import grpc_errors
 
+if TYPE_CHECKING:
+    from cloud_router.redis_updates import RedisUpdateService
+
 
 class UpdateRpcs:
     """Mixed into `CloudRouterServicer`; needs `self.updates`."""
 
-    updates: UpdateService
+    updates: Union[UpdateService, "RedisUpdateService"]
 
     @grpc_errors
     async def PublishUpdate(self, request_iterator: AsyncIterator[pb.PublishUpdateRequest],
@@ -38,38 +43,32 @@ class UpdateRpcs:
         m = update.manifest
         return pb.PublishUpdateResponse(
             update_id=update.update_id, model_name=m.model_name, version=m.version, rollback=m.rollback,
-            payload_bytes=len(update.payload), target_bytes=m.target_size, patch_format=m.patch_format,
+            payload_bytes=update.payload_bytes, target_bytes=m.target_size, patch_format=m.patch_format,
         )
 
     @grpc_errors
     async def GetUpdateNotice(self, request: pb.UpdateNoticeRequest, context: grpc.aio.ServicerContext) -> pb.UpdateNotice:
-        update = self.updates.notice(request.agent_id, request.model_name, request.model_version)
-        if update is None:  # a change it made (a new agent, a health window ended) is written soon, unwaited
+        update = await self.updates.poll(request.agent_id, request.model_name, request.model_version)
+        if update is None:
             return pb.UpdateNotice(available=False)
-        # the agent acts on an offer: the offer and a new canary are durable first (with a store),
-        # so a restarted router knows them; UNAVAILABLE when they could not be written
-        await self.updates.durable()
         return pb.UpdateNotice(available=True, update_id=update.update_id, signed_manifest=update.signed_manifest)
 
     @grpc_errors
     async def FetchPatchChunk(self, request: pb.PatchChunkRequest, context: grpc.aio.ServicerContext) -> pb.PatchChunk:
-        data = self.updates.chunk(request.update_id, request.index)
+        data = await self.updates.fetch_chunk(request.update_id, request.index)
         return pb.PatchChunk(update_id=request.update_id, index=request.index, data=data)
 
     @grpc_errors
     async def ReportUpdateState(self, request: pb.UpdateStateReport, context: grpc.aio.ServicerContext) -> pb.UpdateStateAck:
-        self.updates.report(
+        await self.updates.take_report(
             request.agent_id, model_name=request.model_name, update_id=request.update_id, version=request.version,
             state=request.state, reason=request.reason, message=request.message, active_version=request.active_version,
         )
-        # the ack means the state is durable (with a store), so the agent may forget the report;
-        # UNAVAILABLE when it could not be written, and the agent sends it again
-        await self.updates.durable()
         return pb.UpdateStateAck()
 
     @grpc_errors
     async def GetRolloutStatus(self, request: pb.RolloutStatusRequest, context: grpc.aio.ServicerContext) -> pb.RolloutStatus:
-        rollouts, agents = self.updates.status(request.model_name)
+        rollouts, agents = await self.updates.rollout_status(request.model_name)
         return pb.RolloutStatus(
             rollouts=[_rollout_info(r) for r in rollouts],
             agents=[
@@ -87,6 +86,6 @@ def _rollout_info(rollout: Rollout) -> pb.RolloutInfo:
     update, m = rollout.update, rollout.update.manifest
     return pb.RolloutInfo(
         update_id=update.update_id, model_name=m.model_name, version=m.version, rollback=m.rollback, phase=rollout.phase,
-        canary_percent=rollout.canary_percent, payload_bytes=len(update.payload), target_bytes=m.target_size,
+        canary_percent=rollout.canary_percent, payload_bytes=update.payload_bytes, target_bytes=m.target_size,
         patch_format=m.patch_format, published_unix_s=update.published_unix_s,
     )

@@ -20,7 +20,7 @@ import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from cloud_router.rollout import OFFERED, AgentRecord, PublishedUpdate, Rollout, is_recent
 from cloud_router.state_writer import StateWriter
@@ -46,7 +46,7 @@ def update_id_of(signed_manifest: bytes, payload: bytes) -> str:
 class UpdateService:
     def __init__(self, *, public_key_path: Optional[Path] = None, check_uploads: bool = True,
                  agent_ttl_s: float = 120.0, max_payload_bytes: int = 1 << 30, max_chunk_bytes: int = 8 << 20,
-                 store_dir: Optional[Path] = None) -> None:
+                 store_dir: Optional[Path] = None, announce_memory: bool = True) -> None:
         self.public_key = load_public_key(public_key_path) if public_key_path else None
         self.check_uploads = check_uploads
         self.agent_ttl_s = agent_ttl_s
@@ -58,8 +58,9 @@ class UpdateService:
         self.store = UpdateStore(store_dir) if store_dir is not None else None
         self._writer: Optional[StateWriter] = None
         if self.store is None:
-            log.info("published model updates and rollout state live in memory only (update_store_dir is not set): "
-                     "a restart loses them")
+            if announce_memory:
+                log.info("published model updates and rollout state live in memory only (update_store_dir is not set): "
+                         "a restart loses them")
         else:
             self._restore()
             self._writer = StateWriter(self._snapshot, self._save_snapshot, where=str(self.store.directory))
@@ -85,7 +86,7 @@ class UpdateService:
 
     def read_manifest(self, signed_manifest: bytes) -> Manifest:
         """The manifest of an upload's first message, checked as far as the router can."""
-        manifest = self._manifest_of(signed_manifest)
+        manifest = self.manifest_of(signed_manifest)
         if manifest.payload_size > self.max_payload_bytes:
             raise InvalidInputError(f"payload of {manifest.payload_size} bytes is above the router's limit of {self.max_payload_bytes}")
         if manifest.chunk_size > self.max_chunk_bytes:
@@ -95,7 +96,7 @@ class UpdateService:
             raise ExpiredUpdateError(f"manifest for {manifest.model_name!r} v{manifest.version} has already expired")
         return manifest
 
-    def _manifest_of(self, signed_manifest: bytes) -> Manifest:
+    def manifest_of(self, signed_manifest: bytes) -> Manifest:
         """Parse an envelope; its signature is checked when uploads are and the key is known. No expiry check."""
         signed = SignedManifest.from_bytes(signed_manifest)
         if self.check_uploads and self.public_key is not None:
@@ -152,8 +153,31 @@ class UpdateService:
         if self.store is not None and replaced is not None and replaced.update_id != update.update_id:
             self.store.delete_update(replaced.update_id)
         log.info("published update %s: %s v%d%s, %d payload bytes, canary %g%%", update.update_id, manifest.model_name,
-                 manifest.version, " (rollback)" if manifest.rollback else "", len(update.payload), rollout.canary_percent)
+                 manifest.version, " (rollback)" if manifest.rollback else "", update.payload_bytes, rollout.canary_percent)
         return update
+
+    # --- what the RPCs call (the same calls as `RedisUpdateService`) ---------------------------
+
+    async def poll(self, agent_id: str, model_name: str, model_version: int) -> Optional[PublishedUpdate]:
+        """`notice`; an offer is durable (with a store) before it is returned: the agent acts on
+        it, so a restarted router must know the offer and a new canary. Any other change a poll
+        made (a new agent, a health window's end) is written soon, unwaited."""
+        update = self.notice(agent_id, model_name, model_version)
+        if update is not None:
+            await self.durable()
+        return update
+
+    async def fetch_chunk(self, update_id: str, index: int) -> bytes:
+        return self.chunk(update_id, index)
+
+    async def take_report(self, agent_id: str, **report: Any) -> None:
+        """`report`, answered once durable (with a store), so the agent may forget it;
+        UnavailableError when it could not be written, and the agent sends it again."""
+        self.report(agent_id, **report)
+        await self.durable()
+
+    async def rollout_status(self, model_name: str = "") -> tuple[list[Rollout], list[AgentRecord]]:
+        return self.status(model_name)
 
     # --- what agents call ---------------------------------------------------------------------
 
@@ -309,7 +333,7 @@ class UpdateService:
         assert self.store is not None
         try:
             stored = self.store.read_update(saved.update_id)
-            manifest = self._manifest_of(stored.signed_manifest)
+            manifest = self.manifest_of(stored.signed_manifest)
             if manifest.model_name != model_name:
                 raise BadManifestError(f"its manifest is for model {manifest.model_name!r}")
             if self.check_uploads:

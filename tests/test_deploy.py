@@ -125,7 +125,9 @@ def test_kustomize_renders_and_mounts_the_generated_config():
 # --- configs name only real settings ---------------------------------------------------------
 
 def test_router_config_holds_only_router_settings():
-    settings = load_settings(RouterSettings, K8S / "cloud.yaml")
+    env = {e["name"]: e["value"] for e in router_container(k8s_objects())["env"]}
+    # redis_url comes from the Deployment's env (update_state_in_redis needs it)
+    settings = load_settings(RouterSettings, K8S / "cloud.yaml", redis_url=env["EDGECASCADE_ROUTER_REDIS_URL"])
     assert settings.model_dirs, "the router refuses to start without model_dirs"
 
 
@@ -171,9 +173,8 @@ def test_router_deployment_matches_its_config_and_neighbours():
     assert args.cloud_command == "run" and Path(args.config) == Path(mounts["config"]) / "cloud.yaml"
     for model_dir in config["model_dirs"]:
         assert any(Path(model_dir).is_relative_to(path) for path in mounts.values()), f"{model_dir} is on no volume"
-    writable = [m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")]
-    assert any(Path(config["update_store_dir"]).is_relative_to(path) for path in writable), \
-        "update_store_dir is on no writable volume (the root filesystem is read-only)"
+    # the replicas share update state through Redis (from the env), so none is kept on a volume
+    assert config["update_state_in_redis"] is True and "update_store_dir" not in config
 
     service = objects[("Service", "edgecascade-router")]
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
