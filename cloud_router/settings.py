@@ -68,8 +68,9 @@ class RouterSettings(BaseSettings):
     cloud_budget_burst_s: float = Field(default=1.0, gt=0)
     """A budget's bucket holds this many seconds' worth of deferrals (at least one)."""
     update_public_key: Optional[Path] = None
-    """Ed25519 public key (PEM) of model updates. When set, a published update whose manifest
-    does not verify is refused at once. Agents verify every update themselves either way."""
+    """Ed25519 public key (PEM) of model updates. When set (and update_check_uploads is on), a
+    published update whose manifest does not verify is refused at once. Agents verify every
+    update themselves either way."""
     update_check_uploads: bool = True
     """Check each published update (manifest fields, expiry, payload length and hashes) before
     offering it. Off only in fault tests, where the router plays a faulty relay."""
@@ -78,7 +79,8 @@ class RouterSettings(BaseSettings):
     update_store_dir: Optional[Path] = None
     """Directory where published updates (manifest and payload) and the rollout state are kept,
     so they survive a restart; reloaded and checked again at start. One router per directory.
-    None keeps them in memory only: a restart loses them (publish again)."""
+    None: in memory only, so a restart loses them (publish again), or in Redis with
+    update_state_in_redis."""
     update_state_in_redis: bool = False
     """Keep published updates, rollouts and agent records in Redis (`redis_url`, keys under
     `redis_prefix`), shared by every replica using that Redis and prefix, so an agent or operator

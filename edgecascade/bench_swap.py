@@ -1,9 +1,9 @@
 """Hot-swap benchmark: model updates through a real router and agent under steady load.
 
 An open-loop client, in a process of its own, sends `rate_rps` requests per second (evenly
-spaced) to the agent the whole time. The router and the bench's own thread run at nice 10:
-they stand for other machines (the cloud, the operator); the bench keeps one channel to the
-router for publishing and status polls (every `STATUS_POLL_S`). After a warm-up, the bench
+spaced) to the agent the whole time. The router and the bench process (every thread of
+each) run at nice 10: they stand for other machines (the cloud, the operator); the bench keeps
+one channel to the router for publishing and status polls (every `STATUS_POLL_S`). After a warm-up, the bench
 publishes `swaps` signed updates one after the other (v1 -> v2 -> ... ; an ONNX MLP whose
 weights all move a little each time) and waits for the agent to report each one healthy.
 
