@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgecascade.bench_delta", description="Delta-update benchmark.")
     parser.add_argument("--out", default="delta_bench.json", help="where to write the JSON report")
     parser.add_argument("--quick", action="store_true", help="small models only (about a minute)")
-    parser.add_argument("--swap-runs", type=int, default=1, help="hot-swap runs; the median one is reported")
+    parser.add_argument("--swap-runs", type=int, default=3, help="hot-swap runs; the median one is reported")
     args = parser.parse_args(argv)
     report = run_delta_bench(args.out, args.quick, args.swap_runs)
     for pair in report["pairs"]:

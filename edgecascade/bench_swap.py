@@ -322,7 +322,7 @@ def run_swap_bench(quick: bool = False, *, swaps: int | None = None, rate_rps: f
     publish_ms, cloud_ms = latencies([(a, b) for _, a, b in publish_windows]), latencies(cloud_windows)
     busy_ms = latencies(busy_windows)
     p99_steady, p99_swap = _p(steady_ms, 99), _p(swap_ms, 99)
-    # The headline p99 over all swap requests (~30 per swap) is decided by a handful of them,
+    # The headline p99 over all swap requests (~31 per swap) is decided by a handful of them,
     # so one stall anywhere on the machine moves it; the p99 of each swap's own requests, and
     # its median over the swaps, shows whether swaps are slow in general or one was.
     per_swap_p99 = [_p(latencies([window]), 99) for window in swap_windows]

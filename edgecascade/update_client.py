@@ -12,6 +12,7 @@ from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.delta.package import DeltaPackage
 from shared.errors import EdgecascadeError, error_for_code
+from shared.update_states import FAILED_STATES, HEALTHY
 
 UPLOAD_MESSAGE_BYTES = 1 << 20
 Progress = Callable[[int, int], None]
@@ -65,24 +66,28 @@ def rollout_status(target: str, model_name: str = "", timeout_s: float = 10.0,
 
 
 def rollout_settled(status: pb.RolloutStatus, update_id: str) -> Optional[str]:
-    """`done` when every agent the router knows for the update's model reports it healthy,
-    `halted` when the rollout stopped, None while it is still going."""
+    """Where the rollout of `update_id` stands, once it is over: `done` when every agent the
+    router knows for the update's model reports it healthy (or already served its version),
+    `failed` when it reached every agent but some refused it or rolled it back, `halted` or
+    `replaced` when it stopped; None while it is still going."""
     rollout = next((r for r in status.rollouts if r.update_id == update_id), None)
     if rollout is None:
         return "replaced"
     if rollout.phase == "halted":
         return "halted"
     agents = [a for a in status.agents if a.model_name == rollout.model_name]
-    if rollout.phase == "full" and agents and all(
-        a.update_id == update_id and a.state in ("healthy", "rejected", "rolled_back") for a in agents
-    ):
-        return "done"
-    return None
+    if rollout.phase != "full" or not agents:
+        return None
+    ours = [a for a in agents if a.update_id == update_id]
+    there_already = [a for a in agents if a.update_id != update_id and a.active_version == rollout.version]
+    if len(ours) + len(there_already) < len(agents) or any(a.state not in FAILED_STATES | {HEALTHY} for a in ours):
+        return None
+    return "failed" if any(a.state != HEALTHY for a in ours) else "done"
 
 
 def follow_rollout(target: str, update_id: str, model_name: str, *, timeout_s: float, poll_s: float = 1.0,
                    on_status: Optional[Callable[[pb.RolloutStatus], None]] = None) -> str:
-    """Poll the rollout until it settles (`done`, `halted`, `replaced`) or `timeout` passes."""
+    """Poll the rollout until it settles (`done`, `failed`, `halted`, `replaced`) or `timeout` passes."""
     deadline = time.monotonic() + timeout_s
     while True:
         status = rollout_status(target, model_name)

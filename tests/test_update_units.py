@@ -240,3 +240,29 @@ def test_short_gil_turns_lowers_the_switch_interval_for_the_block_only():
     assert sys.getswitchinterval() == before
     with pytest.raises(InvalidInputError, match="positive"), short_gil_turns(0):
         pass
+
+
+def _status(phase: str, *agents: tuple[str, str, str, int]) -> "pb.RolloutStatus":
+    """A rollout of update `u2` (v2) of model `m` and agents (id, update id, state, active version)."""
+    from protos import edgecascade_pb2 as pb
+
+    return pb.RolloutStatus(
+        rollouts=[pb.RolloutInfo(update_id="u2", model_name="m", version=2, phase=phase)],
+        agents=[pb.AgentUpdateState(agent_id=a, model_name="m", update_id=u, state=s, active_version=v)
+                for a, u, s, v in agents])
+
+
+@pytest.mark.parametrize("status, outcome", [
+    (_status("full", ("a", "u2", "healthy", 2), ("b", "u2", "healthy", 2)), "done"),
+    (_status("full", ("a", "u2", "healthy", 2), ("b", "", "", 2)), "done"),              # b was on v2 already
+    (_status("full", ("a", "u2", "healthy", 2), ("b", "u2", "rolled_back", 1)), "failed"),
+    (_status("full", ("a", "u2", "healthy", 2), ("b", "u2", "applied", 1)), None),     # b is still at it
+    (_status("full", ("a", "u2", "healthy", 2), ("b", "", "", 1)), None),              # b has not heard yet
+    (_status("canary", ("a", "u2", "healthy", 2)), None),
+    (_status("halted", ("a", "u2", "rejected", 1)), "halted"),
+])
+def test_wait_settles_only_when_every_agent_is_done_and_tells_failure_apart(status, outcome):
+    from edgecascade.update_client import rollout_settled
+
+    assert rollout_settled(status, "u2") == outcome
+    assert rollout_settled(status, "other") == "replaced"

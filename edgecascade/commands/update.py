@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="share of agents (percent) that update first; the rest follow once they report healthy")
         cmd.add_argument("--expires-in-s", type=float, default=7 * 24 * 3600.0, help="agents refuse the update after this")
         cmd.add_argument("--golden", type=int, default=8, help="golden inputs the agents check the new model on (0: none)")
-        cmd.add_argument("--wait", action="store_true", help="follow the rollout until every agent reports")
+        cmd.add_argument("--wait", action="store_true", help="follow the rollout until every agent reports; exit 0 only when all are healthy")
         cmd.add_argument("--wait-s", type=float, default=600.0, help="how long --wait follows the rollout")
         cmd.set_defaults(func=_push, rollback=name == "rollback")
 
