@@ -37,7 +37,7 @@ from cloud_router.rollout import CANARY, AgentRecord, PublishedUpdate, Rollout
 from cloud_router.update_store import StoredRollout
 from cloud_router.updates import UpdateService
 from shared.delta.manifest import Manifest
-from shared.errors import InvalidInputError, UnavailableError, UpdateNotFoundError
+from shared.errors import InvalidInputError, UnavailableError, UpdateNotFoundError, UpdateRejectedError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,6 +56,7 @@ class RedisUpdateService:
     def __init__(self, checks: UpdateService, client: Any, keys: RedisKeys, *, where: str) -> None:
         self.checks, self.client, self.keys, self.where = checks, client, keys, where
         self._updates: dict[str, tuple[bytes, Manifest, int]] = {}  # update id -> (envelope, manifest, payload bytes)
+        self._unusable: set[str] = set()  # stored updates whose manifest fails this replica's checks (logged once)
         log.info("published model updates, rollouts and agent records live in Redis at %s (prefix %r), shared by "
                  "every replica using it", where, keys.prefix)
 
@@ -222,7 +223,16 @@ class RedisUpdateService:
             if signed is None:
                 log.warning("rollout of update %s names no stored update in Redis: not offered", stored.update_id)
                 return None
-            known = (signed, self.checks.manifest_of(signed), int(payload_bytes))
+            try:
+                manifest = self.checks.manifest_of(signed)
+            except UpdateRejectedError as exc:
+                if stored.update_id not in self._unusable:
+                    self._unusable.add(stored.update_id)
+                    log.error("stored update %s in Redis does not check out on this replica (%s: %s); this replica "
+                              "does not offer it (is its update_public_key the one the other replicas use?)",
+                              stored.update_id, exc.reason, exc)
+                return None
+            known = (signed, manifest, int(payload_bytes))
             self._updates[stored.update_id] = known
         signed, manifest, payload_bytes = known
         update = PublishedUpdate(stored.update_id, signed, manifest, b"", stored.published_unix_s, payload_size=payload_bytes)

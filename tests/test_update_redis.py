@@ -90,6 +90,36 @@ def test_two_replicas_share_state_and_concurrent_canary_reports_finish_the_rollo
     asyncio.run(scenario())
 
 
+
+def test_a_replica_with_another_update_key_does_not_offer_the_stored_update(keys, redis_url, caplog):
+    _, pkgs = packages(keys, "keyed")
+    _, other_public = make_keys(keys["tmp"], name="other")
+    prefix = RedisKeys("k")
+
+    async def scenario():
+        clients = [client_from_url(redis_url) for _ in range(2)]
+        try:
+            right = RedisUpdateService(UpdateService(public_key_path=keys["public"], announce_memory=False), clients[0],
+                                       prefix, where=redis_url)
+            wrong = RedisUpdateService(UpdateService(public_key_path=other_public, announce_memory=False), clients[1],
+                                       prefix, where=redis_url)
+            update = await right.publish_off_loop(pkgs[2].signed_manifest, pkgs[2].payload, 0)
+            for _ in range(2):
+                assert await wrong.poll("agent-w", "keyed", 1) is None       # not offered, no error
+            await wrong.take_report("agent-r", model_name="keyed", update_id=update.update_id, version=2,
+                                    state="healthy", active_version=2)       # reports still land
+            assert (await right.poll("agent-x", "keyed", 1)).update_id == update.update_id
+            _, records = await right.rollout_status("keyed")
+            return update, {r.agent_id: r.state for r in records}
+        finally:
+            for client in clients:
+                await close_quietly(client)
+
+    update, states = asyncio.run(scenario())
+    assert states["agent-r"] == "healthy"
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and update.update_id in r.getMessage()]
+    assert len(errors) == 1 and "bad_signature" in errors[0].getMessage()   # said once, with the reason
+
 # --- two router daemons and real agents ---------------------------------------------------------------
 
 def comparable(status: pb.RolloutStatus) -> tuple:
