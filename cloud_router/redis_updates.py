@@ -29,12 +29,11 @@ import logging
 import math
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional, TypeVar
 
-from pydantic import TypeAdapter
 from redis.exceptions import RedisError, WatchError
 
 from cloud_router.redis_keys import RedisKeys
 from cloud_router.rollout import CANARY, AgentRecord, PublishedUpdate, Rollout
-from cloud_router.update_store import StoredRollout
+from cloud_router.update_store import AGENT_RECORD, StoredRollout
 from cloud_router.updates import UpdateService
 from shared.delta.manifest import Manifest
 from shared.errors import InvalidInputError, UnavailableError, UpdateNotFoundError, UpdateRejectedError
@@ -45,7 +44,6 @@ T = TypeVar("T")
 #: Tries of one transaction before giving up (UNAVAILABLE; the agent tries again) when other
 #: replicas keep changing the same keys.
 MAX_TRIES = 50
-_AGENT_RECORD = TypeAdapter(AgentRecord)
 
 
 class RedisUpdateService:
@@ -75,8 +73,7 @@ class RedisUpdateService:
         update, manifest = rollout.update, rollout.update.manifest
         model, size = manifest.model_name, manifest.chunk_size
         chunks = max(1, math.ceil(len(payload) / size))
-        stored = StoredRollout(update_id=update.update_id, canary_percent=canary_percent, phase=rollout.phase,
-                               canary_agents=[], published_unix_s=update.published_unix_s)
+        stored = StoredRollout.of(rollout)
         rollout_key = self.keys.rollout(model)
 
         async def store(pipe: Any) -> None:
@@ -150,7 +147,7 @@ class RedisUpdateService:
         async def work(pipe: Any) -> T:
             await pipe.watch(agent_key)
             raw = await pipe.get(agent_key)
-            record = _AGENT_RECORD.validate_json(raw) if raw else None
+            record = AGENT_RECORD.validate_json(raw) if raw else None
             model = model_name or (record.model_name if record else "")
             records = {agent_id: record} if record else {}
             rollout = None
@@ -165,7 +162,7 @@ class RedisUpdateService:
                         await pipe.watch(*[self.keys.update_agent(a) for a in canaries])
                         for value in await pipe.mget([self.keys.update_agent(a) for a in canaries]):
                             if value:
-                                other = _AGENT_RECORD.validate_json(value)
+                                other = AGENT_RECORD.validate_json(value)
                                 records[other.agent_id] = other
                 else:  # the first canary is picked among the recent peers
                     for other in await self._all_agents(pipe):
@@ -180,14 +177,11 @@ class RedisUpdateService:
             pipe.multi()
             for other_id, after in scratch.agents.items():
                 if records.get(other_id) != after:
-                    pipe.set(self.keys.update_agent(other_id), _AGENT_RECORD.dump_json(after))
+                    pipe.set(self.keys.update_agent(other_id), AGENT_RECORD.dump_json(after))
             if agent_id not in records:
                 pipe.sadd(self.keys.update_agent_index(), agent_id)
             if rollout is not None and (rollout.phase, rollout.canary_agents) != (phase_before, canaries_before):
-                stored = StoredRollout(update_id=rollout.update_id, canary_percent=rollout.canary_percent,
-                                       phase=rollout.phase, canary_agents=sorted(rollout.canary_agents),
-                                       published_unix_s=rollout.update.published_unix_s)
-                pipe.set(self.keys.rollout(model), stored.model_dump_json())
+                pipe.set(self.keys.rollout(model), StoredRollout.of(rollout).model_dump_json())
             return result
 
         return await self._transaction("update state", work)
@@ -236,13 +230,11 @@ class RedisUpdateService:
             self._updates[stored.update_id] = known
         signed, manifest, payload_bytes = known
         update = PublishedUpdate(stored.update_id, signed, manifest, b"", stored.published_unix_s, payload_size=payload_bytes)
-        rollout = Rollout(update, stored.canary_percent)
-        rollout.phase, rollout.canary_agents = stored.phase, set(stored.canary_agents)
-        return rollout
+        return stored.rollout_of(update)
 
     async def _all_agents(self, conn: Any) -> list[AgentRecord]:
         ids = sorted(a.decode() for a in await conn.smembers(self.keys.update_agent_index()))
         if not ids:
             return []
         values = await conn.mget([self.keys.update_agent(a) for a in ids])
-        return [_AGENT_RECORD.validate_json(v) for v in values if v]
+        return [AGENT_RECORD.validate_json(v) for v in values if v]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator, Union
 
 import grpc
-
-from typing import TYPE_CHECKING, Union
 
 from cloud_router.rollout import Rollout
 from cloud_router.updates import UpdateService

@@ -34,7 +34,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from cloud_router.rollout import AgentRecord
+from cloud_router.rollout import AgentRecord, PublishedUpdate, Rollout
 from shared.delta.install import atomic_write_bytes, fsync_dir, remove_stale_temps
 from shared.errors import ConfigError
 
@@ -58,6 +58,17 @@ class StoredRollout(BaseModel):
     phase: Literal["canary", "full", "halted"]
     canary_agents: list[str]
     published_unix_s: float
+
+    @classmethod
+    def of(cls, rollout: Rollout) -> "StoredRollout":
+        return cls(update_id=rollout.update_id, canary_percent=rollout.canary_percent, phase=rollout.phase,
+                   canary_agents=sorted(rollout.canary_agents), published_unix_s=rollout.update.published_unix_s)
+
+    def rollout_of(self, update: PublishedUpdate) -> Rollout:
+        """The rollout this describes, of `update` (read back from where it was stored)."""
+        rollout = Rollout(update, self.canary_percent)
+        rollout.phase, rollout.canary_agents = self.phase, set(self.canary_agents)
+        return rollout
 
 
 class StoredState(BaseModel):
@@ -177,7 +188,8 @@ class UpdateStore:
                 path.unlink(missing_ok=True)
 
 
-_AGENT_RECORD = TypeAdapter(AgentRecord)
+AGENT_RECORD = TypeAdapter(AgentRecord)
+"""An agent record to and from JSON (the state file's lines, the Redis update state's values)."""
 
 
 def state_json(state: StoredState) -> bytes:
@@ -185,7 +197,7 @@ def state_json(state: StoredState) -> bytes:
     pydantic holds the GIL for a whole call, so between calls the event loop gets its turn while
     this runs in a worker thread, however large the fleet."""
     head = state.model_dump_json(exclude={"agents"}).encode()  # {"format":...,"rollouts":{...}}
-    agents = b",".join(b"\n" + _AGENT_RECORD.dump_json(record) for record in state.agents)
+    agents = b",".join(b"\n" + AGENT_RECORD.dump_json(record) for record in state.agents)
     return head[:-1] + b',"agents":[' + agents + b"\n]}\n"
 
 

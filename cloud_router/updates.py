@@ -296,10 +296,7 @@ class UpdateService:
         rollouts = dict(self.rollouts)
         if new_rollout is not None:
             rollouts[new_rollout.update.manifest.model_name] = new_rollout
-        stored = {name: StoredRollout(update_id=r.update_id, canary_percent=r.canary_percent, phase=r.phase,
-                                      canary_agents=sorted(r.canary_agents), published_unix_s=r.update.published_unix_s)
-                  for name, r in rollouts.items()}
-        return stored, [record.__dict__.copy() for record in self.agents.values()]
+        return {name: StoredRollout.of(r) for name, r in rollouts.items()}, [record.__dict__.copy() for record in self.agents.values()]
 
     def _save_snapshot(self, snapshot: tuple[dict[str, StoredRollout], list[dict]]) -> None:
         assert self.store is not None
@@ -347,8 +344,7 @@ class UpdateService:
                         f" (its files are kept in {aside})" if aside else "")
             return None
         update = PublishedUpdate(saved.update_id, stored.signed_manifest, manifest, stored.payload, saved.published_unix_s)
-        rollout = Rollout(update, saved.canary_percent)
-        rollout.phase, rollout.canary_agents = saved.phase, set(saved.canary_agents)
+        rollout = saved.rollout_of(update)
         if self.check_uploads and _expired(manifest):
             log.warning("stored update %s of %s v%d expired at %d: shown in status, not offered", saved.update_id,
                         model_name, manifest.version, manifest.expires_at)
