@@ -5,7 +5,8 @@ A transformer's forward pass over a padded chunk of n sequences costs about
 thread-pool barriers) plus the padded tokens. One chunk for a whole batch pays the fixed price
 once but pads every short text to the longest; one chunk per text pads nothing but pays the
 fixed price each time. Sorted by length, the best split into contiguous runs is a small
-dynamic programme (n <= a few hundred: microseconds).
+dynamic programme (measured: 0.14 ms for 32 texts, 0.5 ms for 64, next to the
+tens of milliseconds of the forward passes it plans).
 """
 
 from __future__ import annotations
