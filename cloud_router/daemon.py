@@ -77,6 +77,7 @@ def build_worker(settings: RouterSettings, router: Router, redis_client: Any, on
     batch = settings.max_batch_size if settings.batching else 1
     return RedisWorker(redis_client, RedisKeys(settings.redis_prefix), router.models, worker_id=settings.router_id,
                        max_batch_size=batch, claim_idle_ms=settings.redis_claim_idle_ms,
+                       worker_ttl_ms=settings.redis_worker_ttl_ms,
                        max_deliveries=settings.redis_max_deliveries, block_ms=settings.redis_block_ms,
                        on_batch=on_batch)
 

@@ -59,7 +59,9 @@ class RouterKServeBackend:
                 raise UnavailableError("the cloud router is not ready (models still loading)")
             batch = km.row_batch(request, model, default_timeout_ms=self.settings.default_timeout_ms,
                                  max_timeout_ms=self.settings.max_timeout_ms)
-        predictions = await km.run_rows(batch, functools.partial(self._row, model.name))
+        # two batches' worth in flight: one computing, one gathering; a big request never more
+        in_flight = max(km.MAX_ROWS_IN_FLIGHT, 2 * self.settings.max_batch_size)
+        predictions = await km.run_rows(batch, functools.partial(self._row, model.name), max_in_flight=in_flight)
         return InferenceResult(
             outputs=km.prediction_outputs(predictions),
             model_version=str(model.version),

@@ -4,6 +4,7 @@
     {prefix}:dead:{model}            stream: entries a worker could not process, with the reason
     {prefix}:reply:{frontend}        list: replies for one router front end (BLMPOP)
     {prefix}:capacity:{model}        hash: worker id -> "rows_per_s:unix_ms", measured by each worker
+    {prefix}:alive:{consumer}        string with a TTL (redis_worker_ttl_ms): one live worker consumer
     {prefix}:pressure:{model}        string (JSON): the model's latest pressure, with a TTL
     {prefix}:budget:agent:{agent}    hash: token bucket of one agent's cloud budget
     {prefix}:budget:fleet            hash: token bucket of the fleet-wide cloud budget
@@ -43,6 +44,9 @@ class RedisKeys:
 
     def work_stream(self, model: str) -> str:
         return f"{self.prefix}:work:{model}"
+
+    def worker_alive(self, consumer: str) -> str:
+        return f"{self.prefix}:alive:{consumer}"
 
     def dead_letter_stream(self, model: str) -> str:
         return f"{self.prefix}:dead:{model}"

@@ -42,6 +42,17 @@ def _expire(future: asyncio.Future, model_name: str) -> None:
         future.set_exception(DeadlineError(f"no worker answered {model_name!r} before the deadline"))
 
 
+def _settle(future: asyncio.Future) -> None:
+    """A request's future, once its caller stops waiting: cancelled if still open, its error
+    retrieved if it has one. The deadline timer or a lost connection can fail the future while
+    the XADD is still under way; the XADD's own error then reaches the caller, and the
+    future's would otherwise be logged as "Future exception was never retrieved"."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
+
+
 class RedisScheduler:
     """The `Scheduler` protocol over Redis Streams (see cloud_router.scheduler)."""
 
@@ -125,6 +136,7 @@ class RedisScheduler:
         finally:
             timer.cancel()
             self._waiting.pop(ticket, None)
+            _settle(future)
         self.answered += 1
         return reply_result(reply)
 

@@ -1,8 +1,13 @@
 """A cloud worker replica: reads deferred requests from Redis Streams and answers them.
 
+Each worker keeps a liveness key (`{prefix}:alive:{consumer}`) alive: it sets it with a TTL
+of `worker_ttl_ms` every third of that, from a task of its own, and deletes it when it stops.
+
 Per hosted model, one loop:
-  1. every `reclaim_interval_s`, XAUTOCLAIM entries another consumer has held longer than
-     `claim_idle_ms` (a dead or stuck worker) and process them; entries delivered more than
+  1. every `reclaim_interval_s` (half the shorter of `worker_ttl_ms` and `claim_idle_ms`), take
+     over (XCLAIM) the entries of consumers whose liveness key has expired (a dead worker: a
+     SIGKILL, a crash, a lost connection), and XAUTOCLAIM entries any other consumer has held
+     longer than `claim_idle_ms` (a stuck worker); process them. Entries delivered more than
      `max_deliveries` times go to the dead-letter stream instead (never retried forever);
   2. XREADGROUP with COUNT = the batch size: the read itself forms the batch;
   3. drop entries past their deadline (acknowledged, never computed), move malformed ones to
@@ -60,8 +65,9 @@ class RedisWorker:
         worker_id: str,
         max_batch_size: int = 32,
         claim_idle_ms: int = 2000,
+        worker_ttl_ms: int = 300,
         max_deliveries: int = 3,
-        block_ms: int = 500,
+        block_ms: int = 100,
         dead_letter_max_len: int = 10_000,
         capacity_interval_s: float = 1.0,
         executor: Optional[Executor] = None,
@@ -75,7 +81,8 @@ class RedisWorker:
         self.consumer = f"{worker_id}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.max_batch_size = max_batch_size
         self.claim_idle_ms = int(claim_idle_ms)
-        self.reclaim_interval_s = max(0.05, claim_idle_ms / 2000.0)
+        self.worker_ttl_ms = int(worker_ttl_ms)
+        self.reclaim_interval_s = max(0.02, min(claim_idle_ms, worker_ttl_ms) / 2000.0)
         self.max_deliveries = max_deliveries
         self.block_ms = int(block_ms)
         self.dead_letter_max_len = dead_letter_max_len
@@ -83,6 +90,7 @@ class RedisWorker:
         self._on_batch = on_batch
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-model")
         self._tasks: list[asyncio.Task] = []
+        self._alive_task: Optional[asyncio.Task] = None
         self._stopping = False
         self._reply_prefix = keys.reply_list("")
         self.capacity = {name: CapacityMeter() for name in models}
@@ -90,13 +98,15 @@ class RedisWorker:
         self.processed = 0          # requests answered from the model
         self.expired = 0            # dropped past their deadline, never computed
         self.dead_lettered = 0
-        self.reclaimed = 0          # entries taken over from another consumer
+        self.reclaimed = 0          # entries taken over from another consumer (dead or stuck)
         self.batch_sizes: list[int] = []
 
     async def start(self) -> None:
         for name in self.models:
             await ensure_group(self.client, self.keys.work_stream(name))
+        await self._refresh_alive()   # before the first read: a peer must never see this worker's entries unowned
         loop = asyncio.get_running_loop()
+        self._alive_task = loop.create_task(self._stay_alive(), name="worker-alive")
         self._tasks = [loop.create_task(self._run(model), name=f"worker-{name}") for name, model in self.models.items()]
         log.info("worker %s reading %s", self.consumer, [self.keys.work_stream(n) for n in self.models])
 
@@ -111,11 +121,31 @@ class RedisWorker:
             if pending:   # the loops also check the flag: a swallowed cancellation still ends them
                 await asyncio.wait(pending, timeout=2.0)
             self._tasks = []
+        if self._alive_task is not None:
+            self._alive_task.cancel()
+            await asyncio.wait([self._alive_task], timeout=2.0)
+            self._alive_task = None
         try:
+            # gone now: peers take over at once whatever this worker still holds
+            await self.client.delete(self.keys.worker_alive(self.consumer))
             for name in self.models:
                 await self.client.hdel(self.keys.capacity(name), self.consumer)
         except RedisError:
             pass
+
+    # -- liveness ------------------------------------------------------------------------
+
+    async def _refresh_alive(self) -> None:
+        await self.client.set(self.keys.worker_alive(self.consumer), b"1", px=self.worker_ttl_ms)
+
+    async def _stay_alive(self) -> None:
+        interval_s = self.worker_ttl_ms / 3000.0
+        while not self._stopping:
+            try:
+                await self._refresh_alive()
+            except (RedisError, OSError) as exc:   # the read loop reports a lost Redis
+                log.debug("worker %s: liveness key not refreshed: %s", self.consumer, exc)
+            await asyncio.sleep(interval_s)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -255,14 +285,53 @@ class RedisWorker:
     # -- taking over a dead peer's work ---------------------------------------------------
 
     async def _reclaim(self, model: Model, stream: str) -> None:
-        response = await self.client.xautoclaim(stream, WORK_GROUP, self.consumer, min_idle_time=self.claim_idle_ms,
-                                                start_id="0-0", count=self.max_batch_size)
-        claimed = [(entry_id, fields) for entry_id, fields in response[1]] if len(response) > 1 else []
-        deleted = response[2] if len(response) > 2 else []
-        if deleted:   # entries trimmed away while pending: XAUTOCLAIM already dropped them from the PEL
-            log.info("worker %s: %d pending entries of %s were trimmed before anyone answered", self.consumer, len(deleted), stream)
-        if not claimed:
-            return
+        """Take over a dead peer's entries, then a stuck one's, and answer them."""
+        claimed = await self._claim_from_dead(stream)
+        if claimed:
+            log.info("worker %s: reclaimed %d entries of %s from dead workers (liveness key expired)", self.consumer,
+                     len(claimed), stream)
+        else:
+            response = await self.client.xautoclaim(stream, WORK_GROUP, self.consumer, min_idle_time=self.claim_idle_ms,
+                                                    start_id="0-0", count=self.max_batch_size)
+            claimed = [(entry_id, fields) for entry_id, fields in response[1]] if len(response) > 1 else []
+            deleted = response[2] if len(response) > 2 else []
+            if deleted:   # entries trimmed away while pending: XAUTOCLAIM already dropped them from the PEL
+                log.info("worker %s: %d pending entries of %s were trimmed before anyone answered", self.consumer,
+                         len(deleted), stream)
+            if claimed:
+                log.info("worker %s: reclaimed %d entries of %s idle for %d ms", self.consumer, len(claimed), stream,
+                         self.claim_idle_ms)
+        if claimed:
+            await self._answer_claimed(model, stream, claimed)
+
+    async def _claim_from_dead(self, stream: str) -> list:
+        """Up to a batch of entries held by consumers whose liveness key has expired, now ours.
+        XCLAIM's idle floor (half the TTL) keeps two live workers from taking the same entries
+        from each other: claiming resets an entry's idle time."""
+        summary = await self.client.xpending(stream, WORK_GROUP)
+        holders = [c["name"] for c in summary.get("consumers") or [] if c["name"] != self.consumer.encode()]
+        if not holders:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for name in holders:
+            pipe.exists(self.keys.worker_alive(name.decode()))
+        alive = await pipe.execute()
+        for name, is_alive in zip(holders, alive):
+            if is_alive:
+                continue
+            pending = await self.client.xpending_range(stream, WORK_GROUP, min="-", max="+", count=self.max_batch_size,
+                                                       consumername=name)
+            ids = [p["message_id"] for p in pending]
+            if not ids:
+                continue
+            claimed = await self.client.xclaim(stream, WORK_GROUP, self.consumer, min_idle_time=self.worker_ttl_ms // 2,
+                                               message_ids=ids)
+            claimed = [(entry_id, fields) for entry_id, fields in claimed or [] if entry_id is not None]
+            if claimed:
+                return claimed
+        return []
+
+    async def _answer_claimed(self, model: Model, stream: str, claimed: list) -> None:
         self.reclaimed += len(claimed)
         ids = [entry_id for entry_id, _ in claimed]
         pending = await self.client.xpending_range(stream, WORK_GROUP, min=min(ids, key=_id_key), max=max(ids, key=_id_key),
@@ -270,7 +339,6 @@ class RedisWorker:
         deliveries = {p["message_id"]: p["times_delivered"] for p in pending}
         poison = [(i, f) for i, f in claimed if deliveries.get(i, 0) > self.max_deliveries]
         rest = [(i, f) for i, f in claimed if deliveries.get(i, 0) <= self.max_deliveries]
-        log.info("worker %s: reclaimed %d entries of %s idle for %d ms", self.consumer, len(claimed), stream, self.claim_idle_ms)
         if poison:
             dead = [(i, f or {}, f"delivered {deliveries[i]} times without an acknowledgement (workers died on it)")
                     for i, f in poison]

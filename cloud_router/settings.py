@@ -46,15 +46,23 @@ class RouterSettings(BaseSettings):
     """Prefix of every Redis key (cloud_router/redis_keys.py); routers sharing one prefix share work."""
     redis_startup_wait_s: float = Field(default=5.0, ge=0)
     """How long start-up waits for Redis to answer before it fails with the (password-free) URL."""
+    redis_worker_ttl_ms: int = Field(default=300, ge=50, le=60_000)
+    """Each worker refreshes a liveness key every third of this. Once the key of a worker that
+    holds entries has expired (the worker died or lost Redis), a live worker takes those entries
+    over at once (XCLAIM), so a dead worker's work is answered within a 1 s deadline. Keep it
+    above the longest pause of a worker's event loop (the model runs off the loop), or a live
+    worker's batch is sometimes computed twice (harmless, wasted)."""
     redis_claim_idle_ms: int = Field(default=2_000, ge=10)
-    """A worker takes over entries another worker has held unacknowledged this long (XAUTOCLAIM).
-    Keep it above the longest batch time, or slow batches get computed twice (harmless, wasted)."""
+    """A worker also takes over entries another worker, alive or not, has held unacknowledged this
+    long (XAUTOCLAIM): a stuck worker. Keep it above the longest batch time, or slow batches get
+    computed twice (harmless, wasted)."""
     redis_max_deliveries: int = Field(default=3, ge=1)
     """Entries delivered more often than this without an acknowledgement go to the dead-letter stream."""
     redis_stream_max_len: int = Field(default=100_000, ge=100)
     """Approximate cap on each work stream (XADD MAXLEN ~), so Redis memory stays bounded."""
-    redis_block_ms: int = Field(default=500, ge=10, le=4_000)
-    """How long a worker's read blocks when there is no work (only affects shutdown and reclaim pace)."""
+    redis_block_ms: int = Field(default=100, ge=10, le=4_000)
+    """How long a worker's read blocks when there is no work. An idle worker looks for a dead
+    peer's entries only between reads, so this adds to the takeover time."""
     pressure_saturation_wait_ms: float = Field(default=500.0, gt=0)
     """Expected queueing wait that counts as saturated (pressure 1); see cloud_router/pressure.py."""
     pressure_interval_ms: float = Field(default=200.0, ge=10)

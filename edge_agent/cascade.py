@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -26,6 +26,16 @@ from shared.policy import DeferralPolicy
 from shared.prediction import Prediction
 from shared.signals import Signals, signals_of
 from shared.tensor_codec import from_proto
+
+#: Rows the edge model computes per call in `Cascade.infer_rows`; the event loop serves other
+#: callers between chunks.
+EDGE_CHUNK_ROWS = 256
+#: Deferred rows of one batch waiting on the cloud at once (`Cascade.infer_rows`).
+MAX_CLOUD_ROWS_IN_FLIGHT = 128
+#: Time to turn one row's result into the response, reserved before a batch's deadline on top
+#: of the fallback reserve. For 4,096 rows on a 2-core VM, the rows' fallbacks, outputs and
+#: parameters took 6-10 us a row when quiet and 35 us under a load average of 10.
+FINISH_S_PER_ROW = 50e-6
 
 
 @dataclass
@@ -37,6 +47,16 @@ class CascadeResult:
     cloud_ms: float = 0.0
     defer_reason: str = ""
     fallback_reason: str = ""
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    """An input the edge defers: its own answer, kept for a fallback."""
+
+    prediction: Prediction
+    signals: Signals
+    edge_ms: float
+    defer_reason: str
 
 
 @dataclass
@@ -77,12 +97,60 @@ class Cascade:
             active.errors += 1
             raise
         active.requests += 1
+        decided = self._decide(active, payload, probs, (time.perf_counter() - started) * 1000.0)
+        if isinstance(decided, CascadeResult):
+            return decided
+        timeout_s = deadline_s - time.time() - self.fallback_reserve_s
+        return await self._ask_cloud(payload, decided, timeout_s=timeout_s, request_id=request_id, priority=priority)
+
+    async def infer_rows(self, payloads: Sequence[ModelInput], *, deadline_s: float, request_ids: Sequence[str],
+                         priority: int = 0, max_cloud_in_flight: int = MAX_CLOUD_ROWS_IN_FLIGHT) -> list[CascadeResult]:
+        """Many inputs sharing one deadline (a KServe batch), answered like `infer` answers one,
+        without holding up other callers:
+        - the edge model runs on chunks of EDGE_CHUNK_ROWS rows, yielding to the event loop
+          between chunks;
+        - the deferred rows go to the cloud in order, at most `max_cloud_in_flight` at a time,
+          so one big request never fills the cloud's queue ahead of other callers;
+        - when the deadline comes, less the fallback reserve and the time to encode the
+          response (FINISH_S_PER_ROW a row), the rows still without a cloud answer are
+          answered by the edge (`edge_fallback` / `deadline`), all at once. Their calls are
+          cancelled, not timed out: the breaker is not charged for the batch's size.
+        """
+        active = self.active  # pinned for the whole batch
+        model = active.model
+        results: list[Optional[CascadeResult]] = [None] * len(payloads)
+        deferred: list[tuple[int, ModelInput, _Deferred]] = []
+        for first in range(0, len(payloads), EDGE_CHUNK_ROWS):
+            if first:
+                await asyncio.sleep(0)
+            chunk = [model.check_input(p) for p in payloads[first:first + EDGE_CHUNK_ROWS]]
+            started = time.perf_counter()
+            try:
+                probs = model.predict(chunk)
+            except Exception:
+                active.errors += len(chunk)
+                raise
+            active.requests += len(chunk)
+            edge_ms = (time.perf_counter() - started) * 1000.0 / len(chunk)
+            for offset, (payload, row_probs) in enumerate(zip(chunk, probs)):
+                decided = self._decide(active, payload, row_probs, edge_ms)
+                if isinstance(decided, CascadeResult):
+                    results[first + offset] = decided
+                else:
+                    deferred.append((first + offset, payload, decided))
+        if deferred:
+            await self._ask_cloud_rows(deferred, results, deadline_s=deadline_s, request_ids=request_ids,
+                                       priority=priority, max_in_flight=max_cloud_in_flight)
+        return results  # type: ignore[return-value] - every row has its result now
+
+    def _decide(self, active: ActiveModel, payload: ModelInput, probs: np.ndarray, edge_ms: float) -> "CascadeResult | _Deferred":
+        """The edge's answer, or what a deferral to the cloud needs."""
+        model = active.model
         signals = signals_of(probs)
         pressure = self.pressure
         length = model.input_length(payload)
         decision = active.policy.decide(signals, length, pressure)
         calibrated = active.policy.decide(signals, length, 0.0) if pressure > 0 else decision
-        edge_ms = (time.perf_counter() - started) * 1000.0
         edge_prediction = Prediction.from_probs(probs, model.labels, model.name, model.version)
         if calibrated.accept:
             return self._count(CascadeResult(edge_prediction, "edge", signals, edge_ms))
@@ -91,33 +159,57 @@ class Cascade:
             return self._count(
                 CascadeResult(edge_prediction, "edge_fallback", signals, edge_ms, 0.0, calibrated.reason, "pressure")
             )
+        return _Deferred(edge_prediction, signals, edge_ms, decision.reason)
 
-        fallback_reason = "no_cloud"
-        cloud_ms = 0.0
-        if self.cloud is not None:
-            timeout_s = deadline_s - time.time() - self.fallback_reserve_s
-            cloud_started = time.perf_counter()
-            try:
-                response = await self.cloud.infer(payload, timeout_s=timeout_s, request_id=request_id, priority=priority)
-                cloud_ms = (time.perf_counter() - cloud_started) * 1000.0
-                cloud_prediction = Prediction(
-                    label=response.label,
-                    label_name=response.label_name,
-                    probabilities=np.asarray(from_proto(response.probabilities), dtype=np.float32),
-                    model_name=response.model_name,
-                    model_version=int(response.model_version or 0),
-                )
-                return self._count(
-                    CascadeResult(cloud_prediction, "cloud", signals, edge_ms, cloud_ms, defer_reason=decision.reason)
-                )
-            except CloudUnavailable as exc:
-                fallback_reason = exc.reason
-                cloud_ms = (time.perf_counter() - cloud_started) * 1000.0
-            except asyncio.CancelledError:
-                raise
-        return self._count(
-            CascadeResult(edge_prediction, "edge_fallback", signals, edge_ms, cloud_ms, decision.reason, fallback_reason)
+    async def _ask_cloud(self, payload: ModelInput, deferred: "_Deferred", *, timeout_s: float, request_id: str,
+                         priority: int) -> CascadeResult:
+        """The cloud's answer within `timeout_s`, or the edge's own flagged with the reason."""
+        if self.cloud is None:
+            return self._fallback(deferred, 0.0, "no_cloud")
+        cloud_started = time.perf_counter()
+        try:
+            response = await self.cloud.infer(payload, timeout_s=timeout_s, request_id=request_id, priority=priority)
+        except CloudUnavailable as exc:
+            return self._fallback(deferred, (time.perf_counter() - cloud_started) * 1000.0, exc.reason)
+        cloud_ms = (time.perf_counter() - cloud_started) * 1000.0
+        cloud_prediction = Prediction(
+            label=response.label,
+            label_name=response.label_name,
+            probabilities=np.asarray(from_proto(response.probabilities), dtype=np.float32),
+            model_name=response.model_name,
+            model_version=int(response.model_version or 0),
         )
+        return self._count(CascadeResult(cloud_prediction, "cloud", deferred.signals, deferred.edge_ms, cloud_ms,
+                                         defer_reason=deferred.defer_reason))
+
+    async def _ask_cloud_rows(self, rows: list[tuple[int, ModelInput, "_Deferred"]], results: list, *,
+                              deadline_s: float, request_ids: Sequence[str], priority: int, max_in_flight: int) -> None:
+        cutoff_s = deadline_s - self.fallback_reserve_s - len(results) * FINISH_S_PER_ROW
+        queue = iter(rows)
+
+        async def lane() -> None:
+            for index, payload, deferred in queue:
+                # the call's own limit is the request's deadline: the cutoff below cancels it first
+                timeout_s = deadline_s - time.time()
+                if time.time() >= cutoff_s:
+                    return
+                results[index] = await self._ask_cloud(payload, deferred, timeout_s=timeout_s,
+                                                       request_id=request_ids[index], priority=priority)
+                await asyncio.sleep(0)  # a lane whose rows fail fast (breaker open) still lets others in
+
+        lanes = [asyncio.ensure_future(lane()) for _ in range(min(max_in_flight, len(rows)))]
+        try:
+            await asyncio.wait(lanes, timeout=max(0.0, cutoff_s - time.time()))
+        finally:
+            for task in lanes:   # their calls end (abandoned) after this request is answered
+                task.cancel()
+        for index, _payload, deferred in rows:
+            if results[index] is None:
+                results[index] = self._fallback(deferred, 0.0, "deadline")
+
+    def _fallback(self, deferred: "_Deferred", cloud_ms: float, reason: str) -> CascadeResult:
+        return self._count(CascadeResult(deferred.prediction, "edge_fallback", deferred.signals, deferred.edge_ms,
+                                         cloud_ms, deferred.defer_reason, reason))
 
     def _count(self, result: CascadeResult) -> CascadeResult:
         self.route_counts[result.route] += 1

@@ -1,4 +1,6 @@
 """KServe v2 on the edge agent: every batch row goes through the cascade, like an SDK request.
+A batch of many rows goes through `Cascade.infer_rows`: the edge model on chunks of rows, and
+a bounded number of deferred rows at the cloud at once, so a big batch never holds up others.
 
 Besides `probs`, `label` and `label_name` (see `shared.kserve_models`), each row reports the
 route that served it (`served_by`: edge, cloud, edge_fallback) and the edge model's
@@ -18,8 +20,8 @@ from edge_agent.settings import EdgeSettings
 from shared import kserve_models as km
 from shared.errors import ModelNotFoundError, UnavailableError, echoed
 from shared.kserve_backend import InferenceRequest, InferenceResult, ModelMetadata, ServerMetadata, TensorSpec
-from shared.metrics import API_KSERVE
-from shared.model import Model, ModelInput
+from shared.metrics import API_KSERVE, RequestOutcome
+from shared.model import Model
 
 SERVER_NAME = "edgecascade-edge-agent"
 SERVED_BY, MAX_PROB, MARGIN, ENTROPY = "served_by", "max_prob", "margin", "entropy"
@@ -70,16 +72,17 @@ class EdgeKServeBackend:
                 raise UnavailableError("the edge agent is not ready (models still loading)")
             batch = km.row_batch(request, model, default_timeout_ms=self.settings.default_timeout_ms,
                                  max_timeout_ms=self.settings.max_timeout_ms)
-        results = await km.run_rows(batch, self._row)
+        with self.metrics.refusals(API_KSERVE):   # a batch that fails (the model raised) counts once
+            if len(batch.rows) == 1:
+                results = [await self.cascade.infer(batch.rows[0], deadline_s=batch.deadline_s,
+                                                    request_id=batch.request_ids[0], priority=batch.priority)]
+            else:
+                results = await self.cascade.infer_rows(batch.rows, deadline_s=batch.deadline_s,
+                                                        request_ids=batch.request_ids, priority=batch.priority)
+        for result in results:
+            self.metrics.record(API_KSERVE, RequestOutcome(result.route, "OK", result.defer_reason, result.fallback_reason),
+                                (result.edge_ms + result.cloud_ms) / 1000.0)
         return InferenceResult(outputs=_outputs(results), model_version=str(model.version), parameters=_parameters(results))
-
-    async def _row(self, payload: ModelInput, deadline_s: float, request_id: str, priority: int) -> CascadeResult:
-        with self.metrics.track(API_KSERVE) as outcome:
-            result = await self.cascade.infer(payload, deadline_s=deadline_s, request_id=request_id, priority=priority)
-            outcome.route = result.route
-            outcome.defer_reason = result.defer_reason
-            outcome.fallback_reason = result.fallback_reason
-            return result
 
 
 def _outputs(results: list[CascadeResult]) -> dict[str, np.ndarray]:

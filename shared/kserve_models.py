@@ -38,6 +38,9 @@ DEFAULT_PRIORITY_LEVEL = 5
 _INT32_MAX = 2**31 - 1
 #: Most rows one request may carry; each row is a request of its own inside the daemon.
 MAX_ROWS = 4096
+#: Rows of one request in flight at once (`run_rows`): a 4,096-row request waits its turn
+#: instead of queueing all its rows ahead of other callers' requests.
+MAX_ROWS_IN_FLIGHT = 128
 #: Platform strings by card runtime; ONNX uses Triton's name so tools recognise it.
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "torch_mlp": "pytorch", "minilm_head": "pytorch", "sleep": "edgecascade_sleep"}
 
@@ -179,16 +182,36 @@ def row_batch(request: InferenceRequest, model: Model, *, default_timeout_ms: fl
     )
 
 
-async def run_rows(batch: RowBatch, run_row: Callable[[ModelInput, float, str, int], Awaitable[T]]) -> list[T]:
-    """Run every row concurrently; the first row's error fails the whole request."""
-    outcomes = await asyncio.gather(
-        *(run_row(row, batch.deadline_s, request_id, batch.priority) for row, request_id in zip(batch.rows, batch.request_ids)),
-        return_exceptions=True,
-    )
+async def run_rows(batch: RowBatch, run_row: Callable[[ModelInput, float, str, int], Awaitable[T]], *,
+                   max_in_flight: int = MAX_ROWS_IN_FLIGHT) -> list[T]:
+    """Run the rows in order, at most `max_in_flight` at a time, so that one big request never
+    puts all its rows ahead of other callers' requests in a queue; each lane lets the event
+    loop serve others between its rows. The first row's error (in row order) fails the whole
+    request, and no row starts once one has failed."""
+    count = len(batch.rows)
+    if count == 1:
+        return [await run_row(batch.rows[0], batch.deadline_s, batch.request_ids[0], batch.priority)]
+    outcomes: list = [None] * count
+    queue = iter(range(count))
+    failed = False
+
+    async def lane() -> None:
+        nonlocal failed
+        for index in queue:
+            if failed:
+                return
+            try:
+                outcomes[index] = await run_row(batch.rows[index], batch.deadline_s, batch.request_ids[index], batch.priority)
+            except Exception as exc:  # handed to the caller below
+                outcomes[index] = exc
+                failed = True
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(lane() for _ in range(min(max_in_flight, count))))
     error = first_error(outcomes)
     if error is not None:
         raise error
-    return outcomes  # type: ignore[return-value]
+    return outcomes
 
 
 ParameterMap = dict[str, ParameterValue]

@@ -63,7 +63,7 @@ def _safe_deserializer(method: str, deserialize: Callable[[bytes], Any], log_lin
     def decode(raw: bytes) -> Any:
         try:
             return deserialize(raw)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure means the bytes are bad
+        except Exception as exc:  # any decoder failure means the bytes are bad
             reason = f"undecodable request to {method}: {exc}"
             log_line.warning("refused %s (%d bytes)", reason, len(raw))
             return Undecodable(reason)
