@@ -202,13 +202,67 @@ def test_systemd_unit_runs_the_edge_agent_with_the_example_config():
     example = load_settings(EdgeSettings, EDGE_EXAMPLE)
     assert service["User"] == ["edgecascade"]
     assert service["KillSignal"] == ["SIGTERM"]
-    assert service["Restart"] == ["on-failure"]
+    assert service["Restart"] == ["always"]
     assert seconds(service["TimeoutStopSec"][0]) > example.shutdown_grace_s
     assert service["ProtectSystem"] == ["strict"] and service["NoNewPrivileges"] == ["yes"]
+    assert service["PrivateTmp"] == ["yes"]
+    # the agent speaks sd_notify (edge_agent/systemd_notify.py): READY=1 and WATCHDOG=1 pings
+    assert service["Type"] == ["notify"] and service["NotifyAccess"] == ["main"]
+    assert seconds(service["WatchdogSec"][0]) > 0
+    (env_file,) = service["EnvironmentFile"]
+    assert env_file.lstrip("-") == "/etc/edgecascade/edge.env"
     state_dir = Path("/var/lib") / service["StateDirectory"][0]
     writable = [Path(p) for value in service["ReadWritePaths"] for p in value.split()]
     assert example.bundle_dir.is_relative_to(state_dir), "updates must be able to write the bundle"
     assert any(example.bundle_dir.is_relative_to(p) for p in writable)
+
+
+EDGE_ENV_EXAMPLE = DEPLOY / "systemd" / "edge.env.example"
+
+
+def test_edge_env_example_names_real_settings():
+    names = re.findall(r"^#?\s*(EDGECASCADE_EDGE_[A-Z0-9_]+)=", EDGE_ENV_EXAMPLE.read_text(), re.MULTILINE)
+    assert names, "edge.env.example shows no EDGECASCADE_EDGE_* variable"
+    for name in names:
+        assert name.removeprefix("EDGECASCADE_EDGE_").lower() in EdgeSettings.model_fields, name
+
+
+def systemd_analyze_or_skip() -> str:
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        pytest.skip("systemd-analyze not installed (Debian package: systemd; .ci/run installs it)")
+    return path
+
+
+def verify_unit(tmp_path: Path, unit_text: str) -> subprocess.CompletedProcess:
+    """`systemd-analyze verify` of the unit inside a scratch root that holds what it checks
+    for: the ExecStart program and the distribution's targets and slices."""
+    root = tmp_path / "root"
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "etc/systemd/system" / UNIT.name).write_text(unit_text)
+    exec_start = shlex.split(unit_entries(UNIT)["Service"]["ExecStart"][0])[0]
+    program = root / exec_start.lstrip("/")
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    units = root / "usr/lib/systemd/system"
+    units.mkdir(parents=True)
+    for path in Path("/usr/lib/systemd/system").glob("*"):
+        if path.suffix in (".target", ".slice") and path.exists():
+            shutil.copy(path, units / path.name)  # follows symlinks, which --root would resolve inside root
+    return subprocess.run([systemd_analyze_or_skip(), "verify", f"--root={root}", UNIT.name],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_systemd_analyze_verifies_the_unit(tmp_path):
+    result = verify_unit(tmp_path, UNIT.read_text())
+    # verify exits 0 on keys it ignores, so a clean run is one that printed nothing
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
+def test_systemd_analyze_verify_catches_a_bad_key(tmp_path):
+    result = verify_unit(tmp_path, UNIT.read_text().replace("Restart=always", "Restart=sometimes"))
+    assert "sometimes" in result.stderr
 
 
 # --- Docker ----------------------------------------------------------------------------------
