@@ -49,7 +49,7 @@ async def within(awaitable: Awaitable[T], timeout_s: Optional[float]) -> T:
     TimeoutError when it runs out. asyncio.timeout where it exists (3.11+), else wait_for, whose
     asyncio.TimeoutError is not the built-in one on 3.10 (edge boards run 3.10)."""
     if sys.version_info >= (3, 11):
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(timeout_s):  # novermin (3.11+ only, checked above)
             return await awaitable
     try:
         return await asyncio.wait_for(awaitable, timeout_s)
