@@ -10,6 +10,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -41,7 +42,7 @@ def load_dev_secrets():
 def rendered(tmp_path_factory) -> dict[str, list[dict]]:
     """{overlay: [objects]}, rendered from a copy of deploy/k8s whose secrets/ folders hold
     material from dev_secrets.py (the checkout keeps none)."""
-    kubectl = shutil.which("kubectl")
+    kubectl = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
     if kubectl is None:
         if os.environ.get("CI"):
             pytest.fail("kubectl missing in CI: .ci/run should have installed it")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def test_requires_python_admits_3_10():
 
 
 def test_edge_side_code_needs_nothing_newer_than_python_3_10():
-    vermin = shutil.which("vermin")
+    vermin = shutil.which("vermin") or shutil.which("vermin", path=str(Path(sys.executable).parent))
     if vermin is None:
         if os.environ.get("CI"):
             pytest.fail("vermin missing in CI: the dev extra installs it")
