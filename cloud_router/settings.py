@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from shared.event_loop import EventLoopName
+from shared.security_settings import ServerSecuritySettings
 
 
-class RouterSettings(BaseSettings):
+class RouterSettings(ServerSecuritySettings):
+    """Security fields (TLS, tokens, plaintext, max_concurrent_rpcs): shared/security_settings.py."""
+
     model_config = SettingsConfigDict(env_prefix="EDGECASCADE_ROUTER_", extra="forbid")
 
     router_id: str = Field(default_factory=lambda: f"router-{socket.gethostname()}")

@@ -16,6 +16,7 @@ from shared.errors import ERROR_CLASS_KEY, CloudBudgetError
 from shared.model import ModelInput
 from shared.request_parsing import AGENT_ID_KEY
 from shared.tensor_codec import to_proto
+from shared.tls import ClientSecurity, open_aio_channel
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,13 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 class CloudLink:
     def __init__(self, target: str, *, model: str = "", breaker: CircuitBreaker, max_message_bytes: int,
-                 agent_id: str = "") -> None:
+                 agent_id: str = "", security: Optional[ClientSecurity] = None) -> None:
         self.target = target
         self.model = model
         self.breaker = breaker
         self.agent_id = agent_id
         self._metadata = ((AGENT_ID_KEY, agent_id),) if agent_id else None
-        self._channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+        self._channel = open_aio_channel(target, security, options=channel_options(max_message_bytes))
         self._stub = pb_grpc.CloudRouterStub(self._channel)
 
     async def close(self) -> None:
