@@ -9,6 +9,7 @@ from typing import Any, Optional
 from cloud_router.budget import CloudBudget, MemoryBuckets, RedisBuckets
 from cloud_router.fleet import MemoryFleetRegistry, RedisFleetRegistry
 from cloud_router.kserve_backend import RouterKServeBackend
+from cloud_router.limits import limits_interceptors
 from cloud_router.redis_keys import RedisKeys
 from cloud_router.router import Router
 from cloud_router.scheduler import InMemoryScheduler
@@ -115,8 +116,8 @@ async def serve(settings: RouterSettings, ready_callback=None) -> None:
 
             await close_quietly(redis_client)
 
-    server = create_server(settings.max_message_bytes, interceptors=server_interceptors(settings, daemon="cloud router"),
-                           max_concurrent_rpcs=settings.max_concurrent_rpcs)
+    interceptors = [*server_interceptors(settings, daemon="cloud router"), *limits_interceptors(settings)]
+    server = create_server(settings.max_message_bytes, interceptors=interceptors, max_concurrent_rpcs=settings.max_concurrent_rpcs)
     pb_grpc.add_CloudRouterServicer_to_server(CloudRouterServicer(router, settings, metrics, updates), server)
     add_kserve_servicer(server, RouterKServeBackend(router, settings, metrics), metrics)
     health = add_health_and_reflection(server, SERVICE_NAMES)

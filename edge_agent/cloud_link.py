@@ -12,7 +12,7 @@ import grpc
 from edge_agent.breaker import CircuitBreaker
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
-from shared.errors import ERROR_CLASS_KEY, CloudBudgetError
+from shared.errors import ERROR_CLASS_KEY, CloudBudgetError, RateLimitedError
 from shared.model import ModelInput
 from shared.request_parsing import AGENT_ID_KEY
 from shared.tensor_codec import to_proto
@@ -88,9 +88,11 @@ class CloudLink:
             raise CloudUnavailable("deadline") from None
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
-            if _error_class(exc) == CloudBudgetError.__name__:  # a spent budget, not a sick cloud
+            error_class = _error_class(exc)
+            if error_class in (CloudBudgetError.__name__, RateLimitedError.__name__):  # our share, not a sick cloud
                 self.breaker.record_success()
-                raise CloudUnavailable("cloud_budget") from None
+                raise CloudUnavailable("cloud_budget" if error_class == CloudBudgetError.__name__
+                                       else "cloud_rate_limited") from None
             if code in CLOUD_FAULT_CODES:
                 self.breaker.record_failure()
             else:

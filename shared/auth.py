@@ -23,10 +23,10 @@ caller without the method's role PERMISSION_DENIED. The health service is open t
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import hashlib
-import inspect
 import logging
 import os
 import secrets
@@ -34,12 +34,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import grpc
 import yaml
 
 from shared.errors import ConfigError
+from shared.interceptors import guarded
 from shared.tls import AUTHORIZATION_KEY
 
 log = logging.getLogger(__name__)
@@ -304,36 +305,6 @@ class RateLimitedLog:
         self.logger.warning(message + suffix, *args)
 
 
-def _wrap_handler(handler: grpc.RpcMethodHandler, check: Callable) -> grpc.RpcMethodHandler:
-    """The same handler with `check(context)` (async) run before its behaviour."""
-
-    def wrap(behavior: Callable) -> Callable:
-        if inspect.isasyncgenfunction(behavior):
-            async def stream(request, context):
-                await check(context)
-                async for response in behavior(request, context):
-                    yield response
-            return stream
-
-        async def call(request, context):
-            await check(context)
-            result = behavior(request, context)
-            return await result if inspect.isawaitable(result) else result
-        return call
-
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), handler.request_deserializer,
-                                                   handler.response_serializer)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), handler.request_deserializer,
-                                                    handler.response_serializer)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), handler.request_deserializer,
-                                                    handler.response_serializer)
-    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), handler.request_deserializer,
-                                                 handler.response_serializer)
-
-
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """The one place both daemons check credentials and roles (see the module docstring)."""
 
@@ -348,7 +319,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method in PUBLIC_METHODS:
             return handler
 
-        async def check(context: grpc.aio.ServicerContext) -> None:
+        @contextlib.asynccontextmanager
+        async def check(context: grpc.aio.ServicerContext):
             try:
                 principal = self.authenticator.authenticate(context.invocation_metadata(), context.auth_context())
                 self.authenticator.authorize(principal, method)
@@ -358,8 +330,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                                   _peer_host(context.peer()), exc.code.name, exc.message)
                 await context.abort(exc.code, exc.message)
             current_principal.set(principal)
+            yield
 
-        return _wrap_handler(handler, check)
+        return guarded(handler, check)
 
 
 def _peer_host(peer: str) -> str:
