@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgecascade.processes import Daemon
-from edgecascade.redis_process import RedisServer
+from benchmarks.redis_process import RedisServer
 from protos import edgecascade_pb2 as pb
 from protos import grpc_service_pb2 as kserve_pb
 from shared.sdk import Client

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from edgecascade.bench_soak import run_soak
+from benchmarks.soak import run_soak
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 ROUTES = {"edge", "cloud", "edge_fallback"}

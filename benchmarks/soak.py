@@ -31,7 +31,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-DEFAULT_OUT = Path("benchmarks/results/soak.json")
+from benchmarks.common import RESULTS_DIR, machine_description
+
+DEFAULT_OUT = RESULTS_DIR / "soak.json"
 CONFIDENT = np.array([4.0, 0.0, 0.0], dtype=np.float32)
 UNSURE = np.array([0.2, 0.1, 0.0], dtype=np.float32)
 LABELS = ["a", "b", "c"]
@@ -242,9 +244,9 @@ class Cluster:
 
 def start_cluster(work: Path, *, claim_idle_ms: int) -> Cluster:
     from cloud_router.sleep_model import write_sleep_bundle
-    from edgecascade.chaos_proxy import ChaosProxy
+    from benchmarks.chaos_proxy import ChaosProxy
     from edgecascade.processes import Daemon
-    from edgecascade.redis_process import RedisServer
+    from benchmarks.redis_process import RedisServer
     from shared.delta.signing import keygen, load_private_key
     from shared.model_card import InputSpec
 
@@ -379,7 +381,7 @@ def run_soak(out: Optional[Path] = DEFAULT_OUT, *, duration_s: float = 300.0, cl
                   "duration_s": duration_s, "chaos_step_s": step_s if chaos else None, "claim_idle_ms": claim_idle_ms,
                   "edge": "tiny ONNX softmax, half the inputs deferred", "cloud": "sleep model, 5 ms per batch",
                   "scheduling": "Redis Streams: router A (front end + worker) and worker B",
-                  "machine_load_average": _load_average()},
+                  "machine": machine_description(), "load_average_at_end": _load_average()},
         "requests": steady["requests"],
         "lost": steady["lost"],
         "errors": steady["errors"],
