@@ -41,6 +41,7 @@ import yaml
 
 from shared.errors import ConfigError
 from shared.interceptors import guarded
+from shared.undecodable_requests import RateLimitedLog
 from shared.tls import AUTHORIZATION_KEY
 
 log = logging.getLogger(__name__)
@@ -284,33 +285,12 @@ class Authenticator:
                               f"{method.rsplit('/', 1)[-1]}; it needs one of: {', '.join(sorted(allowed)) or 'none'}")
 
 
-class RateLimitedLog:
-    """At most one line per `interval_s` per key; the next line says how many were left out."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
-        self.logger = logger
-        self.interval_s = interval_s
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def warning(self, key: str, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        last, skipped = self._last.get(key, (-1e18, 0))
-        if now - last < self.interval_s:
-            self._last[key] = (last, skipped + 1)
-            return
-        if len(self._last) > 1024:
-            self._last.clear()
-        self._last[key] = (now, 0)
-        suffix = f" ({skipped} more like it in the last {self.interval_s:g} s not logged)" if skipped else ""
-        self.logger.warning(message + suffix, *args)
-
-
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """The one place both daemons check credentials and roles (see the module docstring)."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
-        self._log = RateLimitedLog(log)
+        self._log = RateLimitedLog(log, interval_s=10.0)
         self.refused = 0
 
     async def intercept_service(self, continuation, handler_call_details):
@@ -326,8 +306,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 self.authenticator.authorize(principal, method)
             except AuthFailure as exc:
                 self.refused += 1
-                self._log.warning(f"{exc.code.name}:{method}", "refused %s from %s: %s %s", method,
-                                  _peer_host(context.peer()), exc.code.name, exc.message)
+                self._log.warning("refused %s from %s: %s %s", method, _peer_host(context.peer()), exc.code.name,
+                                  exc.message)
                 await context.abort(exc.code, exc.message)
             current_principal.set(principal)
             yield

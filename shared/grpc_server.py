@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from protos import edgecascade_pb2, grpc_service_pb2
+from shared.undecodable_requests import UndecodableRequests
 
 if TYPE_CHECKING:
     from shared.tls import ServerSecurity
@@ -24,9 +25,11 @@ log = logging.getLogger(__name__)
 def create_server(max_message_bytes: int, *, interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
                   max_concurrent_rpcs: Optional[int] = None) -> grpc.aio.Server:
     """An aio server; messages over the limit, and RPCs beyond `max_concurrent_rpcs` at once, are
-    refused with RESOURCE_EXHAUSTED by gRPC. `interceptors` run in order, the first outermost."""
+    refused with RESOURCE_EXHAUSTED by gRPC, and requests that do not decode with INVALID_ARGUMENT
+    on every service (`UndecodableRequests`). `interceptors` (credentials, limits) run first, in
+    order, the first outermost."""
     return grpc.aio.server(
-        interceptors=list(interceptors) or None,
+        interceptors=[*interceptors, UndecodableRequests()],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),

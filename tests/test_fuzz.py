@@ -39,10 +39,8 @@ FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, de
 #: Codes that mean "our code raised something it did not expect" (grpc_errors maps those to
 #: INTERNAL) or that gRPC could not map (UNKNOWN).
 UNEXPECTED = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
-#: Until #18 item 2 lands (branch f18: undecodable requests -> INVALID_ARGUMENT, one log line),
-#: undecodable input gets UNKNOWN on unary methods and INTERNAL on PublishUpdate's stream, with
-#: a traceback each. Tolerated for undecodable input only, and only while this is True.
-PENDING_18_UNDECODABLE = True
+#: #18 item 2 (undecodable requests -> INVALID_ARGUMENT, one log line) has landed: no tolerance.
+PENDING_18_UNDECODABLE = False
 
 SERVICES = {
     "agent": [pb.DESCRIPTOR.services_by_name["EdgeAgent"], kserve_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]],
