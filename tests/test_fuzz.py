@@ -37,10 +37,8 @@ FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, de
                          suppress_health_check=list(HealthCheck))
 
 #: Codes that mean "our code raised something it did not expect" (grpc_errors maps those to
-#: INTERNAL) or that gRPC could not map (UNKNOWN).
+#: INTERNAL) or that gRPC could not map (UNKNOWN; undecodable bytes get INVALID_ARGUMENT, #18).
 UNEXPECTED = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
-#: #18 item 2 (undecodable requests -> INVALID_ARGUMENT, one log line) has landed: no tolerance.
-PENDING_18_UNDECODABLE = False
 
 SERVICES = {
     "agent": [pb.DESCRIPTOR.services_by_name["EdgeAgent"], kserve_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]],
@@ -101,7 +99,7 @@ def still_serving(world, daemon: str) -> None:
             assert client.infer(value).label_name in ("a", "b", "c")
 
 
-def fuzz_method(world, daemon, service, method, strategy, *, undecodable: bool) -> None:
+def fuzz_method(world, daemon, service, method, strategy) -> None:
     channel = world["channels"][daemon]
     path = f"/{service.full_name}/{method.name}"
 
@@ -110,8 +108,7 @@ def fuzz_method(world, daemon, service, method, strategy, *, undecodable: bool) 
     def run(messages):
         code = call_raw(channel, path, method, messages)
         assert code != grpc.StatusCode.DEADLINE_EXCEEDED or method.server_streaming, f"{path} hung: {messages!r:.300}"
-        if not (undecodable and PENDING_18_UNDECODABLE):
-            assert code not in UNEXPECTED, f"{path} answered {code.name} to {messages!r:.300}"
+        assert code not in UNEXPECTED, f"{path} answered {code.name} to {messages!r:.300}"
 
     run()
     still_serving(world, daemon)
@@ -124,19 +121,19 @@ def _ids(item) -> str:
 
 @pytest.mark.parametrize("target", METHODS, ids=[_ids(m) for m in METHODS])
 def test_random_bytes_on_the_wire(daemons, target):
-    fuzz_method(daemons, *target, random_bytes(), undecodable=True)
+    fuzz_method(daemons, *target, random_bytes())
 
 
 @pytest.mark.parametrize("target", METHODS, ids=[_ids(m) for m in METHODS])
 def test_hostile_field_values(daemons, target):
     daemon, service, method = target
-    fuzz_method(daemons, daemon, service, method, wire_messages(method.input_type), undecodable=False)
+    fuzz_method(daemons, daemon, service, method, wire_messages(method.input_type))
 
 
 @pytest.mark.parametrize("target", METHODS, ids=[_ids(m) for m in METHODS])
 def test_wrong_wire_types_and_invalid_utf8(daemons, target):
     daemon, service, method = target
-    fuzz_method(daemons, daemon, service, method, wrong_wire_types(method.input_type), undecodable=True)
+    fuzz_method(daemons, daemon, service, method, wrong_wire_types(method.input_type))
 
 
 INFER_METHODS = [m for m in METHODS if m[2].name in ("Infer", "ModelInfer", "ModelStreamInfer")]
@@ -146,11 +143,9 @@ INFER_METHODS = [m for m in METHODS if m[2].name in ("Infer", "ModelInfer", "Mod
 def test_hostile_tensors_dtypes_shapes_nan_inf(daemons, target):
     daemon, service, method = target
     strategy = kserve_requests(MODEL_OF[daemon]) if method.name != "Infer" else tensor_requests(MODEL_OF[daemon])
-    fuzz_method(daemons, daemon, service, method, strategy, undecodable=False)
+    fuzz_method(daemons, daemon, service, method, strategy)
 
 
-@pytest.mark.xfail(PENDING_18_UNDECODABLE, reason="#18 item 2 (f18): undecodable requests still log tracebacks",
-                   strict=False)
 def test_no_traceback_for_fuzzed_requests_in_the_logs(daemons):
     """Runs after the fuzz tests above (file order): nothing they sent crashed a handler."""
     for name in ("agent", "router"):
