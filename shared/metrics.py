@@ -10,6 +10,7 @@ nothing on the hot path.
     edgecascade_request_duration_seconds{api,route}  (same)
     edgecascade_deferrals_total{reason}          edgecascade_batch_size{model}
     edgecascade_fallbacks_total{reason}          edgecascade_batch_duration_seconds{model}
+    edgecascade_abstentions_total{reason}
     edgecascade_deferral_ratio                   edgecascade_queue_depth{model}
     edgecascade_deferral_threshold               edgecascade_pressure{model}
     edgecascade_breaker_state{state}             edgecascade_model_version{model}
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 API_EDGECASCADE, API_KSERVE = "edgecascade", "kserve"
 #: The route of a request that failed before any model answered it.
 NO_ROUTE = "none"
-EDGE_ROUTES = ("edge", "cloud", "edge_fallback")
+EDGE_ROUTES = ("edge", "cloud", "edge_fallback", "abstain")
 ROUTER_ROUTES = ("cloud",)
 BREAKER_STATES = ("closed", "open", "half_open")
 #: What `set_update_state` accepts: the states of an edge model update, in their usual order.
@@ -70,6 +71,7 @@ class RequestOutcome:
     status: str = "OK"
     defer_reason: str = ""
     fallback_reason: str = ""
+    abstain_reason: str = ""
 
 
 class DaemonMetrics:
@@ -229,7 +231,8 @@ def counted(api: str) -> Callable[[F], F]:
                 self.metrics.record(api, RequestOutcome(status=_status_of(exc)), time.perf_counter() - started)
                 raise
             self.metrics.record(api, RequestOutcome(ROUTE_FROM_PROTO.get(response.served_by, NO_ROUTE), "OK",
-                                                    response.defer_reason, response.fallback_reason),
+                                                    response.defer_reason, response.fallback_reason,
+                                                    response.abstain_reason),
                                 time.perf_counter() - started)
             return response
 
@@ -255,6 +258,12 @@ class AgentMetrics(DaemonMetrics):
             ["reason"],
             registry=self.registry,
         )
+        self.abstentions = Counter(
+            "edgecascade_abstentions",
+            "Requests answered as out of scope (route abstain), by reason (edge_low_confidence, cloud_low_confidence, ...).",
+            ["reason"],
+            registry=self.registry,
+        )
         _CallbackCollector(lambda: _agent_state(cascade), registry=self.registry)
 
     def record(self, api: str, outcome: RequestOutcome, duration_s: float) -> None:
@@ -263,6 +272,8 @@ class AgentMetrics(DaemonMetrics):
             self._child(self.deferrals, (outcome.defer_reason,)).inc()
         if outcome.fallback_reason:
             self._child(self.fallbacks, (outcome.fallback_reason,)).inc()
+        if outcome.abstain_reason:
+            self._child(self.abstentions, (outcome.abstain_reason,)).inc()
 
 
 class RouterMetrics(DaemonMetrics):
@@ -330,6 +341,8 @@ def _agent_state(cascade: "Cascade") -> list[Metric]:
     answered = sum(counts.values())
     # answers the edge gave because of cloud pressure were never sent to the cloud
     deferred = counts.get("cloud", 0) + counts.get("edge_fallback", 0) - cascade.fallback_counts.get("pressure", 0)
+    # out-of-scope answers the cloud decided were deferred; those the edge decided were not
+    deferred += sum(n for reason, n in cascade.abstain_counts.items() if reason.startswith("cloud_"))
     return [
         version,
         breaker,
