@@ -178,3 +178,140 @@ def test_abstain_in_kserve_parameters(daemons):
     assert result.as_numpy("label_name").tolist() == [b"c", b"b", b"a"]
     parameters = result.get_response().parameters
     assert parameters["abstain_reason"].string_param == "edge_low_confidence,,"
+
+
+# --- calibrating the abstain thresholds -------------------------------------------------------
+
+
+def mixed_data(seed: int = 0, n_in: int = 900, n_oos: int = 300, classes: int = 5):
+    """Scores and predictions where out-of-scope queries tend to score low on both sides."""
+    rng = np.random.default_rng(seed)
+    gold = np.concatenate([rng.integers(0, classes, n_in), np.full(n_oos, -1)])
+    oos = gold < 0
+    edge_scores = np.where(oos, rng.beta(2, 5, gold.size), rng.beta(5, 2, gold.size))
+    cloud_scores = np.where(oos, rng.beta(2, 4, gold.size), rng.beta(8, 2, gold.size))
+    edge_pred = np.where(rng.random(gold.size) < edge_scores, gold, rng.integers(0, classes, gold.size))
+    cloud_pred = np.where(rng.random(gold.size) < cloud_scores, gold, rng.integers(0, classes, gold.size))
+    edge_pred[oos] = rng.integers(0, classes, n_oos)
+    cloud_pred[oos] = rng.integers(0, classes, n_oos)
+    return edge_scores, edge_pred, cloud_scores, cloud_pred, gold, oos
+
+
+def cascade_by_hand(edge_scores, edge_pred, cloud_scores, cloud_pred, threshold, abstain, cloud_abstain):
+    """The cascade's rule one query at a time, as edge_agent.cascade applies it."""
+    labels, deferred = [], []
+    for s, e, sc, c in zip(edge_scores, edge_pred, cloud_scores, cloud_pred):
+        if s >= threshold:
+            labels.append(e); deferred.append(False)
+        elif abstain is not None and s < abstain:
+            labels.append(None); deferred.append(False)
+        else:
+            deferred.append(True)
+            labels.append(None if cloud_abstain is not None and sc < cloud_abstain else c)
+    return labels, np.array(deferred)
+
+
+def test_abstain_calibration_keeps_the_in_scope_cost_and_matches_the_cascade_rule():
+    from shared.out_of_scope import calibrate_abstain, mixed_traffic
+
+    data = mixed_data()
+    edge_scores, edge_pred, cloud_scores, cloud_pred, gold, oos = data
+    fit = calibrate_abstain(*data, threshold=0.7, max_in_scope_cost=0.01)
+    assert fit.n == 1200 and fit.n_out_of_scope == 300
+    assert fit.baseline.out_of_scope_recall == 0.0
+    assert fit.baseline.in_scope_accuracy - fit.calibrated.in_scope_accuracy <= 0.01 + 1e-12
+    assert fit.calibrated.out_of_scope_recall > 0.3
+    assert fit.calibrated.deferral_rate < fit.baseline.deferral_rate  # fewer queries reach the cloud
+    assert fit.abstain_threshold is not None and fit.abstain_threshold <= 0.7
+    again = mixed_traffic(*data, threshold=0.7, abstain_threshold=fit.abstain_threshold,
+                          cloud_abstain_threshold=fit.cloud_abstain_threshold)
+    assert again == fit.calibrated
+    labels, deferred = cascade_by_hand(edge_scores, edge_pred, cloud_scores, cloud_pred, 0.7, fit.abstain_threshold,
+                                       fit.cloud_abstain_threshold)
+    abstained = np.array([label is None for label in labels])
+    correct = np.array([label is not None and label == g for label, g in zip(labels, gold)])
+    assert again.out_of_scope_recall == pytest.approx(abstained[oos].mean())
+    assert again.in_scope_accuracy == pytest.approx(correct[~oos].mean())
+    assert again.deferral_rate == pytest.approx(deferred.mean())
+    tighter = calibrate_abstain(*data, threshold=0.7, max_in_scope_cost=0.0)
+    assert tighter.calibrated.in_scope_accuracy >= fit.baseline.in_scope_accuracy - 1e-12
+    assert tighter.calibrated.out_of_scope_recall <= fit.calibrated.out_of_scope_recall
+    edge_only = calibrate_abstain(*data, threshold=0.7, max_in_scope_cost=0.01, cloud=False)
+    assert edge_only.cloud_abstain_threshold is None
+
+
+def test_abstain_calibration_refuses_data_without_both_kinds():
+    from shared.errors import CalibrationError
+    from shared.out_of_scope import calibrate_abstain
+
+    edge_scores, edge_pred, cloud_scores, cloud_pred, gold, oos = mixed_data()
+    with pytest.raises(CalibrationError, match="no out-of-scope examples"):
+        calibrate_abstain(edge_scores, edge_pred, cloud_scores, cloud_pred, gold, np.zeros_like(oos), threshold=0.7,
+                          max_in_scope_cost=0.01)
+    with pytest.raises(CalibrationError, match="only out-of-scope"):
+        calibrate_abstain(edge_scores, edge_pred, cloud_scores, cloud_pred, gold, np.ones_like(oos), threshold=0.7,
+                          max_in_scope_cost=0.01)
+    from shared.errors import InvalidInputError
+    with pytest.raises(InvalidInputError, match="max_in_scope_cost"):
+        calibrate_abstain(edge_scores, edge_pred, cloud_scores, cloud_pred, gold, oos, threshold=0.7,
+                          max_in_scope_cost=1.5)
+
+
+def probs_with_max(scores: np.ndarray, pred: np.ndarray, classes: int) -> np.ndarray:
+    """[N, C] probabilities whose argmax is `pred` and whose max is about `scores` (>= 1/C)."""
+    top = np.maximum(scores, 1.0 / classes + 1e-3)
+    probs = np.repeat(((1 - top) / (classes - 1))[:, None], classes, axis=1)
+    probs[np.arange(len(pred)), pred] = top
+    return probs.astype(np.float32)
+
+
+def test_calibrate_command_writes_abstain_thresholds(tmp_path, capsys):
+    from edgecascade.cli import main as cli_main
+
+    classes = 5
+    edge_scores, edge_pred, cloud_scores, cloud_pred, gold, oos = mixed_data(classes=classes)
+    bundle = make_softmax_bundle(tmp_path / "edge", name="toy-edge", scale=1.0)
+    raw = json.loads((bundle / "model.json").read_text())
+    raw["labels"] = [f"l{i}" for i in range(classes)]
+    (bundle / "model.json").write_text(json.dumps(raw))
+    predictions = tmp_path / "p.npz"
+    np.savez(predictions, edge_probs=probs_with_max(edge_scores, edge_pred, classes), cloud_pred=cloud_pred,
+             cloud_probs=probs_with_max(cloud_scores, cloud_pred, classes), gold=gold, out_of_scope=oos)
+    out = tmp_path / "policy.json"
+    assert cli_main(["calibrate", "--predictions", str(predictions), "--bundle", str(bundle), "--method", "crc",
+                     "--epsilon", "0.2", "--abstain-cost", "0.01", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "abstain: edge below" in printed and "out-of-scope recall 0.0000 ->" in printed
+    spec = json.loads(out.read_text())
+    assert spec["abstain_threshold"] is not None and spec["abstain_threshold"] <= spec["threshold"]
+    assert spec["abstain_guarantee"]["in_scope_cost"] <= 0.01 + 1e-9
+    assert spec["abstain_guarantee"]["out_of_scope_recall"] > 0
+
+    np.savez(predictions, edge_probs=probs_with_max(edge_scores, edge_pred, classes), cloud_pred=cloud_pred, gold=np.abs(gold))
+    assert cli_main(["calibrate", "--predictions", str(predictions), "--bundle", str(bundle), "--method", "crc",
+                     "--epsilon", "0.2", "--abstain-cost", "0.01", "--out", str(out)]) == 2
+    assert "--abstain-cost needs out_of_scope and gold" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method, extra", [("crc", []), ("rate", ["--target-deferral-rate", "0.3"])])
+def test_delta_is_refused_outside_ltt(tmp_path, capsys, method, extra):
+    from edgecascade.cli import main as cli_main
+
+    bundle = make_softmax_bundle(tmp_path / "edge", name="toy-edge", scale=1.0)
+    predictions = tmp_path / "p.npz"
+    np.savez(predictions, edge_probs=np.full((10, 3), 1 / 3, np.float32), cloud_pred=np.zeros(10, np.int64))
+    assert cli_main(["calibrate", "--predictions", str(predictions), "--bundle", str(bundle), "--method", method,
+                     "--delta", "0.1", *extra]) == 2
+    assert f"--delta only applies to --method ltt: {method} has no delta" in capsys.readouterr().err
+
+
+def test_entropy_threshold_is_reported_as_negated_entropy(tmp_path, capsys):
+    from edgecascade.cli import main as cli_main
+
+    bundle = make_softmax_bundle(tmp_path / "edge", name="toy-edge", scale=1.0)
+    predictions = tmp_path / "p.npz"
+    np.savez(predictions, edge_probs=np.tile(np.array([[0.8, 0.1, 0.1]], np.float32), (10, 1)),
+             cloud_pred=np.zeros(10, np.int64))
+    assert cli_main(["calibrate", "--predictions", str(predictions), "--bundle", str(bundle), "--method", "rate",
+                     "--target-deferral-rate", "0.5", "--signal", "entropy"]) == 0
+    assert "on -entropy (negated entropy) (accept when score >= threshold)" in capsys.readouterr().out
