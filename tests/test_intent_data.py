@@ -44,3 +44,36 @@ def test_holdout_moves_intents_out_of_training(tmp_path, capsys):
     assert "unknown intents ['nope']" in capsys.readouterr().err
     assert cli_main(["data", "holdout", "--data-dir", str(source), "--intents", "5", "--out", str(tmp_path / "y")]) == 2
     assert "at least 2 must stay" in capsys.readouterr().err
+
+
+def test_port_range_is_parsed_and_honoured(monkeypatch):
+    from edgecascade import processes
+    from shared.errors import ConfigError, UnavailableError
+
+    for bad in ("20000", "a-b", "30000-20000", "80-90", "20000-70000"):
+        with pytest.raises(ConfigError, match="port range"):
+            processes.parse_port_range(bad)
+    import socket
+
+    low = processes.free_port()
+    monkeypatch.setattr(processes, "_handed_out", set())
+    processes.set_port_range(f"{low}-{min(low + 50, 65535)}")
+    try:
+        ports = [processes.free_port() for _ in range(3)]
+        assert len(set(ports)) == 3 and all(low <= p <= low + 50 for p in ports)
+        with socket.socket() as held:  # the only port of the range is taken
+            held.bind(("127.0.0.1", 0))
+            taken = held.getsockname()[1]
+            processes.set_port_range((taken, taken))
+            with pytest.raises(UnavailableError, match=f"no free port left in the range {taken}-{taken}"):
+                processes.free_port()
+    finally:
+        processes.set_port_range(None)
+    monkeypatch.setenv(processes.PORT_RANGE_ENV, "oops")
+    with pytest.raises(ConfigError, match="'oops' is not LO-HI"):
+        processes.free_port()
+
+
+def test_demo_refuses_a_bad_port_range(capsys):
+    assert cli_main(["demo", "--port-range", "9-1"]) == 2
+    assert "port range '9-1'" in capsys.readouterr().err
