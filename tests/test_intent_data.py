@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from edgecascade.cli import main as cli_main
-from edgecascade.holdout_intents import choose_intents
-from edgecascade.synthetic_intents import OUT_OF_SCOPE_LABEL, generate
-from edgecascade.text_data import read_labelled_csv
+from edgecascade.offline.holdout_intents import choose_intents
+from edgecascade.offline.synthetic_intents import OUT_OF_SCOPE_LABEL, generate
+from edgecascade.offline.text_data import read_labelled_csv
 from shared.errors import InvalidInputError
 
 

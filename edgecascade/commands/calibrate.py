@@ -121,8 +121,8 @@ def _load_checked(path: Path, num_labels: int) -> dict[str, np.ndarray]:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: scipy is a cloud/dev dependency, and other subcommands run on edge boards.
-    from shared.calibration import calibrate
-    from shared.cascade_metrics import cascade_at_threshold, endpoint_accuracies
+    from edgecascade.offline.calibration import calibrate
+    from edgecascade.offline.cascade_metrics import cascade_at_threshold, endpoint_accuracies
 
     if args.method == "rate" and args.target_deferral_rate is None:
         raise InvalidInputError("--method rate needs --target-deferral-rate")
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _calibrate_abstain(args: argparse.Namespace, card, arrays: dict[str, np.ndarray], threshold: float):
-    from shared.out_of_scope import calibrate_abstain
+    from edgecascade.offline.out_of_scope import calibrate_abstain
 
     probs = arrays["edge_probs"]
     cloud_probs = arrays.get("cloud_probs")

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     synth = data_sub.add_parser(
         "synth", help="write a SYNTHETIC intent data set generated from templates (tests, trying things out)",
-        description="Write train.csv and test.csv of a generated intent data set (edgecascade/synthetic_intents.py). "
+        description="Write train.csv and test.csv of a generated intent data set (edgecascade/offline/synthetic_intents.py). "
         "It is synthetic: results on it say nothing about real traffic.")
     synth.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
     synth.add_argument("--intents", type=int, default=8, help="number of intents, 2..12 (default 8)")
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     holdout = data_sub.add_parser(
         "holdout", help="hold some intents of a data set out as out-of-scope test queries",
         description="Copy a data set (train.csv, test.csv) with some intents held out: they leave the training "
-        "data and their test texts are relabelled out_of_scope (edgecascade/holdout_intents.py).")
+        "data and their test texts are relabelled out_of_scope (edgecascade/offline/holdout_intents.py).")
     holdout.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                          help="source data (default: $EDGECASCADE_DATA_DIR or ../shared/data/banking77)")
     which = holdout.add_mutually_exclusive_group(required=True)
@@ -45,7 +45,7 @@ def _command_line() -> str:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from edgecascade.synthetic_intents import write_data_dir
+    from edgecascade.offline.synthetic_intents import write_data_dir
 
     out = write_data_dir(args.out, seed=args.seed, intents=args.intents, train_per_intent=args.train_per_intent,
                          test_per_intent=args.test_per_intent, out_of_scope=args.out_of_scope,
@@ -55,7 +55,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _holdout(args: argparse.Namespace) -> int:
-    from edgecascade.holdout_intents import write_holdout_dir
+    from edgecascade.offline.holdout_intents import write_holdout_dir
 
     named = [name.strip() for name in args.labels.split(",") if name.strip()] if args.labels else None
     facts = write_holdout_dir(args.data_dir, args.out, count=args.intents, named=named, seed=args.seed,

@@ -17,8 +17,8 @@ import random
 from pathlib import Path
 from typing import Optional, Sequence
 
-from edgecascade.synthetic_intents import OUT_OF_SCOPE_LABEL, write_rows
-from edgecascade.text_data import data_files, read_labelled_csv
+from edgecascade.offline.synthetic_intents import OUT_OF_SCOPE_LABEL, write_rows
+from edgecascade.offline.text_data import data_files, read_labelled_csv
 from shared.errors import InvalidInputError
 
 
@@ -66,7 +66,7 @@ def write_holdout_dir(data_dir: Optional[str | Path], out_dir: str | Path, *, co
              "in_scope_intents": len(set(train.labels)) - len(held_out)}
     (out_dir / "README.md").write_text(
         f"# {out_dir.name}: {train_path.parent.name} with {len(held_out)} intents held out as out of scope\n\n"
-        f"Derived from `{train_path.parent}` by `edgecascade data holdout` (`edgecascade/holdout_intents.py`). "
+        f"Derived from `{train_path.parent}` by `edgecascade data holdout` (`edgecascade/offline/holdout_intents.py`). "
         f"Training: {len(train_rows)} texts of {facts['in_scope_intents']} intents. Test: {len(test_rows)} texts, "
         f"of which {n_oos} are the held-out intents' test texts, labelled `{OUT_OF_SCOPE_LABEL}`.\n\n"
         f"Held-out intents: {', '.join(sorted(held_out))}.\n\n"
