@@ -64,7 +64,7 @@ def built(tmp_path_factory) -> dict:
     eval_csv = write_csv(root / "eval.csv", eval_rows)
     out = root / "out"
     code = cli_main(["train", "--data", str(train_csv), "--eval", str(eval_csv), "--out", str(out),
-                     "--cache-dir", str(root / "cache"), "--name", "tiny", "--num-features", "4096", "--no-progress"])
+                     "--cache-dir", str(root / "cache"), "--name", "tiny", "--edge-max-mb", "0.06", "--no-progress"])
     assert code == 0
     return {"out": out, "cache": root / "cache", "train": read_labelled_csv(train_csv), "eval": read_labelled_csv(eval_csv),
             "facts": json.loads((out / "build.json").read_text())}
@@ -120,6 +120,9 @@ def test_build_writes_both_bundles_and_facts(built):
         assert (out / name).is_file(), name
     assert facts["num_labels"] == NUM_CLASSES and facts["train_size"] == NUM_CLASSES * TRAIN_PER_CLASS
     assert facts["edge_size_bytes"] < facts["cloud_size_bytes"] / 10
+    # the buckets come from the size budget: 4096 x 8 labels is the most that fits 60 kB
+    assert facts["edge_buckets"] == 4096 and facts["edge_max_bytes"] == 60_000
+    assert facts["edge_size_bytes"] <= 60_000
     # Far above chance (12.5 %); the real-data numbers live in the benchmark.
     assert facts["eval"]["edge_accuracy"] > 0.5 and facts["eval"]["cloud_accuracy"] > 0.7
     edge_card = json.loads((out / "edge/model.json").read_text())
@@ -320,3 +323,15 @@ def test_edge_model_learns_a_banking77_subset(tmp_path):
     model.load()
     accuracy = float((model.predict(test.texts).argmax(1) == test.label_ids(card.labels)).mean())
     assert accuracy > 0.5  # chance is 5 %
+
+
+def test_edge_buckets_follow_the_label_count_and_budget():
+    from edgecascade.offline.text_edge_build import DEFAULT_EDGE_MAX_BYTES, buckets_for_budget, edge_model_bytes
+
+    assert buckets_for_budget(77, DEFAULT_EDGE_MAX_BYTES) == 65536    # BANKING77: 5.3 MB, as before
+    assert buckets_for_budget(150, DEFAULT_EDGE_MAX_BYTES) == 32768   # 150 intents: 5.0 MB instead of 10.1 MB
+    assert buckets_for_budget(2, DEFAULT_EDGE_MAX_BYTES) == 65536     # never more than the default
+    assert buckets_for_budget(10_000, DEFAULT_EDGE_MAX_BYTES) == 1024 # the floor, even over budget
+    for labels in (2, 77, 150, 1000):
+        buckets = buckets_for_budget(labels, DEFAULT_EDGE_MAX_BYTES)
+        assert edge_model_bytes(buckets, labels) <= DEFAULT_EDGE_MAX_BYTES or buckets == 1024
