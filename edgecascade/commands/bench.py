@@ -23,11 +23,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="run a benchmark and write its JSON to benchmarks/results/")
     bench_sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
 
-    cascade = bench_sub.add_parser("cascade", help="BANKING77 text cascade: accuracy, deferral curve, calibration guarantee")
-    cascade.add_argument("--data-dir", type=Path, default=None, help="directory with train.csv and test.csv (default: ../shared/data/banking77)")
+    cascade = bench_sub.add_parser(
+        "cascade", help="text cascade on an intent data set (BANKING77 by default): accuracy, deferral curve, "
+        "calibration guarantee, out-of-scope queries",
+        description="Writes cascade_<name>.json and .png, <name> being --name or the data folder's name. "
+        "BANKING77's targets are checked only on BANKING77. A test set with an out-of-scope label adds "
+        "in-scope accuracy, out-of-scope recall and cloud share on mixed traffic for edge, cloud and cascade.")
+    cascade.add_argument("--data-dir", type=Path, default=None,
+                         help="directory with train.csv and test.csv (default: $EDGECASCADE_DATA_DIR or ../shared/data/banking77)")
+    cascade.add_argument("--name", default=None, help="the data set's name in the result file and plot (default: the folder's name)")
+    cascade.add_argument("--models", type=Path, default=None, metavar="DIR",
+                         help="measure the pair `edgecascade train --out DIR` built instead of building one "
+                         "(test data from --data-dir)")
+    cascade.add_argument("--oos-label", default=None, metavar="LABEL",
+                         help="label of out-of-scope test queries (default: out_of_scope or oos when present)")
+    cascade.add_argument("--abstain-cost", type=float, default=0.01, metavar="C",
+                         help="in-scope accuracy the abstain thresholds may cost on the calibration half (default 0.01)")
     cascade.add_argument("--e2e", action="store_true", help="also send the test set through SDK -> edge agent -> cloud router")
-    cascade.add_argument("--quick", action="store_true", help="a small subset, for smoke tests")
-    cascade.add_argument("--out", type=Path, default=RESULTS_DIR, help="output directory")
+    cascade.add_argument("--quick", action="store_true", help="a small subset, for smoke tests (writes cascade_<name>_quick.*)")
+    cascade.add_argument("--out", type=Path, default=RESULTS_DIR, help="output directory (default benchmarks/results)")
+    cascade.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _port_range_option(cascade)
     cascade.set_defaults(func=_cascade)
 
     delta = bench_sub.add_parser("delta", help="delta updates: patch size, diff/apply time and memory, swap under load")
@@ -35,17 +51,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     delta.add_argument("--swap-runs", type=_positive_int, default=3, metavar="N",
                        help="run the hot-swap part N times (about a minute each) and report the median run (default 3)")
     delta.add_argument("--out", type=Path, default=RESULTS_DIR / "delta.json", help="output JSON file")
+    _port_range_option(delta)
     delta.set_defaults(func=_delta)
 
     scale = bench_sub.add_parser("scale", help="Redis scheduling: throughput and latency for 1, 2 and 4 workers")
     scale.add_argument("--quick", action="store_true", help="short runs, for smoke tests")
     scale.add_argument("--out", type=Path, default=RESULTS_DIR / "scale.json", help="output JSON file")
+    _port_range_option(scale)
     scale.set_defaults(func=_scale)
 
     serve = bench_sub.add_parser("serve", help="serving overhead against the bare model and a raw gRPC echo")
     serve.add_argument("--quick", action="store_true", help="a few seconds, no targets checked, for smoke tests")
     serve.add_argument("--out", type=Path, default=RESULTS_DIR / "serve.json", help="output JSON file")
+    _port_range_option(serve)
     serve.set_defaults(func=_serve)
+
+
+def _port_range_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port-range", metavar="LO-HI", default=None,
+                        help="loopback ports the daemons may listen on, e.g. 20000-20100 (default: any free port; "
+                        "also $EDGECASCADE_PORT_RANGE)")
+
+
+def _apply_port_range(args: argparse.Namespace) -> None:
+    if getattr(args, "port_range", None) is not None:
+        from edgecascade.processes import set_port_range
+
+        set_port_range(args.port_range)
 
 
 def _positive_int(text: str) -> int:
@@ -63,21 +95,31 @@ def _print(result: dict) -> None:
 
 
 def _cascade(args: argparse.Namespace) -> int:
-    _print(_benchmark("cascade").run_cascade_bench(args.data_dir, args.out, e2e=args.e2e, quick=args.quick))
+    from shared.errors import InvalidInputError
+
+    if not 0 <= args.abstain_cost < 1:
+        raise InvalidInputError(f"--abstain-cost must be in [0, 1), got {args.abstain_cost}")
+    _apply_port_range(args)
+    _print(_benchmark("cascade").run_cascade_bench(
+        args.data_dir, args.out, e2e=args.e2e, quick=args.quick, name=args.name, models_dir=args.models,
+        oos_label=args.oos_label, abstain_cost=args.abstain_cost, progress=not args.no_progress))
     return 0
 
 
 def _delta(args: argparse.Namespace) -> int:
+    _apply_port_range(args)
     _print(_benchmark("delta").run_delta_bench(args.out, quick=args.quick, swap_runs=args.swap_runs))
     return 0
 
 
 def _scale(args: argparse.Namespace) -> int:
+    _apply_port_range(args)
     _print(_benchmark("scale").run_scale_bench(args.out, quick=args.quick))
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
+    _apply_port_range(args)
     _print(_benchmark("serve").run_serve_bench(args.out, quick=args.quick))
     return 0
 
