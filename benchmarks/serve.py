@@ -295,8 +295,10 @@ def transport_floor(trivial_bundle: Path, work: Path, *, reps: int, duration_s: 
 def echo_server(kind: str = "aio", processes: int = 1) -> Iterator[str]:
     """A raw gRPC echo server (benchmarks.echo_server) in a child process; yields its target."""
     port = free_port()
+    checkout = str(Path(__file__).resolve().parents[1])   # the child finds `benchmarks` from any working directory
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))}
     process = subprocess.Popen([sys.executable, "-m", "benchmarks.echo_server", "--port", str(port), "--kind", kind,
-                                "--processes", str(processes)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--processes", str(processes)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         wait_serving(f"127.0.0.1:{port}", 30, process)
         if processes > 1:
