@@ -22,6 +22,7 @@ def test_result_files_are_named_after_the_data_set(tmp_path):
     assert result_paths(tmp_path, "banking77", quick=True)[0].name == "cascade_banking77_quick.json"
 
 
+@pytest.mark.timeout(900)  # trains a pair, measures it and runs two daemons: minutes on a loaded machine
 def test_bench_on_a_trained_pair_with_out_of_scope_queries(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("EDGECASCADE_CACHE_DIR", str(tmp_path / "cache"))
     data = write_data_dir(tmp_path / "synthetic-intents", intents=6, train_per_intent=40, test_per_intent=30,
@@ -33,12 +34,15 @@ def test_bench_on_a_trained_pair_with_out_of_scope_queries(tmp_path, monkeypatch
     assert json.loads((models / "edge/model.json").read_text())["out_of_scope_label"] == "out_of_scope"
 
     out = tmp_path / "results"
-    result = run_cascade_bench(data, out, e2e=True, models_dir=models, progress=False)
-    assert (out / "cascade_synthetic-intents.json").is_file() and (out / "cascade_synthetic-intents.png").is_file()
+    # quick: fewer latency samples; the pair is still the one `train` built
+    result = run_cascade_bench(data, out, e2e=True, quick=True, models_dir=models, epsilon=0.05, progress=False)
+    assert (out / "cascade_synthetic-intents_quick.json").is_file()
+    assert (out / "cascade_synthetic-intents_quick.png").is_file()
     assert not list(out.glob("cascade_banking77*"))
     assert result["data"]["name"] == "synthetic-intents" and result["data"]["out_of_scope_test_size"] == 60
     assert result["targets"] == {} and "BANKING77" in result["targets_note"]
     assert result["in_scope_only"] and result["data"]["models"] == str(models)
+    assert result["calibrated"]["certified"] and mixed_threshold(result) is not None
 
     mixed = result["out_of_scope"]
     for system in ("edge_only", "cloud_only", "cascade"):
@@ -60,5 +64,9 @@ def test_bench_on_a_trained_pair_with_out_of_scope_queries(tmp_path, monkeypatch
 
     # another data set with the same name never replaces this result
     other = write_data_dir(tmp_path / "elsewhere" / "synthetic-intents", intents=4, seed=9)
-    with pytest.raises(ConfigError, match="holds the result of another data set"):
+    with pytest.raises(ConfigError, match="holds the result of another data set"):  # refused before any work
         run_cascade_bench(other, out, quick=True, progress=False)
+
+
+def mixed_threshold(result: dict):
+    return result["out_of_scope"]["deferral_threshold"]

@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="label of out-of-scope test queries (default: out_of_scope or oos when present)")
     cascade.add_argument("--abstain-cost", type=float, default=0.01, metavar="C",
                          help="in-scope accuracy the abstain thresholds may cost on the calibration half (default 0.01)")
+    cascade.add_argument("--epsilon", type=float, default=None,
+                         help="accuracy drop vs cloud the calibrated threshold may cost (Learn then Test, delta 0.05; "
+                         "default 0.01, 0.05 with --quick); small data sets cannot certify 0.01")
     cascade.add_argument("--e2e", action="store_true", help="also send the test set through SDK -> edge agent -> cloud router")
     cascade.add_argument("--quick", action="store_true", help="a small subset, for smoke tests (writes cascade_<name>_quick.*)")
     cascade.add_argument("--out", type=Path, default=RESULTS_DIR, help="output directory (default benchmarks/results)")
@@ -99,10 +102,12 @@ def _cascade(args: argparse.Namespace) -> int:
 
     if not 0 <= args.abstain_cost < 1:
         raise InvalidInputError(f"--abstain-cost must be in [0, 1), got {args.abstain_cost}")
+    if args.epsilon is not None and not 0 < args.epsilon < 1:
+        raise InvalidInputError(f"--epsilon must be in (0, 1), got {args.epsilon}")
     _apply_port_range(args)
     _print(_benchmark("cascade").run_cascade_bench(
         args.data_dir, args.out, e2e=args.e2e, quick=args.quick, name=args.name, models_dir=args.models,
-        oos_label=args.oos_label, abstain_cost=args.abstain_cost, progress=not args.no_progress))
+        oos_label=args.oos_label, abstain_cost=args.abstain_cost, epsilon=args.epsilon, progress=not args.no_progress))
     return 0
 
 
