@@ -32,6 +32,12 @@ def test_bench_on_a_trained_pair_with_out_of_scope_queries(tmp_path, monkeypatch
     printed = capsys.readouterr().out
     assert "edge model" in printed and "out-of-scope label 'out_of_scope'" in printed
     assert json.loads((models / "edge/model.json").read_text())["out_of_scope_label"] == "out_of_scope"
+    # train's eval predictions mark the out-of-scope examples, so calibrate can set the abstain thresholds
+    assert cli_main(["calibrate", "--predictions", str(models / "eval_predictions.npz"), "--bundle", str(models / "edge"),
+                     "--epsilon", "0.05", "--abstain-cost", "0.01", "--out", str(tmp_path / "policy.json")]) == 0
+    assert "abstain: edge below" in capsys.readouterr().out
+    policy = json.loads((tmp_path / "policy.json").read_text())
+    assert policy["abstain_guarantee"]["n_out_of_scope"] == 60
 
     out = tmp_path / "results"
     # quick: fewer latency samples; the pair is still the one `train` built
