@@ -164,7 +164,7 @@ def run_cascade_bench(data_dir: Optional[str | Path], out_dir: Optional[str | Pa
 
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
-    in_scope = " (in-scope queries)" if oos.any() else ""
+    in_scope = " (in scope)" if oos.any() else ""
     points = {
         "edge only": (0.0, result["edge_only_accuracy"]),
         "cloud only": (1.0, result["cloud_only_accuracy"]),
@@ -178,7 +178,7 @@ def run_cascade_bench(data_dir: Optional[str | Path], out_dir: Optional[str | Pa
     if e2e:
         points["live e2e (held-out half)"] = (result["e2e"]["deferral_rate"], result["e2e"]["accuracy"])
     plot_deferral_curve(result["curve"], points, png_path,
-                        title=f"{name}{in_scope}: INT8 n-gram edge -> MiniLM cloud{' (quick)' if quick else ''}")
+                        title=f"{name}{in_scope}: n-gram edge -> MiniLM cloud{' (quick)' if quick else ''}")
     result["files"] = {"json": str(json_path), "png": str(png_path)}
     return result
 
