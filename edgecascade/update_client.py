@@ -11,7 +11,8 @@ import grpc
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.delta.package import DeltaPackage
-from shared.errors import EdgecascadeError, error_for_code
+from edgecascade.router_address import router_call_error
+from shared.errors import EdgecascadeError
 from shared.update_states import FAILED_STATES, HEALTHY
 
 UPLOAD_MESSAGE_BYTES = 1 << 20
@@ -32,7 +33,7 @@ def _channel(target: str, channel: Optional[grpc.Channel]):
 
 
 def _typed(exc: grpc.RpcError, target: str) -> EdgecascadeError:
-    return error_for_code(exc.code(), f"router {target}: {exc.details()}")
+    return router_call_error(exc.code(), exc.details(), target)
 
 
 def _upload(package: DeltaPackage, canary_percent: float, progress: Optional[Progress]) -> Iterator[pb.PublishUpdateRequest]:

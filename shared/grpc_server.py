@@ -79,11 +79,15 @@ async def set_serving(health_servicer: health.aio.HealthServicer, service_names:
 
 def bind(server: grpc.aio.Server, listen: str) -> int:
     """Bind insecurely to host:port; port 0 picks a free one. Returns the bound port."""
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        from shared.errors import ConfigError
+    from shared.errors import ConfigError
+    from shared.listen import bind_failure
 
-        raise ConfigError(f"cannot listen on {listen!r} (in use or not a valid host:port)")
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:  # grpcio >= 1.60 raises where older versions returned 0
+        port = 0
+    if port == 0:
+        raise ConfigError(bind_failure(listen))
     return port
 
 

@@ -57,13 +57,13 @@ async def _entries(args: argparse.Namespace) -> list:
 
     from protos import edgecascade_pb2 as pb
     from protos import edgecascade_pb2_grpc as pb_grpc
-    from shared.errors import error_for_code
+    from edgecascade.router_address import router_call_error
 
     async with grpc.aio.insecure_channel(args.router) as channel:
         try:
             reply = await pb_grpc.CloudRouterStub(channel).GetFleet(pb.FleetRequest(), timeout=args.timeout_s)
         except grpc.aio.AioRpcError as exc:
-            raise error_for_code(exc.code(), f"router {args.router}: {exc.details() or exc.code().name}") from None
+            raise router_call_error(exc.code(), exc.details(), args.router) from None
     return list(reply.agents)
 
 

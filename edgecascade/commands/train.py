@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgecascade.offline.text_build import build_text_models
+    from edgecascade.output_paths import prepare_output_dir
     from edgecascade.offline.text_data import data_files, read_labelled_csv
     from shared.errors import InvalidInputError
 
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         train_path, test_path = data_files(args.data_dir)
         eval_path = args.eval if args.eval is not None else test_path
     name = args.name or train_path.resolve().parent.name or "text"
+    prepare_output_dir(args.out, "--out")  # before hours of training, not after
     train = read_labelled_csv(train_path)
     eval_set = read_labelled_csv(eval_path) if eval_path is not None else None
     facts = build_text_models(train, args.out, eval_set=eval_set, name=name, version=args.version,
