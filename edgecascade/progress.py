@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import TextIO
 
 
@@ -34,4 +35,40 @@ class ProgressBar:
     def close(self) -> None:
         if self._last_line:
             self.stream.write(("\r" if self.tty else "") + self._last_line + "\n")
+            self.stream.flush()
+
+
+class Elapsed:
+    """For a stage with no natural progress count (a solver, a model load): on a terminal, a
+    line redrawn every second with the time spent so far; `seconds` when done. Off the terminal
+    (or with show=False) it draws nothing."""
+
+    def __init__(self, label: str, *, show: bool = True, stream: TextIO = sys.stderr, interval_s: float = 1.0) -> None:
+        import threading
+
+        self.label = label
+        self.stream = stream
+        self.show = show and stream.isatty()
+        self.interval_s = interval_s
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._draw, daemon=True) if self.show else None
+
+    def _draw(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.stream.write(f"\r  {self.label}: {time.perf_counter() - self._started:.0f} s")
+            self.stream.flush()
+
+    def __enter__(self) -> "Elapsed":
+        self._started = time.perf_counter()
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.seconds = time.perf_counter() - self._started
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.stream.write("\r" + " " * (len(self.label) + 16) + "\r")
             self.stream.flush()
