@@ -171,3 +171,15 @@ def test_canary_outside_0_to_100_is_refused_before_anything_is_built(tmp_path, c
 def test_version():
     out = cli("--version")
     assert out.returncode == 0 and out.stdout.startswith("edgecascade ")
+
+
+@pytest.mark.parametrize("kind", ["edge", "cloud"])
+def test_daemon_help_has_a_description_and_every_option_its_default(kind):
+    from edgecascade.cli import build_parser
+
+    parser = build_parser()
+    run = parser._subparsers._group_actions[0].choices[kind]._subparsers._group_actions[0].choices["run"]
+    assert run.description and "Settings come from" in run.description
+    for action in run._actions:
+        if action.dest != "help":
+            assert "default" in (action.help or ""), f"{kind} run {action.option_strings}: no default in its help"
