@@ -1,10 +1,11 @@
-"""A one-line text progress bar for the command line (redrawn in place on a terminal)."""
+"""Progress on the command line: a one-line bar, and elapsed time for stages with no count
+(both redrawn in place on a terminal)."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Optional, TextIO
 
 
 def human_bytes(n: float) -> str:
@@ -16,11 +17,11 @@ def human_bytes(n: float) -> str:
 
 
 class ProgressBar:
-    def __init__(self, label: str, *, width: int = 30, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, label: str, *, width: int = 30, stream: Optional[TextIO] = None) -> None:
         self.label = label
         self.width = width
-        self.stream = stream
-        self.tty = stream.isatty()
+        self.stream = stream if stream is not None else sys.stderr  # looked up now: it may have been replaced
+        self.tty = self.stream.isatty()
         self._last_line = ""
 
     def __call__(self, done: int, total: int) -> None:
@@ -43,12 +44,12 @@ class Elapsed:
     line redrawn every second with the time spent so far; `seconds` when done. Off the terminal
     (or with show=False) it draws nothing."""
 
-    def __init__(self, label: str, *, show: bool = True, stream: TextIO = sys.stderr, interval_s: float = 1.0) -> None:
+    def __init__(self, label: str, *, show: bool = True, stream: Optional[TextIO] = None, interval_s: float = 1.0) -> None:
         import threading
 
         self.label = label
-        self.stream = stream
-        self.show = show and stream.isatty()
+        self.stream = stream if stream is not None else sys.stderr
+        self.show = show and self.stream.isatty()
         self.interval_s = interval_s
         self.seconds = 0.0
         self._stop = threading.Event()
