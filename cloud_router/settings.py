@@ -7,13 +7,18 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from cloud_router.limits import ClientLimitSettings
 from shared.event_loop import EventLoopName
 from shared.listen import ListenAddress
+from shared.security_settings import ServerSecuritySettings
 
 
-class RouterSettings(BaseSettings):
+class RouterSettings(ServerSecuritySettings, ClientLimitSettings):
+    """Security fields (TLS, tokens, plaintext, max_concurrent_rpcs): shared/security_settings.py;
+    per-client limits (client_*): cloud_router/limits.py."""
+
     model_config = SettingsConfigDict(env_prefix="EDGECASCADE_ROUTER_", extra="forbid")
 
     router_id: str = Field(default_factory=lambda: f"router-{socket.gethostname()}")

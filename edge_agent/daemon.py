@@ -21,6 +21,7 @@ from edge_agent.systemd_notify import SystemdNotifier
 from edge_agent.updater import open_version_store, start_updater
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
+from shared.auth import server_interceptors
 from shared.event_loop import run_on_loop
 from shared.grpc_server import add_health_and_reflection, bind, create_server, run_until_signal, set_serving
 from shared.kserve_service import SERVICE_NAME as KSERVE_SERVICE_NAME
@@ -55,7 +56,8 @@ def build_cascade(settings: EdgeSettings, bundle_dir: Optional[Path] = None) -> 
                                  on_change=BreakerLog(settings.cloud_target, failure_threshold=settings.breaker_failure_threshold,
                                                       cooldown_s=settings.breaker_cooldown_s))
         cloud = CloudLink(settings.cloud_target, model=settings.cloud_model, breaker=breaker,
-                          max_message_bytes=settings.max_message_bytes, agent_id=settings.agent_id)
+                          max_message_bytes=settings.max_message_bytes, agent_id=settings.agent_id,
+                          security=settings.cloud_security(settings.plaintext))
     return Cascade(active, cloud, fallback_reserve_ms=settings.fallback_reserve_ms,
                    shed_at_pressure=settings.shed_at_pressure)
 
@@ -64,11 +66,12 @@ async def serve(settings: EdgeSettings, ready_callback=None) -> None:
     store = open_version_store(settings)
     cascade = build_cascade(settings, store.current_dir() if store else None)
     metrics = AgentMetrics(cascade, settings.agent_id)
-    server = create_server(settings.max_message_bytes)
+    server = create_server(settings.max_message_bytes, interceptors=server_interceptors(settings, daemon="edge agent"),
+                           max_concurrent_rpcs=settings.max_concurrent_rpcs)
     pb_grpc.add_EdgeAgentServicer_to_server(EdgeAgentServicer(cascade, settings, metrics), server)
     add_kserve_servicer(server, EdgeKServeBackend(cascade, settings, metrics), metrics)
     health = add_health_and_reflection(server, SERVICE_NAMES)
-    port = bind(server, settings.listen)
+    port = bind(server, settings.listen, settings.server_security(), daemon="edge agent")
     serve_metrics(metrics, settings.listen, settings.metrics_port)
     await server.start()
     await set_serving(health, SERVICE_NAMES, True)

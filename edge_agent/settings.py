@@ -8,13 +8,16 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from shared.event_loop import EventLoopName
 from shared.listen import ListenAddress
+from shared.security_settings import CloudLinkSecuritySettings, ServerSecuritySettings
 
 
-class EdgeSettings(BaseSettings):
+class EdgeSettings(ServerSecuritySettings, CloudLinkSecuritySettings):
+    """Security fields (TLS, tokens, plaintext, max_concurrent_rpcs, cloud_tls_*): shared/security_settings.py."""
+
     model_config = SettingsConfigDict(env_prefix="EDGECASCADE_EDGE_", extra="forbid")
 
     agent_id: str = Field(default_factory=lambda: f"edge-{socket.gethostname()}-{os.getpid()}")

@@ -3,17 +3,20 @@ an edge agent (its port answers, but not with the CloudRouter API)."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.errors import ConfigError, EdgecascadeError, error_for_code
+from shared.tls import ClientSecurity, open_channel
 
 EDGE_AGENT_SERVICE = "edgecascade.v1.EdgeAgent"
 
 
-def serves_edge_agent(target: str, timeout_s: float = 2.0) -> bool:
+def serves_edge_agent(target: str, security: Optional[ClientSecurity] = None, timeout_s: float = 2.0) -> bool:
     """Whether the gRPC server at `target` reports the EdgeAgent service healthy or known."""
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, security) as channel:
         try:
             health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=EDGE_AGENT_SERVICE),
                                                       timeout=timeout_s)
@@ -22,9 +25,10 @@ def serves_edge_agent(target: str, timeout_s: float = 2.0) -> bool:
     return True
 
 
-def router_call_error(code: grpc.StatusCode, details: str, target: str) -> EdgecascadeError:
-    """The typed error for a failed call to the router at `target`."""
-    if code == grpc.StatusCode.UNIMPLEMENTED and serves_edge_agent(target):
+def router_call_error(code: grpc.StatusCode, details: str, target: str,
+                      security: Optional[ClientSecurity] = None) -> EdgecascadeError:
+    """The typed error for a failed call to the router at `target` (reached with `security`)."""
+    if code == grpc.StatusCode.UNIMPLEMENTED and serves_edge_agent(target, security):
         return ConfigError(f"{target}: that address is an edge agent, not a router; "
                            "pass the cloud router's host:port (its `listen` setting)")
     if code == grpc.StatusCode.UNAVAILABLE:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 import time
 
-import pytest
-
 from edge_agent.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from edge_agent.cloud_reachability import BreakerLog, HeartbeatLog
 from edgecascade import Client
