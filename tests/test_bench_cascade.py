@@ -30,7 +30,7 @@ def test_bench_on_a_trained_pair_with_out_of_scope_queries(tmp_path, monkeypatch
     models = tmp_path / "models"
     assert cli_main(["train", "--data-dir", str(data), "--out", str(models), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "edge model" in printed and "out-of-scope label 'out_of_scope'" in printed
+    assert "hash buckets x 6 labels, budget 6 MB" in printed and "out-of-scope label 'out_of_scope'" in printed
     assert json.loads((models / "edge/model.json").read_text())["out_of_scope_label"] == "out_of_scope"
     # train's eval predictions mark the out-of-scope examples, so calibrate can set the abstain thresholds
     assert cli_main(["calibrate", "--predictions", str(models / "eval_predictions.npz"), "--bundle", str(models / "edge"),

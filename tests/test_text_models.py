@@ -335,3 +335,12 @@ def test_edge_buckets_follow_the_label_count_and_budget():
     for labels in (2, 77, 150, 1000):
         buckets = buckets_for_budget(labels, DEFAULT_EDGE_MAX_BYTES)
         assert edge_model_bytes(buckets, labels) <= DEFAULT_EDGE_MAX_BYTES or buckets == 1024
+
+
+def test_train_ends_with_a_short_summary_not_the_build_record(built):
+    from edgecascade.commands.train import summary
+
+    text = summary(built["facts"], built["out"])
+    assert len(text.splitlines()) <= 8 and "{" not in text
+    assert f"build record: {built['out'] / 'build.json'}" in text
+    assert "eval (" in text and "edge accuracy" in text and "policy: accept max_prob >=" in text

@@ -71,6 +71,11 @@ def load_predictions(path: Path, num_labels: int) -> tuple[np.ndarray, np.ndarra
 
 def _load_checked(path: Path, num_labels: int) -> dict[str, np.ndarray]:
     """Every array of a predictions file, checked (see PREDICTIONS_FORMAT)."""
+    if path.is_file() and not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            what = "a single .npy array" if f.read(6) == b"\x93NUMPY" else "not a zip archive"
+        raise ConfigError(f"predictions file {path} is not a predictions .npz ({what}); "
+                          "write one with numpy.savez(path, edge_probs=..., cloud_pred=...)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
@@ -133,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
                                 + ("(conformal risk control bounds the expected drop, E[drop] <= epsilon)"
                                    if args.method == "crc" else "(it meets a deferral rate, with no accuracy guarantee)"))
 
+    from edgecascade.output_paths import prepare_output_dir
+
     card = load_card(args.bundle)
     arrays = _load_checked(args.predictions, len(card.labels))
     probs, cloud_pred, gold = arrays["edge_probs"], arrays["cloud_pred"], arrays.get("gold")
@@ -169,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
                                         "cloud_abstain_threshold": abstain.cloud_abstain_threshold,
                                         "abstain_guarantee": abstain.guarantee()})
     out = args.out if args.out is not None else args.bundle / POLICY_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out.parent, "--out")
     out.write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
 
     print(f"method {result.method}: {guarantee['statement']}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 CSV_FORMAT = """\
@@ -52,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgecascade.offline.text_build import build_text_models
     from edgecascade.offline.text_data import data_files, find_out_of_scope_label, read_labelled_csv
+    from edgecascade.output_paths import prepare_output_dir
     from shared.errors import InvalidInputError
 
     if args.version < 1:
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         train_path, test_path = data_files(args.data_dir)
         eval_path = args.eval if args.eval is not None else test_path
     name = args.name or train_path.resolve().parent.name or "text"
+    prepare_output_dir(args.out, "--out")  # before hours of training, not after
     train = read_labelled_csv(train_path)
     eval_set = read_labelled_csv(eval_path) if eval_path is not None else None
     oos_label = find_out_of_scope_label(train, *([eval_set] if eval_set is not None else []), named=args.oos_label)
@@ -71,9 +72,33 @@ def run(args: argparse.Namespace) -> int:
                               cache_dir=args.cache_dir, progress_bars=not args.no_progress,
                               featurizer_options={} if args.num_features is None else {"num_features": args.num_features},
                               edge_max_bytes=int(args.edge_max_mb * 1e6), out_of_scope_label=oos_label)
-    print(json.dumps(facts, indent=2))
-    print(f"edge model {facts['edge_size_bytes'] / 1e6:.2f} MB ({facts['edge_buckets']} buckets x {facts['num_labels']} labels, "
-          f"budget {facts['edge_max_bytes'] / 1e6:g} MB), cloud model {facts['cloud_size_bytes'] / 1e6:.1f} MB"
-          + (f"; out-of-scope label {oos_label!r}" if oos_label else ""))
-    print(f"wrote {Path(args.out) / 'edge'} and {Path(args.out) / 'cloud'}")
+    print(summary(facts, Path(args.out)))
     return 0
+
+
+def summary(facts: dict, out: Path) -> str:
+    """What a user wants after a build: sizes, accuracies, the policy, where everything went."""
+    mb = 1024 * 1024
+    lines = [
+        f"trained {facts['name']} v{facts['version']} on {facts['train_size']} texts, {facts['num_labels']} labels "
+        f"in {facts['build_s']['total_s']:.0f} s",
+        f"  edge  {out / 'edge'}  ({facts['edge_size_bytes'] / mb:.1f} MB"
+        + (f": {facts['edge_buckets']} hash buckets x {facts['num_labels']} labels, budget "
+           f"{facts['edge_max_bytes'] / 1e6:g} MB" if "edge_buckets" in facts else "") + ")",
+        f"  cloud {out / 'cloud'}  ({facts['cloud_size_bytes'] / mb:.1f} MB)",
+    ]
+    evaluated = facts.get("eval")
+    if evaluated:
+        lines.append(f"  eval ({evaluated['size']} texts): edge accuracy {evaluated['edge_accuracy']:.4f}, "
+                     f"cloud {evaluated['cloud_accuracy']:.4f}, agreement {evaluated['agreement']:.4f}")
+    if facts.get("out_of_scope_label"):
+        lines.append(f"  out-of-scope label {facts['out_of_scope_label']!r}: declared by the edge model; "
+                     "calibrate --abstain-cost sets the abstain thresholds")
+    policy = facts["policy"]
+    certified = policy.get("method") not in (None, "none")
+    lines.append(f"  policy: accept {policy['signal']} >= {policy['threshold']:.4f}"
+                 + ("" if certified else " (provisional: run `edgecascade calibrate`)"))
+    if evaluated:
+        lines.append(f"  next: edgecascade calibrate --predictions {out / 'eval_predictions.npz'} --bundle {out / 'edge'}")
+    lines.append(f"  build record: {out / 'build.json'}")
+    return "\n".join(lines)

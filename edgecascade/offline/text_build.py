@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from edgecascade.offline.text_data import LabelledTexts, label_names
+from edgecascade.progress import Elapsed
 from shared.model_card import InputSpec, ModelCard, save_card
 from shared.policy import PolicyFile, save_policy
 
@@ -77,9 +78,11 @@ def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Op
     say(f"[1/4] edge: hashed n-grams + logistic regression on {len(train)} texts, {len(labels)} labels, "
         f"{buckets} buckets (about {edge_model_bytes(buckets, len(labels)) / 1e6:.2f} MB; budget {max_bytes / 1e6:g} MB)")
     t = time.perf_counter()
-    edge_card = build_edge_bundle(edge_dir, train.texts, y, labels, name=f"{name}-edge", version=version,
-                                  featurizer_options=featurizer_options, out_of_scope_label=out_of_scope_label)
+    with Elapsed("featurizing and fitting", show=progress_bars):
+        edge_card = build_edge_bundle(edge_dir, train.texts, y, labels, name=f"{name}-edge", version=version,
+                                      featurizer_options=featurizer_options, out_of_scope_label=out_of_scope_label)
     timings["edge_train_s"] = time.perf_counter() - t
+    say(f"      done in {timings['edge_train_s']:.1f} s")
     edge_bytes = (edge_dir / edge_card.file).stat().st_size
     if edge_bytes > max_bytes:
         why = f"even {buckets} buckets do not fit {len(labels)} labels" if by_budget else "num_features was given"
@@ -94,12 +97,16 @@ def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Op
                               progress_bars=progress_bars)
     embeddings = embedder.embed(train.texts, desc="embedding train")
     timings["cloud_embed_s"] = time.perf_counter() - t
+    say(f"      done in {timings['cloud_embed_s']:.1f} s")
 
     say("[3/4] cloud: logistic-regression head on the embeddings")
     t = time.perf_counter()
-    weight, bias = train_cloud_head(embeddings, y, len(labels))
-    save_minilm_bundle(cloud_dir, weight, bias, name=f"{name}-cloud", version=version, labels=labels, options=cloud_options)
+    with Elapsed("fitting the head", show=progress_bars):
+        weight, bias = train_cloud_head(embeddings, y, len(labels))
+        save_minilm_bundle(cloud_dir, weight, bias, name=f"{name}-cloud", version=version, labels=labels,
+                           options=cloud_options)
     timings["cloud_head_s"] = time.perf_counter() - t
+    say(f"      done in {timings['cloud_head_s']:.1f} s")
 
     facts: dict[str, Any] = {
         "name": name,
