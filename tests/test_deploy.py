@@ -27,14 +27,15 @@ from shared.settings import load_settings
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 EDGE_EXAMPLE = DEPLOY / "systemd" / "edge.yaml.example"
+ROUTER_EXAMPLE = DEPLOY / "cloud.yaml.example"
 UNIT = DEPLOY / "systemd" / "edgecascade-edge.service"
 DOCKER = DEPLOY / "docker"
-CLOUD_EXAMPLE = DOCKER / "cloud.yaml.example"
 #: Every settings file shipped outside deploy/k8s (whose cloud.yaml tests/test_deploy_k8s.py
-#: loads as rendered), with the settings class of the daemon that reads it.
-SHIPPED_CONFIGS = {EDGE_EXAMPLE: EdgeSettings, CLOUD_EXAMPLE: RouterSettings}
+#: loads as rendered), with the settings class of the daemon that reads it. The images take
+#: these too (Dockerfile.cloud: the router example, Dockerfile.edge/.jetson: the edge one).
+SHIPPED_CONFIGS = {EDGE_EXAMPLE: EdgeSettings, ROUTER_EXAMPLE: RouterSettings}
 #: Where the examples put TLS files, and the names `edgecascade certs init` gives them.
-EXAMPLE_TLS_DIR = Path("/etc/edgecascade/tls")
+EXAMPLE_TLS_DIR = Path("/etc/edgecascade/certs")
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -111,8 +112,6 @@ def test_shipped_config_passes_the_daemons_security_check(path):
         assert settings.cloud_target
         link = settings.cloud_security(settings.plaintext)
         assert link is not None and link.tls and link.cert_file, "the agent reaches the router over mutual TLS"
-    else:
-        assert security.client_ca_file is not None, "the router checks client certificates (agents' roles)"
     for name, value in settings.model_dump().items():
         if "tls" in name and value is not None:
             assert Path(value).parent == EXAMPLE_TLS_DIR and Path(value).name in certs_init_files(), (name, value)
@@ -123,6 +122,21 @@ def certs_init_files() -> set[str]:
 
 
 # --- systemd ---------------------------------------------------------------------------------
+
+def uncommented(path: Path) -> str:
+    """The example with its commented-out settings (`# name: value`) turned on."""
+    return "\n".join(re.sub(r"^# ([a-z_]+: .*)$", r"\1", line) for line in path.read_text().splitlines()) + "\n"
+
+
+@pytest.mark.parametrize("cls, example", [(EdgeSettings, EDGE_EXAMPLE), (RouterSettings, ROUTER_EXAMPLE)],
+                         ids=["edge", "router"])
+def test_example_configs_load_with_every_commented_setting_on(tmp_path, cls, example):
+    assert load_settings(cls, example)
+    extended = tmp_path / example.name
+    extended.write_text(uncommented(example))
+    assert load_settings(cls, extended)
+    assert example.name in (REPO / "README.md").read_text(), "the README links each example config"
+
 
 def test_systemd_unit_runs_the_edge_agent_with_the_example_config():
     service = unit_entries(UNIT)["Service"]
@@ -315,7 +329,7 @@ def test_image_healthcheck_reads_the_config_the_daemon_runs_with(name):
     assert config == parse_cli(container_command(DOCKER / name)).config
 
 
-@pytest.mark.parametrize("name, example", [("Dockerfile.edge", EDGE_EXAMPLE), ("Dockerfile.cloud", CLOUD_EXAMPLE)])
+@pytest.mark.parametrize("name, example", [("Dockerfile.edge", EDGE_EXAMPLE), ("Dockerfile.cloud", ROUTER_EXAMPLE)])
 def test_image_healthcheck_passes_against_a_daemon_with_the_example_tls(tmp_path, bundles, name, example):
     """A real daemon with the example's security settings, its TLS paths pointing at `edgecascade
     certs init` files of the same names; the image's HEALTHCHECK command (config path and port
