@@ -92,6 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     soak.add_argument("--no-chaos", action="store_true", help="skip the chaos steps after the steady part")
     soak.add_argument("--step-s", type=float, default=10.0, help="seconds of load per chaos step (default 10)")
     soak.add_argument("--out", type=Path, default=RESULTS_DIR / "soak.json", help="output JSON file")
+    _port_range_option(soak)
     soak.set_defaults(func=_soak)
 
 
@@ -179,6 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _soak(args: argparse.Namespace) -> int:
+    _apply_port_range(args)
     result = _benchmark("soak").run_soak(args.out, duration_s=args.duration, clients=args.clients,
                                          deadline_ms=args.deadline_ms, chaos=not args.no_chaos, step_s=args.step_s,
                                          progress=print)
