@@ -3,10 +3,10 @@ A batch of many rows goes through `Cascade.infer_rows`: the edge model on chunks
 a bounded number of deferred rows at the cloud at once, so a big batch never holds up others.
 
 Besides `probs`, `label` and `label_name` (see `shared.kserve_models`), each row reports the
-route that served it (`served_by`: edge, cloud, edge_fallback) and the edge model's
+route that served it (`served_by`: edge, cloud, edge_fallback, abstain) and the edge model's
 confidence (`max_prob`, `margin`, `entropy`). The response parameters say the same for the
 request: `served_by`, `model_name`, `model_version` (of the model that produced the label),
-`defer_reason` and `fallback_reason` are the rows' values joined by commas (one value for a
+`defer_reason`, `fallback_reason` and `abstain_reason` are the rows' values joined by commas (one value for a
 one-row request); `max_prob`, `margin` and `entropy` are those of the least confident row.
 """
 
@@ -80,8 +80,8 @@ class EdgeKServeBackend:
                 results = await self.cascade.infer_rows(batch.rows, deadline_s=batch.deadline_s,
                                                         request_ids=batch.request_ids, priority=batch.priority)
         for result in results:
-            self.metrics.record(API_KSERVE, RequestOutcome(result.route, "OK", result.defer_reason, result.fallback_reason),
-                                (result.edge_ms + result.cloud_ms) / 1000.0)
+            outcome = RequestOutcome(result.route, "OK", result.defer_reason, result.fallback_reason, result.abstain_reason)
+            self.metrics.record(API_KSERVE, outcome, (result.edge_ms + result.cloud_ms) / 1000.0)
         return InferenceResult(outputs=_outputs(results), model_version=str(model.version), parameters=_parameters(results))
 
 
@@ -102,6 +102,7 @@ def _parameters(results: list[CascadeResult]) -> km.ParameterMap:
         "model_version": km.joined([str(r.prediction.model_version) for r in results]),
         "defer_reason": km.joined([r.defer_reason for r in results]),
         "fallback_reason": km.joined([r.fallback_reason for r in results]),
+        "abstain_reason": km.joined([r.abstain_reason for r in results]),
         MAX_PROB: least.max_prob,
         MARGIN: least.margin,
         ENTROPY: least.entropy,
