@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from cloud_router.llm_sequence import LiveSequence
+from shared.llm_sequence import LiveSequence
 
 
 @torch.inference_mode()

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Optional, Union
 
 from cloud_router.llm_checkpoint import CheckpointInfo, inspect_checkpoint
-from cloud_router.llm_sequence import LiveSequence, TokenEvent
+from shared.llm_sequence import LiveSequence, TokenEvent
 from shared.errors import ConfigError, DeadlineError, ModelError, OverloadedError, UnavailableError
 from shared.llm_decoding import DEFAULT_SIGNAL_QUANTILE
+from shared.llm_events import EventPipe
 from shared.llm_request import (MAX_NEW_TOKENS_LIMIT, GenerationRequest, GenerationResult, check_prompt_fits,
                                 validated)
 
@@ -118,21 +119,14 @@ class CausalLMHost:
         check_prompt_fits(len(prompt_ids), request.max_new_tokens, self.context_tokens)
         if self._queue.qsize() >= self.max_queue:
             raise OverloadedError(f"generation queue is full ({self.max_queue} waiting); retry later")
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
+        pipe = EventPipe()
         sequence = LiveSequence(request, prompt_ids, deadline_s=time.monotonic() + timeout_s, decode=self.decode,
-                                eos_ids=self._eos_ids, context_tokens=self.context_tokens,
-                                emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+                                eos_ids=self._eos_ids, context_tokens=self.context_tokens, emit=pipe.emit,
                                 signal_quantile=self.signal_quantile)
         self._queue.put(sequence)
         try:
-            while True:
-                event = await events.get()
-                if isinstance(event, Exception):
-                    raise event
+            async for event in pipe.events():
                 yield event
-                if isinstance(event, GenerationResult):
-                    return
         finally:
             sequence.cancelled.set()  # a no-op for a finished sequence; stops one the caller left
 

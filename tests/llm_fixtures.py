@@ -71,3 +71,11 @@ def make_tiny_ernie(out_dir: Path, *, moe: bool = False, seed: int = 0, layers: 
 def tiny_ernie(tmp_path_factory) -> Path:
     """One tiny dense ERNIE-4.5 checkpoint per test session."""
     return make_tiny_ernie(tmp_path_factory.mktemp("tiny-ernie"))
+
+
+@pytest.fixture(scope="session")
+def tiny_edge(tiny_ernie, tmp_path_factory) -> Path:
+    """The tiny checkpoint exported for the edge (fp32), once per test session."""
+    from edgecascade.llm_export import export_llm
+
+    return export_llm(tiny_ernie, tmp_path_factory.mktemp("tiny-edge") / "edge").out_dir

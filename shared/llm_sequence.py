@@ -1,5 +1,6 @@
-"""One generation in flight on the cloud host: its request, its per-token state, and the way
-its tokens and its end reach the caller. Torch-free; `llm_batch` drives it.
+"""One generation in flight: its request, its per-token state, and the way its tokens and its
+end reach the caller. Torch- and onnxruntime-free; the cloud's `llm_batch` and the edge's
+`llm_runtime` drive it with their models' logits.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from shared.llm_decoding import SignalTracker, TextAssembler, TokenChooser
-from shared.llm_request import (FINISH_CANCELLED, FINISH_DEADLINE, FINISH_EOS, FINISH_LENGTH, FINISH_STOP,
-                                GenerationRequest, GenerationResult)
+from shared.llm_request import (FINISH_CANCELLED, FINISH_DEADLINE, FINISH_DEFERRED, FINISH_EOS, FINISH_LENGTH,
+                                FINISH_STOP, GenerationRequest, GenerationResult, SequenceSignals)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,13 +28,15 @@ class LiveSequence:
 
     def __init__(self, request: GenerationRequest, prompt_ids: list[int], *, deadline_s: float,
                  decode: Callable[[Sequence[int]], str], eos_ids: frozenset[int], context_tokens: int,
-                 emit: Callable[[Any], None], signal_quantile: float) -> None:
+                 emit: Callable[[Any], None], signal_quantile: float,
+                 should_defer: Optional[Callable[[SequenceSignals], bool]] = None) -> None:
         self.request = request
         self.prompt_ids = prompt_ids
         self.deadline_s = deadline_s          # time.monotonic() clock
         self.eos_ids = eos_ids
         self.context_tokens = context_tokens
         self.emit = emit
+        self.should_defer = should_defer      # the edge's early deferral, asked after every token
         self.cancelled = threading.Event()
         self.chooser = TokenChooser(request)
         self.tracker = SignalTracker(signal_quantile)
@@ -60,6 +63,9 @@ class LiveSequence:
         sequence. Returns the token id (fed back to the model while the sequence goes on)."""
         token, top_prob = self.chooser.choose(logits)
         self.tracker.add(top_prob)
+        if self.should_defer is not None and self.should_defer(self.tracker.signals()):
+            self.finish(FINISH_DEFERRED)
+            return token
         if token in self.eos_ids:
             self.finish(FINISH_EOS)
             return token
