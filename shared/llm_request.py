@@ -97,3 +97,4 @@ class GenerationResult:
     finish_reason: str
     prompt_tokens: int
     signals: SequenceSignals = dataclasses.field(default_factory=SequenceSignals)
+    top_probs: list[float] = dataclasses.field(default_factory=list)   # per chosen token, end token included

@@ -88,4 +88,5 @@ class LiveSequence:
         if tail:
             self.emit(TokenEvent(tail, None))
         self.emit(GenerationResult(text=self.text.text, token_ids=list(self.generated), finish_reason=reason,
-                                   prompt_tokens=len(self.prompt_ids), signals=self.tracker.signals()))
+                                   prompt_tokens=len(self.prompt_ids), signals=self.tracker.signals(),
+                                   top_probs=list(self.tracker.top_probs)))
