@@ -162,7 +162,7 @@ class DynamicBatcher:
         try:
             if prepare is not None:
                 prepare()
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever awaits start()
+        except BaseException as exc:
             self._thread = None
             self._loop.call_soon_threadsafe(_resolve, ready, exc)
             return
@@ -181,7 +181,7 @@ class DynamicBatcher:
                         outputs = self.predict([item.payload for item in batch])
                     if len(outputs) != len(batch):
                         raise ModelError(f"model returned {len(outputs)} rows for a batch of {len(batch)}")
-                except Exception as exc:  # noqa: BLE001 - every caller in the batch gets the error
+                except Exception as exc:
                     error = exc if isinstance(exc, ModelError) else ModelError(f"model failed on a batch of {len(batch)}: {exc}")
             elapsed_s = time.perf_counter() - started
             self._free_since_s = time.time()

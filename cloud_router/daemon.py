@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-
 from typing import Any, Optional
 
 from cloud_router.budget import CloudBudget, MemoryBuckets, RedisBuckets
 from cloud_router.fleet import MemoryFleetRegistry, RedisFleetRegistry
 from cloud_router.kserve_backend import RouterKServeBackend
+from cloud_router.metrics import RouterMetrics
 from cloud_router.redis_keys import RedisKeys
 from cloud_router.router import Router
 from cloud_router.scheduler import InMemoryScheduler
@@ -22,8 +22,8 @@ from shared.event_loop import run_on_loop
 from shared.grpc_server import add_health_and_reflection, bind, create_server, run_until_signal, set_serving
 from shared.kserve_service import SERVICE_NAME as KSERVE_SERVICE_NAME
 from shared.kserve_service import add_kserve_servicer
-from shared.metrics import RouterMetrics, serve_metrics
-from shared.model import load_model
+from shared.metrics import serve_metrics
+from shared.model_loader import load_model
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CloudRouter"].full_name

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 
+from cloud_router.metrics import RouterMetrics
 from cloud_router.router import Router
 from cloud_router.settings import RouterSettings
 from shared import kserve_models as km
 from shared.errors import UnavailableError
 from shared.kserve_backend import InferenceRequest, InferenceResult, ModelMetadata, ServerMetadata
-from shared.metrics import API_KSERVE, RouterMetrics
+from shared.metrics import API_KSERVE
 from shared.model import Model, ModelInput
 from shared.prediction import Prediction
 

@@ -55,7 +55,7 @@ class MiniLMOptions(BaseModel):
     call_overhead_tokens: Optional[float] = Field(default=40.0, ge=0, le=1e6)
     """The fixed cost of one forward pass, in padded tokens (all-MiniLM-L6-v2 on 2 CPU cores:
     about 40). `predict` splits a batch, sorted by length, into the chunks that cost least
-    (shared.length_buckets); None: plain runs of `batch_size`, each padded to its longest."""
+    (cloud_router.length_buckets); None: plain runs of `batch_size`, each padded to its longest."""
     threads: Optional[int] = Field(default=1, ge=1, le=256)
     """torch intra-op threads for the whole process; None leaves torch's default."""
     torchscript: bool = True
@@ -125,9 +125,9 @@ class MiniLMEncoder:
     def embed(self, texts: Sequence[str], progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
         """float32 [N, dim]. Texts are sorted by length so each chunk pads little; `progress(n)`
         is called after each chunk with the number of texts it held."""
-        from shared.length_buckets import plan_chunks
-
         import torch
+
+        from cloud_router.length_buckets import plan_chunks
 
         if self.net is None:
             raise ModelError(f"encoder {self.folder} is not loaded")

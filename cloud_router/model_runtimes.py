@@ -1,9 +1,8 @@
-"""The cloud side of `shared.model.load_model`: builds the model a card's `runtime` names.
+"""The cloud runtimes of `shared.model_loader.load_model`, registered when `cloud_router` is imported.
 
 Each runtime lives in its own module and is imported only when a card asks for it, so a
-router hosting only a "sleep" model never imports torch.
+router hosting only a "sleep" model never imports torch. "onnx" is built into `load_model`.
 
-    onnx         shared.onnx_model.OnnxModel        (CPU provider; load_model picks providers)
     torch_mlp    cloud_router.torch_mlp.TorchMLPModel
     sleep        cloud_router.sleep_model.SleepModel
     minilm_head  cloud_router.minilm_model.MiniLMHeadModel
@@ -13,28 +12,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.errors import ConfigError
 from shared.model import Model
 from shared.model_card import ModelCard
+from shared.model_loader import load_model, register_runtime
 
 
-def build_cloud_model(card: ModelCard, bundle_dir: str | Path) -> Model:
-    """The (not yet loaded) model for `card`; a ConfigError names an unknown runtime."""
-    bundle_dir = Path(bundle_dir)
-    if card.runtime == "torch_mlp":
-        from cloud_router.torch_mlp import TorchMLPModel
+def _torch_mlp(card: ModelCard, bundle_dir: Path) -> Model:
+    from cloud_router.torch_mlp import TorchMLPModel
 
-        return TorchMLPModel(card, bundle_dir)
-    if card.runtime == "sleep":
-        from cloud_router.sleep_model import SleepModel
+    return TorchMLPModel(card, bundle_dir)
 
-        return SleepModel(card, bundle_dir)
-    if card.runtime == "minilm_head":
-        from cloud_router.minilm_model import MiniLMHeadModel
 
-        return MiniLMHeadModel(card, bundle_dir)
-    if card.runtime == "onnx":
-        from shared.onnx_model import OnnxModel
+def _sleep(card: ModelCard, bundle_dir: Path) -> Model:
+    from cloud_router.sleep_model import SleepModel
 
-        return OnnxModel(card, bundle_dir)
-    raise ConfigError(f"model {card.name!r}: unknown runtime {card.runtime!r}")
+    return SleepModel(card, bundle_dir)
+
+
+def _minilm_head(card: ModelCard, bundle_dir: Path) -> Model:
+    from cloud_router.minilm_model import MiniLMHeadModel
+
+    return MiniLMHeadModel(card, bundle_dir)
+
+
+CLOUD_RUNTIMES = {"torch_mlp": _torch_mlp, "sleep": _sleep, "minilm_head": _minilm_head}
+
+for _name, _builder in CLOUD_RUNTIMES.items():
+    register_runtime(_name, _builder)
+
+
+def load_cloud_model(bundle_dir: str | Path) -> Model:
+    """The (not yet loaded) model a cloud bundle describes, any runtime; a ConfigError names
+    an unknown one."""
+    return load_model(bundle_dir)

@@ -218,7 +218,7 @@ class RedisWorker:
                     for (entry, _), row in zip(live, outputs)
                 ]
                 self.processed += len(live)
-            except Exception as exc:  # noqa: BLE001 - every caller in the batch gets the error
+            except Exception as exc:
                 error = exc if isinstance(exc, ModelError) else ModelError(f"model failed on a batch of {len(live)}: {exc}")
                 model_ms = (time.perf_counter() - started) * 1000.0
                 replies += [(entry.reply_to, encode_reply(entry.ticket, worker_id=self.worker_id, model_ms=model_ms, error=error))

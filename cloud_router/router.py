@@ -79,6 +79,6 @@ class Router:
         ttl_s = max(self.fleet_ttl_s, 3.0 * interval_s)
         try:
             await self.fleet.record(status, router_id=self.router_id, ttl_s=ttl_s)
-        except Exception as exc:  # noqa: BLE001 - a registry outage must not cost the agent its pressure
+        except Exception as exc:
             log.warning("fleet registry: could not record agent %s: %s", status.agent_id, exc)
         return self.scheduler.pressure(name), self.scheduler.queue_depth(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from cloud_router.metrics import RouterMetrics
 from cloud_router.router import Router
 from cloud_router.settings import RouterSettings
 from cloud_router.update_servicer import UpdateRpcs
@@ -12,7 +13,7 @@ from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import InvalidInputError, UnavailableError
 from shared.grpc_errors import grpc_errors
-from shared.metrics import API_EDGECASCADE, RouterMetrics, counted
+from shared.metrics import API_EDGECASCADE, counted
 from shared.proto_convert import response_of
 from shared.request_parsing import agent_id_of, decode_input, request_deadline_s, request_id_of
 
@@ -69,6 +70,6 @@ class CloudRouterServicer(UpdateRpcs, pb_grpc.CloudRouterServicer):
     async def GetFleet(self, request: pb.FleetRequest, context: grpc.aio.ServicerContext) -> pb.FleetStatus:
         try:
             entries = await self.router.fleet.entries()
-        except Exception as exc:  # noqa: BLE001 - Redis down: say so, typed
+        except Exception as exc:
             raise UnavailableError(f"fleet registry unavailable: {exc}") from None
         return pb.FleetStatus(agents=entries)

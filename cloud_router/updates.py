@@ -28,8 +28,7 @@ from cloud_router.update_store import StoredRollout, StoredState, UpdateStore
 from shared.delta.chunks import chunk_of, verify_payload
 from shared.delta.manifest import Manifest, SignedManifest, parse_manifest
 from shared.delta.signing import load_public_key, verify_signature
-from shared.errors import (BadManifestError, CorruptPatchError, EdgecascadeError, ExpiredUpdateError, InvalidInputError,
-                           UnavailableError, UpdateNotFoundError)
+from shared.errors import BadManifestError, CorruptPatchError, EdgecascadeError, ExpiredUpdateError, InvalidInputError, UnavailableError, UpdateNotFoundError
 from shared.update_states import ACTIVE, AGENT_STATES, HEALTH_WINDOW_REASON, HEALTHY, supersedes
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ from edge_agent.cascade import ActiveModel, Cascade
 from edge_agent.cloud_link import CloudLink
 from edge_agent.heartbeat import Heartbeat
 from edge_agent.kserve_backend import EdgeKServeBackend
+from edge_agent.metrics import AgentMetrics
 from edge_agent.model_slot import load_slot
 from edge_agent.servicer import EdgeAgentServicer
 from edge_agent.settings import EdgeSettings
@@ -22,9 +23,9 @@ from shared.event_loop import run_on_loop
 from shared.grpc_server import add_health_and_reflection, bind, create_server, run_until_signal, set_serving
 from shared.kserve_service import SERVICE_NAME as KSERVE_SERVICE_NAME
 from shared.kserve_service import add_kserve_servicer
-from shared.metrics import AgentMetrics, serve_metrics
-from shared.model import load_model
+from shared.metrics import serve_metrics
 from shared.model_card import POLICY_FILE
+from shared.model_loader import load_model
 from shared.policy import load_policy
 
 log = logging.getLogger(__name__)

@@ -87,6 +87,6 @@ class Heartbeat:
             started = time.monotonic()
             try:
                 await self.beat_once()
-            except Exception:  # noqa: BLE001 - a heartbeat bug must not stop the agent serving
+            except Exception:
                 log.exception("heartbeat failed unexpectedly")
             await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))

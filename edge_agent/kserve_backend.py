@@ -13,11 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from edge_agent.cascade import Cascade, CascadeResult
+from edge_agent.metrics import AgentMetrics
 from edge_agent.settings import EdgeSettings
 from shared import kserve_models as km
 from shared.errors import ModelNotFoundError, UnavailableError
 from shared.kserve_backend import InferenceRequest, InferenceResult, ModelMetadata, ServerMetadata, TensorSpec
-from shared.metrics import API_KSERVE, AgentMetrics
+from shared.metrics import API_KSERVE
 from shared.model import Model, ModelInput
 
 SERVER_NAME = "edgecascade-edge-agent"

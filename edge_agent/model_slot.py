@@ -15,8 +15,8 @@ from edge_agent.cascade import ActiveModel
 from shared.delta.golden import Golden, check_golden
 from shared.delta.manifest import Manifest
 from shared.errors import BadManifestError, ConfigError, ModelLoadFailedError
-from shared.model import load_model
 from shared.model_card import CARD_FILE, POLICY_FILE, ModelCard
+from shared.model_loader import load_model
 from shared.policy import DeferralPolicy, PolicyFile, load_policy
 
 WARM_UP_RUNS = 3
@@ -72,7 +72,7 @@ def prepare_slot(bundle_dir: Path, providers: Sequence[str], golden: Optional[Go
     try:
         for _ in range(WARM_UP_RUNS):
             active.model.predict(inputs)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime's untyped errors: the model does not run
+    except Exception as exc:
         raise ModelLoadFailedError(f"new model fails on warm-up inputs: {type(exc).__name__}: {exc}") from None
     if golden is not None:
         check_golden(golden, active.model.predict)

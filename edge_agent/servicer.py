@@ -6,12 +6,13 @@ import grpc
 
 from edge_agent.cascade import Cascade
 from edge_agent.heartbeat import agent_status
+from edge_agent.metrics import AgentMetrics
 from edge_agent.settings import EdgeSettings
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import ModelNotFoundError
 from shared.grpc_errors import grpc_errors
-from shared.metrics import API_EDGECASCADE, AgentMetrics, counted
+from shared.metrics import API_EDGECASCADE, counted
 from shared.proto_convert import response_of
 from shared.request_parsing import decode_input, request_deadline_s, request_id_of
 

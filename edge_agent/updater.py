@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Optional
 
 from edge_agent.cascade import ActiveModel, Cascade
+from edge_agent.metrics import AgentMetrics
 from edge_agent.model_slot import bundle_files, load_slot, prepare_slot, write_bundle_files
 from edge_agent.settings import EdgeSettings
 from edge_agent.update_link import UpdateLink
@@ -48,7 +49,6 @@ from shared.delta.manifest import Manifest, SignedManifest, verify_manifest
 from shared.delta.package import apply_verified, file_sha256
 from shared.delta.signing import load_public_key
 from shared.errors import InvalidInputError, UnavailableError, UpdateRejectedError
-from shared.metrics import AgentMetrics
 from shared.update_states import HEALTH_WINDOW_REASON
 
 log = logging.getLogger(__name__)
@@ -125,12 +125,12 @@ class Updater:
     async def _run(self) -> None:
         try:
             await self.resume()
-        except Exception:  # noqa: BLE001 - an updater bug must not stop the agent serving
+        except Exception:
             log.exception("resuming the update journal failed")
         while True:
             try:
                 await self.poll_once()
-            except Exception:  # noqa: BLE001 - same
+            except Exception:
                 log.exception("update check failed unexpectedly")
             await asyncio.sleep(self.poll_interval_s)
 

@@ -16,8 +16,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgecascade.processes import Daemon
 from edgecascade.plots import plot_deferral_curve
+from edgecascade.processes import Daemon
 from shared.sdk import Client
 
 ROUTES = ("edge", "cloud", "edge_fallback")
@@ -25,9 +25,10 @@ ROUTES = ("edge", "cloud", "edge_fallback")
 
 def offline_predictions(bundle_dir: Path, inputs: list, *, edge: bool) -> np.ndarray:
     """Probabilities of a bundle's model over all inputs, in-process (no daemon)."""
-    from shared.model import load_model
+    from cloud_router.model_runtimes import load_cloud_model
+    from shared.model_loader import load_model
 
-    model = load_model(bundle_dir, edge=edge)
+    model = load_model(bundle_dir, edge=True) if edge else load_cloud_model(bundle_dir)
     model.load()
     return np.concatenate([model.predict(inputs[i:i + 256]) for i in range(0, len(inputs), 256)])
 
@@ -58,8 +59,8 @@ def replay(targets: list[str], inputs: list, *, concurrency: int, timeout_s: flo
 
 def run_demo(out_dir: Path, *, cache_dir: Optional[Path] = None, agents: int = 2, concurrency: int = 8,
              limit: Optional[int] = None, progress: bool = True) -> dict:
-    from edgecascade.demo_models import ensure_demo_models
-    from shared.cascade_metrics import cascade_at_threshold, cascade_report
+    from edgecascade.offline.cascade_metrics import cascade_at_threshold, cascade_report
+    from edgecascade.offline.demo_models import ensure_demo_models
     from shared.policy import load_policy
     from shared.signals import confidence_scores
 

@@ -16,8 +16,9 @@ from shared.delta.golden import Golden, make_golden
 from shared.delta.manifest import DEFAULT_CHUNK_BYTES
 from shared.delta.package import DeltaPackage, build_package
 from shared.errors import InvalidInputError
-from shared.model import ModelInput, load_model
+from shared.model import ModelInput
 from shared.model_card import POLICY_FILE, ModelCard, load_card
+from shared.model_loader import load_model
 from shared.policy import load_policy
 
 DEFAULT_EXPIRES_IN_S = 7 * 24 * 3600.0

@@ -38,9 +38,8 @@ def use_private_pool(pb2_path: Path) -> None:
 
 def generate(out_root: Path) -> list[Path]:
     """Compile every proto into `out_root/protos/`; return the files written."""
-    from grpc_tools import protoc  # dev-only dependency
-
     import grpc_tools
+    from grpc_tools import protoc  # dev-only dependency
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     (out_root / "protos").mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ def grpc_errors(method: F) -> F:
             await context.abort(exc.code, str(exc), trailing_metadata=((ERROR_CLASS_KEY, type(exc).__name__),))
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the boundary: never leak a trace to a caller
+        except Exception as exc:
             log.exception("unexpected error in %s", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 

@@ -80,7 +80,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             except EdgecascadeError as exc:
                 yield pb.ModelStreamInferResponse(error_message=f"{exc.code.name}: {exc}")
                 continue
-            except Exception as exc:  # noqa: BLE001 - the boundary: one bad request must not end the stream
+            except Exception as exc:
                 log.exception("unexpected error in ModelStreamInfer")
                 yield pb.ModelStreamInferResponse(error_message=f"INTERNAL: internal error: {type(exc).__name__}: {exc}")
                 continue

@@ -1,4 +1,6 @@
-"""Prometheus metrics of both daemons: one registry per daemon, served over HTTP on `metrics_port`.
+"""What the Prometheus metrics of both daemons have in common: one registry per daemon, served
+over HTTP on `metrics_port`. Each daemon adds its own (`edge_agent.metrics.AgentMetrics`,
+`cloud_router.metrics.RouterMetrics`).
 
 Per request, one count and one histogram bucket are updated in plain dicts (`RequestStats`,
 through `DaemonMetrics.track` or `@counted`). State (queue depth, pressure, breaker, model
@@ -30,20 +32,16 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Iterator, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Optional, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.utils import floatToGoString
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from shared.errors import ConfigError, EdgecascadeError
 from shared.proto_convert import ROUTE_FROM_PROTO
-
-if TYPE_CHECKING:  # only for annotations: the daemons hand their live objects in
-    from cloud_router.router import Router
-    from edge_agent.cascade import Cascade
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +49,10 @@ log = logging.getLogger(__name__)
 API_EDGECASCADE, API_KSERVE = "edgecascade", "kserve"
 #: The route of a request that failed before any model answered it.
 NO_ROUTE = "none"
-EDGE_ROUTES = ("edge", "cloud", "edge_fallback")
-ROUTER_ROUTES = ("cloud",)
-BREAKER_STATES = ("closed", "open", "half_open")
 #: What `set_update_state` accepts: the states of an edge model update, in their usual order.
 UPDATE_STATES = ("downloading", "verified", "applied", "active", "rolled_back", "rejected")
 
 REQUEST_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-BATCH_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 @dataclass
@@ -238,68 +231,7 @@ def counted(api: str) -> Callable[[F], F]:
     return decorate
 
 
-class AgentMetrics(DaemonMetrics):
-    """The edge agent's metrics; state is read from the live `Cascade` at scrape time."""
-
-    def __init__(self, cascade: "Cascade", agent_id: str = "edge") -> None:
-        super().__init__("edge_agent", agent_id, EDGE_ROUTES)
-        self.deferrals = Counter(
-            "edgecascade_deferrals",
-            "Requests the edge model deferred to the cloud, by reason (low_confidence, input_too_long, ...).",
-            ["reason"],
-            registry=self.registry,
-        )
-        self.fallbacks = Counter(
-            "edgecascade_fallbacks",
-            "Deferred requests the edge answered itself because the cloud did not, by reason.",
-            ["reason"],
-            registry=self.registry,
-        )
-        _CallbackCollector(lambda: _agent_state(cascade), registry=self.registry)
-
-    def record(self, api: str, outcome: RequestOutcome, duration_s: float) -> None:
-        super().record(api, outcome, duration_s)
-        if outcome.defer_reason and outcome.fallback_reason != "pressure":  # answered locally: never sent
-            self._child(self.deferrals, (outcome.defer_reason,)).inc()
-        if outcome.fallback_reason:
-            self._child(self.fallbacks, (outcome.fallback_reason,)).inc()
-
-
-class RouterMetrics(DaemonMetrics):
-    """The cloud router's metrics; `observe_batch` is the scheduler's `on_batch` callback."""
-
-    def __init__(self, router_id: str = "router") -> None:
-        super().__init__("cloud_router", router_id, ROUTER_ROUTES)
-        self.batch_size = Histogram(
-            "edgecascade_batch_size",
-            "Requests per batch the dynamic batcher ran, by model.",
-            ["model"],
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=self.registry,
-        )
-        self.batch_seconds = Histogram(
-            "edgecascade_batch_duration_seconds",
-            "Time the model spent on one batch, by model.",
-            ["model"],
-            buckets=BATCH_SECONDS_BUCKETS,
-            registry=self.registry,
-        )
-        self._router: Optional["Router"] = None
-        _CallbackCollector(self._router_state, registry=self.registry)
-
-    def watch(self, router: "Router") -> None:
-        """Report this router's queues, pressure and models from now on."""
-        self._router = router
-
-    def observe_batch(self, model_name: str, size: int, duration_s: float) -> None:
-        self._child(self.batch_size, (model_name,)).observe(size)
-        self._child(self.batch_seconds, (model_name,)).observe(duration_s)
-
-    def _router_state(self) -> list[Metric]:
-        return [] if self._router is None else _router_state(self._router)
-
-
-class _CallbackCollector(Collector):
+class CallbackCollector(Collector):
     """A collector whose samples come from a function called at scrape time."""
 
     def __init__(self, collect: Callable[[], list[Metric]], registry: CollectorRegistry) -> None:
@@ -309,53 +241,9 @@ class _CallbackCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         try:
             return self._collect()
-        except Exception:  # noqa: BLE001 - a scrape must never take the daemon down
+        except Exception:
             log.exception("collecting daemon state for /metrics failed")
             return []
-
-
-def _agent_state(cascade: "Cascade") -> list[Metric]:
-    model = cascade.active.model
-    version = GaugeMetricFamily("edgecascade_model_version", "Version of the model serving now.", labels=["model"])
-    version.add_metric([model.name], model.version)
-    breaker = GaugeMetricFamily(
-        "edgecascade_breaker_state",
-        "1 for the cloud circuit breaker's current state, 0 for the others (all 0 without a cloud).",
-        labels=["state"],
-    )
-    current = cascade.cloud.breaker.state if cascade.cloud is not None else None
-    for state in BREAKER_STATES:
-        breaker.add_metric([state], 1.0 if state == current else 0.0)
-    counts = cascade.route_counts
-    answered = sum(counts.values())
-    # answers the edge gave because of cloud pressure were never sent to the cloud
-    deferred = counts.get("cloud", 0) + counts.get("edge_fallback", 0) - cascade.fallback_counts.get("pressure", 0)
-    return [
-        version,
-        breaker,
-        GaugeMetricFamily("edgecascade_cloud_pressure", "Last cloud pressure the agent saw (0 idle, 1 saturated).",
-                          value=cascade.pressure),
-        GaugeMetricFamily("edgecascade_deferral_threshold", "Deferral threshold in force, after any pressure shift.",
-                          value=cascade.current_threshold()),
-        GaugeMetricFamily(
-            "edgecascade_deferral_ratio",
-            "Share of answered requests the edge deferred, since start. For a window use "
-            "sum(rate(edgecascade_deferrals_total[5m])) / sum(rate(edgecascade_requests_total{status=\"OK\"}[5m])).",
-            value=deferred / answered if answered else 0.0,
-        ),
-    ]
-
-
-def _router_state(router: "Router") -> list[Metric]:
-    depth = GaugeMetricFamily("edgecascade_queue_depth", "Requests waiting for a batch, by model.", labels=["model"])
-    pressure = GaugeMetricFamily("edgecascade_pressure", "Pressure published to agents (0 idle, 1 saturated), by model.",
-                                 labels=["model"])
-    version = GaugeMetricFamily("edgecascade_model_version", "Version of each hosted model.", labels=["model"])
-    for name, model in router.models.items():
-        depth.add_metric([name], router.scheduler.queue_depth(name))
-        pressure.add_metric([name], router.scheduler.pressure(name))
-        version.add_metric([name], model.version)
-    return [depth, pressure, version]
 
 
 class MetricsEndpoint:

@@ -1,4 +1,4 @@
-"""One base class for every model either daemon hosts, and the loader that picks the runtime.
+"""One base class for every model either daemon hosts (`shared.model_loader` builds them).
 
 Heavy work happens in `load()`, never in `__init__`. `predict` is synchronous and CPU-bound;
 daemons call it off the event loop.
@@ -12,8 +12,8 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from shared.errors import ConfigError, InvalidInputError
-from shared.model_card import ModelCard, load_card
+from shared.errors import InvalidInputError
+from shared.model_card import ModelCard
 
 #: One request's input: a numeric array (without batch dimension) or a string.
 ModelInput = Union[np.ndarray, str]
@@ -77,18 +77,3 @@ class Model(abc.ABC):
     def input_length(self, value: ModelInput) -> int:
         """Length used by the `max_input_tokens` rule: words for text, elements for tensors."""
         return len(value.split()) if isinstance(value, str) else int(value.size)
-
-
-def load_model(bundle_dir: str | Path, *, providers: Sequence[str] = ("CPUExecutionProvider",), edge: bool = False) -> Model:
-    """Build the model a bundle describes (not yet loaded). `edge=True` refuses torch runtimes."""
-    bundle_dir = Path(bundle_dir)
-    card = load_card(bundle_dir)
-    if card.runtime == "onnx":
-        from shared.onnx_model import OnnxModel
-
-        return OnnxModel(card, bundle_dir, providers=providers)
-    if edge:
-        raise ConfigError(f"model {card.name!r} uses runtime {card.runtime!r}; edge agents run only 'onnx' models")
-    from cloud_router.model_runtimes import build_cloud_model  # imports torch lazily
-
-    return build_cloud_model(card, bundle_dir)

@@ -44,7 +44,7 @@ def resolve_providers(requested: Sequence[str]) -> list[str]:
     return chosen
 
 
-#: Inputs of a graph that takes featurizer output in COO form (edgecascade.text_edge_build).
+#: Inputs of a graph that takes featurizer output in COO form (edgecascade.offline.text_edge_build).
 SPARSE_INPUTS = ("indices", "values", "segment", "row_ids")
 
 

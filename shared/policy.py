@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from shared.errors import ConfigError
-from shared.model_card import ModelCard, POLICY_FILE
+from shared.model_card import POLICY_FILE, ModelCard
 from shared.signals import Signals
 
 

@@ -11,7 +11,7 @@ same on every machine and process, unlike Python's salted `hash()`) into `num_fe
 buckets. A bucket's value is 1 + ln(count), or 0 when empty.
 
 The featurizer gives raw bucket values. IDF weighting and L2 normalisation belong to the
-model graph (see `edgecascade.text_build`), so a bundle's weights live in one file.
+model graph (see `edgecascade.offline.text_build`), so a bundle's weights live in one file.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import shutil
 import pytest
 import redis
 
-from edgecascade.redis_process import RedisServer
+from benchmarks.redis_process import RedisServer
 
 requires_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 

@@ -26,7 +26,7 @@ def test_bench_serve_quick(tmp_path, demo_cache):
 def test_transport_variants_quick(tmp_path):
     """Every echo server kind (aio, uvloop, sync, two processes on one port) and the agent on
     each event loop answer the same bytes; no thresholds."""
-    from edgecascade.bench_serve import ECHO_SERVERS, transport_floor, trivial_bundle
+    from benchmarks.serve import ECHO_SERVERS, transport_floor, trivial_bundle
 
     result = transport_floor(trivial_bundle(tmp_path / "trivial"), tmp_path, reps=1, duration_s=0.3, count=20,
                              concurrency=4)
@@ -34,3 +34,19 @@ def test_transport_variants_quick(tmp_path):
     assert set(variants) == set(ECHO_SERVERS) | {"agent_trivial", "agent_trivial_asyncio"}
     assert all(v["rps"] > 0 and v["p50_ms"] > 0 for v in variants.values())
     assert result["agent_trivial_errors"] == 0
+
+
+def test_bench_outside_a_checkout_says_it_needs_one(tmp_path):
+    """The installed package has no benchmarks/: `edgecascade bench` says so, exit code 2."""
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    for package in ("edgecascade", "shared", "protos"):
+        shutil.copytree(repo / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "-m", "edgecascade.cli", "bench", "scale", "--quick", "--out", str(tmp_path / "s.json")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "checkout" in proc.stderr and "benchmarks/" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "s.json").exists()

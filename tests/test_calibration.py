@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import binom
 
 from edgecascade.cli import main
-from shared.calibration import (
+from edgecascade.offline.calibration import (
     calibrate,
     calibrate_crc,
     calibrate_ltt,
@@ -20,7 +20,7 @@ from shared.calibration import (
     guarantee_violation_rate,
     ltt_min_examples,
 )
-from shared.cascade_metrics import (
+from edgecascade.offline.cascade_metrics import (
     apgr,
     cascade_at_threshold,
     cascade_report,

@@ -12,7 +12,7 @@ import pytest
 from edge_agent.daemon import build_cascade
 from edge_agent.settings import EdgeSettings
 from shared.errors import ConfigError
-from shared.model import load_model
+from shared.model_loader import load_model
 from shared.onnx_model import resolve_providers
 from shared.settings import load_settings
 from tests.conftest import make_softmax_bundle

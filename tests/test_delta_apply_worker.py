@@ -8,8 +8,8 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from delta_helpers import mlp_weights, nudge, write_onnx_mlp
+
 from shared.delta import ResidentApplyWorker, apply_verified, build_package, file_sha256
 from shared.errors import ApplyFailedError, InvalidInputError, WrongBaseError
 
@@ -62,7 +62,7 @@ def test_child_that_died_while_idle_is_replaced_before_the_next_job(update, work
     manifest, payload, base, target = update
     pid = worker.pid
     os.kill(pid, signal.SIGKILL)
-    while worker._proc.poll() is None:  # noqa: SLF001 - wait until the kernel has it dead
+    while worker._proc.poll() is None:
         time.sleep(0.01)
     apply_verified(manifest, payload, base, tmp_path / "out", worker=worker)
     assert file_sha256(tmp_path / "out") == file_sha256(target)

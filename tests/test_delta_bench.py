@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-
 from delta_helpers import write_safetensors
-from edgecascade.bench_delta import METHODS, measure_pair
+
+from benchmarks.delta import METHODS, measure_pair
 
 
 def test_measure_pair_reports_every_method(tmp_path):
@@ -24,7 +24,7 @@ def test_measure_pair_reports_every_method(tmp_path):
 
 
 def test_swap_bench_reports_its_fields():
-    from edgecascade.bench_swap import run_swap_bench
+    from benchmarks.swap import run_swap_bench
 
     result = run_swap_bench(swaps=1, rate_rps=50.0)
     assert result["swaps"] == 1 and result["failed_requests"] == 0
@@ -39,7 +39,7 @@ def test_swap_bench_reports_its_fields():
 def test_update_start_times_reads_the_agents_downloading_lines():
     import datetime
 
-    from edgecascade.bench_swap import update_start_times
+    from benchmarks.swap import update_start_times
 
     log = (
         "2026-11-21 17:00:00,250 INFO edge_agent.updater: update 0123abcd (v2): downloading\n"
@@ -54,7 +54,7 @@ def test_update_start_times_reads_the_agents_downloading_lines():
 
 
 def test_swap_report_keeps_the_median_run_and_every_runs_numbers():
-    from edgecascade.bench_delta import swap_report
+    from benchmarks.delta import swap_report
 
     def run(steady: float, swap: float, failed: int = 0, control: float = 1.2) -> dict:
         return {"failed_requests": failed, "p99_steady_ms": steady, "p99_swap_ms": swap, "per_swap_p99_ms_median": swap,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from delta_helpers import mlp_weights, nudge, write_onnx_mlp
+
 from shared.delta import PayloadAssembler, apply_verified, build_package, chunk_of, install_file, previous_path, verify_manifest
 from shared.delta.manifest import SignedManifest
 from shared.errors import CorruptPatchError, InvalidInputError, OversizedPatchError, TruncatedPatchError

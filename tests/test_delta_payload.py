@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import pytest
 import zstandard
-
 from delta_helpers import mlp_weights, nudge, write_onnx_mlp, write_safetensors
+
 from shared.delta.layout import detect_layout
 from shared.delta.package import payload_summary
 from shared.delta.payload import apply_payload, build_payload

@@ -8,14 +8,14 @@ import time
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from delta_helpers import mlp_weights, nudge, write_onnx_mlp
+
 from shared.delta import (
     SignedManifest,
     apply_in_subprocess,
     build_package,
-    chunk_hashes,
     check_golden,
+    chunk_hashes,
     file_sha256,
     keygen,
     load_private_key,

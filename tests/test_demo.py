@@ -9,8 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 
 def _env(cache):
     return {**os.environ, "EDGECASCADE_CACHE_DIR": str(cache)}

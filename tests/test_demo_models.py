@@ -17,10 +17,10 @@ import numpy as np
 import onnx
 import pytest
 
-from edgecascade.demo_models import CACHE_ENV, DEMO_FORMAT, demo_dir, ensure_demo_models, load_split
+from edgecascade.offline.demo_models import CACHE_ENV, DEMO_FORMAT, demo_dir, ensure_demo_models, load_split
 from shared.errors import ConfigError
-from shared.model import load_model
 from shared.model_card import load_card
+from shared.model_loader import load_model
 from shared.policy import load_policy
 from shared.signals import confidence_scores
 
@@ -166,8 +166,8 @@ def test_edge_bundle_and_cache_load_without_torch(demo, cache_root):
         f"""
         import sys
         sys.modules["torch"] = None  # any import of torch now fails
-        from edgecascade.demo_models import ensure_demo_models
-        from shared.model import load_model
+        from edgecascade.offline.demo_models import ensure_demo_models
+        from shared.model_loader import load_model
         demo = ensure_demo_models({str(cache_root)!r})
         edge = load_model(demo.edge_dir, edge=True)
         edge.load()
@@ -203,7 +203,7 @@ def _stderr_until(proc: subprocess.Popen, marker: bytes, timeout_s: float) -> by
 )
 def test_interrupted_build_leaves_no_cache(tmp_path, step, written):
     script = ("import logging; logging.basicConfig(level=logging.WARNING); "
-              f"from edgecascade.demo_models import ensure_demo_models; ensure_demo_models({str(tmp_path)!r})")
+              f"from edgecascade.offline.demo_models import ensure_demo_models; ensure_demo_models({str(tmp_path)!r})")
     env = {**os.environ, "EDGECASCADE_TEST_PAUSE_AT": f"demo-{step}"}
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -228,7 +228,7 @@ def test_ctrl_c_that_a_library_swallows_still_ends_the_build():
     script = textwrap.dedent(
         """
         import os, signal
-        from edgecascade.demo_models import _CtrlC
+        from edgecascade.offline.demo_models import _CtrlC
 
         def ctrl_c():
             os.kill(os.getpid(), signal.SIGINT)  # the handler runs before os.kill returns to Python code
@@ -259,7 +259,7 @@ def test_ctrl_c_that_a_library_swallows_still_ends_the_build():
 
 
 def test_swap_in_replaces_an_old_cache_and_keeps_a_concurrent_winner(tmp_path):
-    from edgecascade.demo_models import _swap_in
+    from edgecascade.offline.demo_models import _swap_in
 
     root = tmp_path / DEMO_FORMAT
     first, second = tmp_path / ".first", tmp_path / ".second"
@@ -280,7 +280,7 @@ def test_building_without_torch_is_a_clear_error(tmp_path):
         f"""
         import sys
         sys.modules["torch"] = None
-        from edgecascade.demo_models import ensure_demo_models
+        from edgecascade.offline.demo_models import ensure_demo_models
         from shared.errors import ConfigError
         try:
             ensure_demo_models({str(tmp_path)!r})

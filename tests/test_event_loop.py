@@ -12,7 +12,6 @@ from edgecascade.processes import Daemon
 from shared.errors import ConfigError
 from shared.event_loop import resolve_event_loop, run_on_loop
 from shared.sdk import Client
-
 from tests.conftest import make_softmax_bundle
 
 
@@ -57,8 +56,9 @@ def test_agent_serves_on_each_loop(tmp_path, event_loop):
 
 def test_bad_event_loop_setting_is_refused(tmp_path):
     bundle = make_softmax_bundle(tmp_path / "edge", name="edge", scale=4.0)
-    from edge_agent.settings import EdgeSettings
     from pydantic import ValidationError
+
+    from edge_agent.settings import EdgeSettings
 
     with pytest.raises(ValidationError, match="event_loop"):
         EdgeSettings(bundle_dir=bundle, event_loop="trio")

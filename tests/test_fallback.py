@@ -5,8 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
-
 from edgecascade import Client
 from edgecascade.processes import Daemon
 from tests.conftest import CONFIDENT, UNSURE

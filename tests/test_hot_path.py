@@ -8,7 +8,7 @@ import pytest
 
 from protos import edgecascade_pb2 as pb
 from shared.errors import InvalidInputError
-from shared.model import load_model
+from shared.model_loader import load_model
 from shared.prediction import Prediction
 from shared.proto_convert import response_of
 from shared.request_parsing import request_id_of

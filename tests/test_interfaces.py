@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from onnx import TensorProto, helper
 from prometheus_client.parser import text_string_to_metric_families
 
+from cloud_router.metrics import RouterMetrics
 from edge_agent.cascade import ActiveModel, Cascade
 from edge_agent.kserve_backend import EdgeKServeBackend
 from edge_agent.settings import EdgeSettings
@@ -27,9 +28,9 @@ from edgecascade.processes import Daemon, free_port
 from shared.errors import ConfigError, EdgecascadeError, InvalidInputError, UnavailableError
 from shared.kserve_backend import InferenceRequest
 from shared.kserve_models import absolute_deadline_s, batch_priority
-from shared.metrics import MetricsEndpoint, RouterMetrics, listen_host
-from shared.model import load_model
+from shared.metrics import MetricsEndpoint, listen_host
 from shared.model_card import InputSpec, ModelCard, save_card
+from shared.model_loader import load_model
 from shared.policy import PolicyFile, load_policy, save_policy
 from tests.conftest import CONFIDENT, UNSURE, make_softmax_bundle
 

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from shared.length_buckets import plan_chunks
+from cloud_router.length_buckets import plan_chunks
 
 
 def cost(lengths, chunks, overhead):

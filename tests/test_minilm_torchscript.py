@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from cloud_router.minilm_model import MiniLMEncoder, MiniLMOptions, resolve_encoder_dir  # noqa: E402
+from cloud_router.minilm_model import MiniLMEncoder, MiniLMOptions, resolve_encoder_dir
 
 TEXTS = ["a", "I still have not received my new card", "how do I top up with apple pay?",
          "why was I charged a fee " * 40, "x" * 600]

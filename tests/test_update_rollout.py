@@ -11,18 +11,30 @@ from contextlib import contextmanager
 import grpc
 import pytest
 
+from edge_agent.updater import PAUSE_ENV
 from edgecascade.cli import main as cli_main
 from edgecascade.processes import Daemon
 from edgecascade.update_client import rollout_status
 from edgecascade.update_package import package_from_bundles
-from edge_agent.updater import PAUSE_ENV
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.tensor_codec import to_proto
 from tests.conftest import CONFIDENT
-from tests.update_helpers import (update_world,  # noqa: F401 - the shared router fixture
-                                  FRAGILE_INPUT, TcpProxy, agent_record, edge_settings, make_fragile_bundle, make_keys,
-                                  publish_package, served_version, toy_versions, wait_for, wait_log, wait_state)
+from tests.update_helpers import (  # noqa: F401 - the shared router fixture
+    FRAGILE_INPUT,
+    TcpProxy,
+    agent_record,
+    edge_settings,
+    make_fragile_bundle,
+    make_keys,
+    publish_package,
+    served_version,
+    toy_versions,
+    update_world,
+    wait_for,
+    wait_log,
+    wait_state,
+)
 
 DONE = {"healthy", "rejected", "rolled_back"}
 

@@ -15,8 +15,7 @@ from edge_agent.settings import EdgeSettings
 from edge_agent.update_link import UpdateLink
 from edge_agent.version_store import CURRENT, VersionStore
 from edgecascade.update_package import package_from_bundles
-from shared.errors import (ConfigError, ExpiredUpdateError, InvalidInputError, TruncatedPatchError,
-                           UpdateNotFoundError)
+from shared.errors import ConfigError, ExpiredUpdateError, InvalidInputError, TruncatedPatchError, UpdateNotFoundError
 from shared.model_card import load_card
 from shared.settings import load_settings
 from tests.conftest import make_softmax_bundle

@@ -1,14 +1,20 @@
 """`edgecascade bench cascade|delta|scale|serve`: the benchmarks behind every performance claim.
 
 Each writes JSON to benchmarks/results/ (or --out) and compares against a baseline measured
-in the same run.
+in the same run. The benchmarks themselves live in the repository's top-level `benchmarks/`
+package, not in the installed one: this command runs them from a checkout.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import sys
 from pathlib import Path
+from types import ModuleType
+
+from shared.errors import ConfigError
 
 RESULTS_DIR = Path("benchmarks/results")
 
@@ -57,28 +63,38 @@ def _print(result: dict) -> None:
 
 
 def _cascade(args: argparse.Namespace) -> int:
-    from edgecascade.bench_cascade import run_cascade_bench
-
-    _print(run_cascade_bench(args.data_dir, args.out, e2e=args.e2e, quick=args.quick))
+    _print(_benchmark("cascade").run_cascade_bench(args.data_dir, args.out, e2e=args.e2e, quick=args.quick))
     return 0
 
 
 def _delta(args: argparse.Namespace) -> int:
-    from edgecascade.bench_delta import run_delta_bench
-
-    _print(run_delta_bench(args.out, quick=args.quick, swap_runs=args.swap_runs))
+    _print(_benchmark("delta").run_delta_bench(args.out, quick=args.quick, swap_runs=args.swap_runs))
     return 0
 
 
 def _scale(args: argparse.Namespace) -> int:
-    from edgecascade.bench_scale import run_scale_bench
-
-    _print(run_scale_bench(args.out, quick=args.quick))
+    _print(_benchmark("scale").run_scale_bench(args.out, quick=args.quick))
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from edgecascade.bench_serve import run_serve_bench
-
-    _print(run_serve_bench(args.out, quick=args.quick))
+    _print(_benchmark("serve").run_serve_bench(args.out, quick=args.quick))
     return 0
+
+
+def _benchmark(name: str) -> ModuleType:
+    """`benchmarks.<name>` from the checkout: the working directory's, or the one this package
+    was installed from in editable mode. A ConfigError says so when there is none."""
+    try:
+        return importlib.import_module(f"benchmarks.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("benchmarks", f"benchmarks.{name}"):
+            raise
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / "benchmarks" / "__init__.py").is_file():
+        raise ConfigError(
+            "the benchmarks are not installed with the package; run `edgecascade bench` in a "
+            "checkout of the edgecascade repository (it needs the top-level benchmarks/ directory)"
+        )
+    sys.path.insert(0, str(checkout))
+    return importlib.import_module(f"benchmarks.{name}")

@@ -89,8 +89,8 @@ def load_predictions(path: Path, num_labels: int) -> tuple[np.ndarray, np.ndarra
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: scipy is a cloud/dev dependency, and other subcommands run on edge boards.
-    from shared.calibration import calibrate
-    from shared.cascade_metrics import cascade_at_threshold, endpoint_accuracies
+    from edgecascade.offline.calibration import calibrate
+    from edgecascade.offline.cascade_metrics import cascade_at_threshold, endpoint_accuracies
 
     if args.method == "rate" and args.target_deferral_rate is None:
         raise InvalidInputError("--method rate needs --target-deferral-rate")

@@ -44,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgecascade.text_build import build_text_models
-    from edgecascade.text_data import data_files, read_labelled_csv
+    from edgecascade.offline.text_build import build_text_models
+    from edgecascade.offline.text_data import data_files, read_labelled_csv
     from shared.errors import InvalidInputError
 
     if args.version < 1:

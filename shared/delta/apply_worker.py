@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from shared.delta.payload import mapped_file, apply_payload
+from shared.delta.payload import apply_payload, mapped_file
 from shared.errors import ApplyFailedError, CorruptPatchError, InvalidInputError, UpdateRejectedError, WrongBaseError
 
 EXIT_REJECTED = 3
@@ -54,7 +54,7 @@ def _run_job(payload: str, base: str, out: str, payload_sha256: str | None, base
         return apply_files(payload, base, out, payload_sha256=payload_sha256, base_sha256=base_sha256), 0
     except UpdateRejectedError as exc:
         return {"reason": exc.reason, "message": str(exc)}, EXIT_REJECTED
-    except Exception as exc:  # noqa: BLE001 - the process boundary: report, never a trace
+    except Exception as exc:
         return {"reason": "apply_failed", "message": f"{type(exc).__name__}: {exc}"}, EXIT_FAILED
 
 

@@ -159,7 +159,7 @@ def decode(method: str, itemsize: int, base: Optional[memoryview], blob, length:
 def bsdiff4_patch(base, patch, length: int) -> bytes:
     try:
         out = bsdiff4.patch(bytes(base), bytes(patch))
-    except Exception as exc:  # noqa: BLE001 - bsdiff4 raises bare ValueError/MemoryError on junk
+    except Exception as exc:
         raise CorruptPatchError(f"bsdiff4 patch does not apply: {exc}") from None
     if len(out) != length:
         raise CorruptPatchError(f"bsdiff4 patch gives {len(out)} bytes, expected {length}")

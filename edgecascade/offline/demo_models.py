@@ -7,7 +7,7 @@
       calibration.npz    X float32 [350, 64], y int64 [350]
       test.npz           X float32 [450, 64], y int64 [450]  (what the demo replays)
 
-The first call builds it (about 10 s, see `edgecascade.demo_build`) in a hidden sibling
+The first call builds it (about 10 s, see `edgecascade.offline.demo_build`) in a hidden sibling
 directory and renames it into place, so an interrupted build never leaves a half cache.
 Later calls only read demo.json, and import neither torch nor scikit-learn.
 
@@ -174,7 +174,7 @@ def _build_into(root: Path, *, replace: bool) -> None:
 
             with ctrl_c.live():
                 try:
-                    from edgecascade.demo_build import build_demo
+                    from edgecascade.offline.demo_build import build_demo
 
                     facts = build_demo(building, step_done)  # imports torch, scikit-learn and the ONNX quantizer
                 except ModuleNotFoundError as exc:

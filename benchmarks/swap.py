@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import mlp_to_onnx
+
 SWAP_TAIL_S = 0.1
 WARM_UP_S = 2.0
 STEADY_WINDOW_S = 1.0
@@ -59,13 +61,12 @@ INPUT_DIM = 256
 
 
 def _write_bundle(directory: Path, version: int, weights: list[np.ndarray]) -> Path:
-    from edgecascade.bench_delta import _mlp_to_onnx
     from shared.model_card import InputSpec, ModelCard, save_card
     from shared.policy import PolicyFile, save_policy
 
     directory.mkdir(parents=True)
     labels = [f"c{i}" for i in range(weights[-1].shape[0])]
-    _mlp_to_onnx(weights[0::2], weights[1::2], directory / "model.onnx")
+    mlp_to_onnx(weights[0::2], weights[1::2], directory / "model.onnx")
     save_card(directory, ModelCard(name="swap-mlp", version=version, labels=labels, runtime="onnx",
                                    input=InputSpec(kind="tensor", dtype="float32", shape=[INPUT_DIM])))
     save_policy(directory, PolicyFile(model_name="swap-mlp", model_version=version, labels=labels, threshold=0.0))

@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import machine_description, request_bytes
+from benchmarks.loadgen import sequential_latencies_ms
+from benchmarks.redis_process import RedisServer
 from cloud_router.sleep_model import write_sleep_bundle
-from edgecascade.bench_serve import machine_description, request_bytes
-from edgecascade.loadgen import sequential_latencies_ms
 from edgecascade.processes import Daemon
-from edgecascade.redis_process import RedisServer
 from shared.model_card import InputSpec
 
 INFER = "/edgecascade.v1.CloudRouter/Infer"

@@ -17,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,36 +28,14 @@ from typing import Any, Iterator, Sequence
 import grpc
 import numpy as np
 
-from edgecascade.echo_server import METHOD as ECHO_METHOD
-from edgecascade.loadgen import closed_loop, sequential_latencies_ms
+from benchmarks.common import machine_description, median, request_bytes
+from benchmarks.echo_server import METHOD as ECHO_METHOD
+from benchmarks.loadgen import closed_loop, sequential_latencies_ms
 from edgecascade.processes import Daemon, free_port, wait_serving
-from protos import edgecascade_pb2 as pb
 from shared.event_loop import run_on_loop
-from shared.tensor_codec import to_proto
 
 BATCH_SIZES = (1, 4, 8, 16, 32, 64)
 CONCURRENCY = 64
-
-
-def machine_description() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
-
-
-def request_bytes(payload: Any) -> bytes:
-    request = pb.InferRequest(timeout_ms=30_000)
-    if isinstance(payload, str):
-        request.text = payload
-    else:
-        request.tensor.CopyFrom(to_proto(np.asarray(payload)))
-    return request.SerializeToString()
 
 
 async def grpc_load(target: str, method: str, payloads: Sequence[bytes], *, concurrency: int, duration_s: float,
@@ -83,10 +59,6 @@ def run_load(target: str, method: str, payloads: Sequence[bytes], **kwargs):
     """`grpc_load` on the bench's own event loop (uvloop when installed: the client's CPU is
     shared with the server's on one machine, so the cheaper client disturbs it less)."""
     return run_on_loop(grpc_load(target, method, payloads, **kwargs), "auto")
-
-
-def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values))
 
 
 # -- 1. cloud ------------------------------------------------------------------------------
@@ -130,9 +102,9 @@ _raw_model = None
 
 def _load_raw_model(bundle_dir: str) -> None:
     global _raw_model
-    from shared.model import load_model
+    from cloud_router.model_runtimes import load_cloud_model
 
-    _raw_model = load_model(Path(bundle_dir))
+    _raw_model = load_cloud_model(Path(bundle_dir))
     _raw_model.load()
 
 
@@ -228,7 +200,7 @@ PACED_GAP_S = 0.0005
 def edge_side(bundle_dir: Path, inputs: list, work: Path, echo_target: str, *, reps: int, count: int) -> dict[str, Any]:
     """Single-query latency: bare session against the agent (edge-accepted requests, SDK), and a
     raw gRPC echo of an edge request's bytes (the transport's own round trip)."""
-    from shared.model import load_model
+    from shared.model_loader import load_model
     from shared.sdk import Client
 
     model = load_model(bundle_dir, edge=True)
@@ -321,10 +293,12 @@ def transport_floor(trivial_bundle: Path, work: Path, *, reps: int, duration_s: 
 
 @contextlib.contextmanager
 def echo_server(kind: str = "aio", processes: int = 1) -> Iterator[str]:
-    """A raw gRPC echo server (edgecascade.echo_server) in a child process; yields its target."""
+    """A raw gRPC echo server (benchmarks.echo_server) in a child process; yields its target."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "edgecascade.echo_server", "--port", str(port), "--kind", kind,
-                                "--processes", str(processes)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkout = str(Path(__file__).resolve().parents[1])   # the child finds `benchmarks` from any working directory
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.echo_server", "--port", str(port), "--kind", kind,
+                                "--processes", str(processes)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         wait_serving(f"127.0.0.1:{port}", 30, process)
         if processes > 1:
@@ -391,11 +365,11 @@ def bench_models(quick: bool) -> tuple[Path, list, Path, list, str]:
     Full run: the BANKING77 pair (all-MiniLM-L6-v2 in the cloud). Quick: the digits demo pair.
     """
     if not quick:
-        from edgecascade.text_models import ensure_banking77_models
+        from edgecascade.offline.text_models import ensure_banking77_models
 
         pair = ensure_banking77_models()
         return pair.cloud_dir, pair.test_texts, pair.edge_dir, pair.test_texts, "banking77 (all-MiniLM-L6-v2 cloud)"
-    from edgecascade.demo_models import ensure_demo_models
+    from edgecascade.offline.demo_models import ensure_demo_models
 
     pair = ensure_demo_models()
     inputs = list(pair.test_inputs)

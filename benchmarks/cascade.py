@@ -1,12 +1,12 @@
 """`edgecascade bench cascade`: the BANKING77 text cascade, offline and (with e2e) live.
 
-Offline, on the whole test set, with the bundles as served (`shared.model.load_model`):
+Offline, on the whole test set, with the bundles as served (`shared.model_loader.load_model`, `cloud_router.model_runtimes`):
 edge-only, cloud-only and oracle accuracy, the deferral-accuracy curve (least confident
 first, max_prob), APGR, CPT(50/80/95), and the deferral needed to match the cloud.
 
 Calibrated point: Learn then Test at epsilon 0.01, delta 0.05 on a random half of the test
 set (cloud answers as labels), accuracy and deferral measured on the other half. The
-guarantee is checked over 200 such re-splits (`shared.calibration.guarantee_violation_rate`).
+guarantee is checked over 200 such re-splits (`edgecascade.offline.calibration.guarantee_violation_rate`).
 
 Cost, measured in the same run: each model's file size, and its single-query latency
 (one text per `predict` call, featurizer/tokenizer included, one thread each).
@@ -31,6 +31,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from benchmarks.common import RESULTS_DIR
+
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "cascade_banking77.json"
@@ -50,13 +52,13 @@ def run_cascade_bench(data_dir: Optional[str | Path], out_dir: str | Path, e2e: 
     """Run the benchmark, write RESULT_FILE and PLOT_FILE under `out_dir`, return the result."""
     from edgecascade.plots import plot_deferral_curve
 
-    out_dir = Path(out_dir) if out_dir is not None else Path("benchmarks/results")
+    out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
     with tempfile.TemporaryDirectory(prefix="edgecascade-bench-cascade-") as tmp:
         work = Path(tmp)
         if quick:
             edge_dir, cloud_dir, labels, test, build_facts = _quick_pair(data_dir, work)
         else:
-            from edgecascade.text_models import ensure_text_models
+            from edgecascade.offline.text_models import ensure_text_models
 
             pair = ensure_text_models(data_dir)
             edge_dir, cloud_dir, labels, test, build_facts = pair.edge_dir, pair.cloud_dir, pair.labels, pair.test_set, pair.info
@@ -90,15 +92,16 @@ def run_cascade_bench(data_dir: Optional[str | Path], out_dir: str | Path, e2e: 
 def measure(edge_dir: Path, cloud_dir: Path, labels: Sequence[str], texts: list[str], gold: np.ndarray, *,
             epsilon: float = EPSILON, delta: float = DELTA, quick: bool = False) -> dict[str, Any]:
     """Everything but the live run; see the module docstring."""
-    from shared.calibration import calibrate_ltt, calibration_masks, guarantee_violation_rate
-    from shared.cascade_metrics import cascade_at_threshold, cascade_report
+    from cloud_router.model_runtimes import load_cloud_model
+    from edgecascade.offline.calibration import calibrate_ltt, calibration_masks, guarantee_violation_rate
+    from edgecascade.offline.cascade_metrics import cascade_at_threshold, cascade_report
     from shared.errors import CalibrationError
-    from shared.model import load_model
+    from shared.model_loader import load_model
     from shared.signals import confidence_scores
 
     edge = load_model(edge_dir, edge=True)
     edge.load()
-    cloud = load_model(cloud_dir)
+    cloud = load_cloud_model(cloud_dir)
     cloud.load()
     _check_labels(edge, cloud, labels)
 
@@ -202,8 +205,8 @@ def live_cascade(edge_dir: Path, cloud_dir: Path, labels: Sequence[str], texts: 
                  calibrated: dict[str, Any], work: Path, *, quick: bool) -> dict[str, Any]:
     """The held-out half through SDK -> edge agent -> cloud router, with the calibrated threshold."""
     from edgecascade.demo import ROUTES, percentile_ms, replay
+    from edgecascade.offline.calibration import calibration_masks
     from edgecascade.processes import Daemon
-    from shared.calibration import calibration_masks
     from shared.model_card import load_card
     from shared.policy import PolicyFile
 
@@ -240,8 +243,8 @@ def live_cascade(edge_dir: Path, cloud_dir: Path, labels: Sequence[str], texts: 
 
 
 def _quick_pair(data_dir: Optional[str | Path], work: Path):
-    from edgecascade.text_build import build_text_models
-    from edgecascade.text_data import LabelledTexts, data_files, read_labelled_csv
+    from edgecascade.offline.text_build import build_text_models
+    from edgecascade.offline.text_data import LabelledTexts, data_files, read_labelled_csv
 
     train_path, test_path = data_files(data_dir)
     train_full, test_full = read_labelled_csv(train_path), read_labelled_csv(test_path)

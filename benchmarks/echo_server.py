@@ -1,6 +1,6 @@
 """A raw gRPC echo server: the transport floor the daemons are compared against.
 
-    python -m edgecascade.echo_server --port 50099 [--kind aio|uvloop|sync] [--processes N]
+    python -m benchmarks.echo_server --port 50099 [--kind aio|uvloop|sync] [--processes N]
 
 It answers `/bench.Echo/Echo` with the request bytes, with no protobuf parsing at all.
 `aio` (the default, the issue's baseline) is grpc.aio on asyncio's loop; `uvloop` the same on

@@ -52,7 +52,7 @@ async def closed_loop(call: Callable[[int], Awaitable[object]], *, concurrency: 
             counter += 1
             try:
                 await call(i)
-            except Exception:  # noqa: BLE001 - counted
+            except Exception:
                 if window_start <= time.perf_counter() <= window_end:
                     errors += 1
                 continue
@@ -83,7 +83,7 @@ def closed_loop_threads(call: Callable[[int], object], *, concurrency: int, dura
                 return
             try:
                 call(next(counter))
-            except Exception:  # noqa: BLE001 - counted
+            except Exception:
                 if window_start <= time.perf_counter() <= window_end:
                     errors[k] += 1
                 continue

@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from shared.calibration import check_arrays
+from edgecascade.offline.calibration import check_arrays
 from shared.errors import CalibrationError, InvalidInputError
 
 CPT_PERCENTS: tuple[int, ...] = (50, 80, 95)

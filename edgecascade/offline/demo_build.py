@@ -267,7 +267,7 @@ def with_pixel_shifts(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def _evaluate_and_write_policy(out_dir: Path, splits) -> dict[str, Any]:
     """Run both bundles through the real runtimes, pick the demo thresholds, write policy.json."""
-    from shared.model import load_model
+    from shared.model_loader import load_model
     from shared.signals import confidence_scores
 
     edge, cloud = load_model(out_dir / "edge", edge=True), load_model(out_dir / "cloud")

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from edgecascade.text_data import LabelledTexts, label_names
+from edgecascade.offline.text_data import LabelledTexts, label_names
 from shared.model_card import InputSpec, ModelCard, save_card
 from shared.policy import PolicyFile, save_policy
 
@@ -49,7 +49,7 @@ def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Op
                       say: Say = print, progress_bars: bool = True,
                       featurizer_options: Optional[dict] = None) -> dict[str, Any]:
     """Train both models on `train`, write edge/ and cloud/ under `out_dir`, and return the build facts."""
-    from edgecascade.demo_models import default_cache_root
+    from edgecascade.offline.demo_models import default_cache_root
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -113,7 +113,7 @@ def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Op
 def build_edge_bundle(edge_dir: Path, texts: Sequence[str], y: np.ndarray, labels: Sequence[str], *, name: str,
                       version: int, featurizer_options: Optional[dict] = None) -> ModelCard:
     """Train the linear model, write the INT8 model.onnx and model.json (no policy) to `edge_dir`."""
-    from edgecascade.text_edge_build import train_linear, write_sparse_int8_onnx
+    from edgecascade.offline.text_edge_build import train_linear, write_sparse_int8_onnx
     from shared.text_features import featurizer_from_options, parse_featurizer_options
 
     options = parse_featurizer_options(featurizer_options or {}).model_dump(mode="json")
@@ -135,7 +135,7 @@ def _build_encoder(options):
 
 
 def _edge_probs(edge_dir: Path, texts: Sequence[str]) -> np.ndarray:
-    from shared.model import load_model
+    from shared.model_loader import load_model
 
     model = load_model(edge_dir, edge=True)
     model.load()
@@ -152,7 +152,7 @@ def cloud_size_bytes(cloud_dir: Path) -> int:
 
 def train_cloud_head(embeddings: np.ndarray, y: np.ndarray, num_classes: int, C: float = CLOUD_HEAD_C):
     """Multinomial logistic regression on the embeddings: (weight float32 [C, d], bias float32 [C])."""
-    from edgecascade.text_edge_build import fit_logistic_regression
+    from edgecascade.offline.text_edge_build import fit_logistic_regression
 
     return fit_logistic_regression(embeddings, y, num_classes, C=C, max_iter=2000)
 
@@ -234,7 +234,7 @@ def eval_facts(edge_probs: np.ndarray, cloud_probs: np.ndarray, gold: np.ndarray
 
 def certified_policy(provisional: PolicyFile, edge_probs: np.ndarray, cloud_pred: np.ndarray, say: Say) -> PolicyFile:
     """LTT at epsilon 0.01, delta 0.05 on the eval predictions; the provisional policy if it cannot certify."""
-    from shared.calibration import calibrate_ltt
+    from edgecascade.offline.calibration import calibrate_ltt
     from shared.errors import CalibrationError
     from shared.signals import confidence_scores
 

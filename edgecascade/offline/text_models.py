@@ -25,8 +25,8 @@ from typing import Optional
 
 import numpy as np
 
-from edgecascade.text_build import BUILD_INFO_FILE
-from edgecascade.text_data import LabelledTexts, data_files, read_labelled_csv
+from edgecascade.offline.text_build import BUILD_INFO_FILE
+from edgecascade.offline.text_data import LabelledTexts, data_files, read_labelled_csv
 from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,8 @@ def data_fingerprint(*paths: Path) -> str:
 
 def ensure_text_models(data_dir: Optional[str | Path] = None, cache_dir: Optional[str | Path] = None, *,
                        rebuild: bool = False, progress_bars: bool = True) -> TextModels:
-    """The pair for `data_dir` (default: BANKING77, see `edgecascade.text_data`), building it the first time."""
-    from edgecascade.demo_models import default_cache_root
+    """The pair for `data_dir` (default: BANKING77, see `edgecascade.offline.text_data`), building it the first time."""
+    from edgecascade.offline.demo_models import default_cache_root
 
     train_path, test_path = data_files(data_dir)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
@@ -97,13 +97,13 @@ def ensure_text_models(data_dir: Optional[str | Path] = None, cache_dir: Optiona
                       train_path=train_path, test_path=test_path)
 
 
-#: What `edgecascade.bench_serve` calls: the default data set.
+#: What `benchmarks.serve` calls: the default data set.
 ensure_banking77_models = ensure_text_models
 
 
 def _build_into(root: Path, train_path: Path, test_path: Path, cache_root: Path, *, replace: bool,
                 progress_bars: bool) -> None:
-    from edgecascade.text_build import build_text_models
+    from edgecascade.offline.text_build import build_text_models
 
     building = root.parent / f".{root.name}.build-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:

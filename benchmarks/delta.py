@@ -25,14 +25,14 @@ Pairs it builds itself (nothing downloaded):
   differs (quick mode keeps the first tensors up to ~8 MB);
 - `full_finetune`: a float32 ONNX MLP where every weight moves slightly.
 
-The `swap` part (`edgecascade.bench_swap`) pushes 20 signed updates through a real router
+The `swap` part (`benchmarks.swap`) pushes 20 signed updates through a real router
 and agent under steady open-loop load: failed requests, and p99 latency from the agent taking
 up an update until it serves the new model against p99 in steady windows between the updates.
 It runs `swap_runs` times (`edgecascade bench delta --swap-runs N`, 3 by default): `swap` is
 the run with the median p99 ratio, `swap_runs` has every run's headline numbers.
 
 Run: `edgecascade bench delta [--quick] [--swap-runs N]`, or
-`python -m edgecascade.bench_delta --out delta.json [--quick] [--swap-runs N]`.
+`python -m benchmarks.delta --out delta.json [--quick] [--swap-runs N]`.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from benchmarks.common import mlp_to_onnx
 from shared.errors import InvalidInputError, ResultHashMismatchError
 
 METHODS = ("tensor", "bsdiff4", "zstd")
@@ -219,32 +220,6 @@ def _checks(name: str, full_bytes: int, methods: dict[str, Any]) -> dict[str, bo
 # --- model pairs ------------------------------------------------------------------------------
 
 
-def _mlp_to_onnx(coefs: list[np.ndarray], intercepts: list[np.ndarray], path: Path) -> Path:
-    """ONNX graph for a ReLU MLP with softmax output: input `input` [N, D], output `probs`."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes, inits, x = [], [], "input"
-    for i, (w, b) in enumerate(zip(coefs, intercepts)):
-        inits += [numpy_helper.from_array(w.astype(np.float32), f"W{i}"), numpy_helper.from_array(b.astype(np.float32), f"B{i}")]
-        nodes += [helper.make_node("MatMul", [x, f"W{i}"], [f"mm{i}"]), helper.make_node("Add", [f"mm{i}", f"B{i}"], [f"z{i}"])]
-        x = f"z{i}"
-        if i < len(coefs) - 1:
-            nodes.append(helper.make_node("Relu", [x], [f"a{i}"]))
-            x = f"a{i}"
-    nodes.append(helper.make_node("Softmax", [x], ["probs"], axis=1))
-    graph = helper.make_graph(
-        nodes, "mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, coefs[0].shape[0]])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, coefs[-1].shape[1]])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 def _onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
     import onnxruntime as ort
 
@@ -275,7 +250,7 @@ def build_int8_pair(workdir: Path, quick: bool) -> tuple[Path, Path, dict[str, A
         target.fit(x_train, y_train)
     paths = []
     for tag, clf in (("base", base), ("target", target)):
-        float_path = _mlp_to_onnx(clf.coefs_, clf.intercepts_, workdir / f"digits_{tag}.f32.onnx")
+        float_path = mlp_to_onnx(clf.coefs_, clf.intercepts_, workdir / f"digits_{tag}.f32.onnx")
         int8_path = workdir / f"digits_{tag}.int8.onnx"
         quantize_dynamic(str(float_path), str(int8_path), weight_type=QuantType.QInt8)
         float_path.unlink()
@@ -327,10 +302,10 @@ def build_full_finetune_pair(workdir: Path, quick: bool) -> tuple[Path, Path, di
     sizes = (784, 512, 512, 10) if quick else (784, 1024, 1024, 10)
     coefs = [(rng.standard_normal((a, b)) * np.sqrt(2.0 / a)).astype(np.float32) for a, b in zip(sizes, sizes[1:])]
     intercepts = [(rng.standard_normal(b) * 0.01).astype(np.float32) for b in sizes[1:]]
-    base = _mlp_to_onnx(coefs, intercepts, workdir / "finetune_base.onnx")
+    base = mlp_to_onnx(coefs, intercepts, workdir / "finetune_base.onnx")
     new_coefs = [(w + rng.standard_normal(w.shape) * 1e-4).astype(np.float32) for w in coefs]
     new_intercepts = [(b + rng.standard_normal(b.shape) * 1e-4).astype(np.float32) for b in intercepts]
-    target = _mlp_to_onnx(new_coefs, new_intercepts, workdir / "finetune_target.onnx")
+    target = mlp_to_onnx(new_coefs, new_intercepts, workdir / "finetune_target.onnx")
     return base, target, {"layer_sizes": list(sizes), "update_std": 1e-4}
 
 
@@ -392,7 +367,7 @@ def run_delta_bench(out_path: str | Path, quick: bool, swap_runs: int = 1) -> di
             result["base_bytes"] = base.stat().st_size
             result["model"] = info
             report["pairs"].append(result)
-    from edgecascade.bench_swap import run_swap_bench
+    from benchmarks.swap import run_swap_bench
 
     report.update(swap_report([run_swap_bench(quick) for _ in range(swap_runs)]))
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
@@ -401,7 +376,7 @@ def run_delta_bench(out_path: str | Path, quick: bool, swap_runs: int = 1) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgecascade.bench_delta", description="Delta-update benchmark.")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.delta", description="Delta-update benchmark.")
     parser.add_argument("--out", default="delta_bench.json", help="where to write the JSON report")
     parser.add_argument("--quick", action="store_true", help="small models only (about a minute)")
     parser.add_argument("--swap-runs", type=int, default=3, help="hot-swap runs; the median one is reported")
