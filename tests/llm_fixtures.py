@@ -76,6 +76,6 @@ def tiny_ernie(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_edge(tiny_ernie, tmp_path_factory) -> Path:
     """The tiny checkpoint exported for the edge (fp32), once per test session."""
-    from edgecascade.llm_export import export_llm
+    from edgecascade.offline.llm_export import export_llm
 
     return export_llm(tiny_ernie, tmp_path_factory.mktemp("tiny-edge") / "edge").out_dir

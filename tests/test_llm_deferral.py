@@ -12,7 +12,7 @@ import pytest
 
 from edge_agent.llm_runtime import OnnxCausalLM
 from edgecascade.cli import main as cli_main
-from edgecascade.llm_calibration import texts_agree
+from edgecascade.offline.llm_calibration import texts_agree
 from shared.llm_decoding import SignalTracker
 from shared.llm_policy import LLMPolicy, load_llm_policy
 from shared.llm_request import FINISH_DEFERRED, GenerationRequest

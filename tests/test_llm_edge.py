@@ -13,8 +13,8 @@ import pytest
 
 from edge_agent.llm_runtime import OnnxCausalLM
 from edgecascade.cli import main as cli_main
-from edgecascade.llm_agreement import greedy_agreement
-from edgecascade.llm_export import export_llm
+from edgecascade.offline.llm_agreement import greedy_agreement
+from edgecascade.offline.llm_export import export_llm
 from shared.errors import ConfigError, InvalidInputError
 from shared.llm_request import FINISH_DEFERRED, FINISH_STOP, GenerationRequest, GenerationResult
 from tests.llm_fixtures import make_tiny_ernie, tiny_edge, tiny_ernie  # noqa: F401 - fixtures

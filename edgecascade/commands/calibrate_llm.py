@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgecascade.llm_calibration import calibrate_generation, label_generations
+    from edgecascade.offline.llm_calibration import calibrate_generation, label_generations
     from shared.llm_card import load_llm_card
     from shared.llm_policy import LLMPolicy, save_llm_policy
 

@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edgecascade.llm_agreement import DEFAULT_PROMPTS, greedy_agreement
-    from edgecascade.llm_export import export_llm
+    from edgecascade.offline.llm_agreement import DEFAULT_PROMPTS, greedy_agreement
+    from edgecascade.offline.llm_export import export_llm
     from shared.errors import InvalidInputError
 
     prompts = list(DEFAULT_PROMPTS)

@@ -63,7 +63,7 @@ def calibrate_generation(labelled: LabelledGenerations, template: LLMPolicy, *, 
                          epsilon: Optional[float] = None, delta: Optional[float] = None,
                          target_deferral_rate: Optional[float] = None) -> LLMPolicy:
     """`template` with the certified threshold and what was certified in `guarantee`."""
-    from shared.calibration import calibrate
+    from edgecascade.offline.calibration import calibrate
 
     scores = np.array([template.decision_score(result.top_probs) for result in labelled.edge], dtype=np.float64)
     # The shared calibrators count a loss where "edge label != cloud label": disagreement is label 1 against 0.
