@@ -81,6 +81,23 @@ def build_worker(settings: RouterSettings, router: Router, redis_client: Any, on
                        on_batch=on_batch)
 
 
+async def load_llm_hosts(settings: RouterSettings) -> dict:
+    """The causal-LM hosts of `llm_dirs`, loaded, by name (empty when none are configured)."""
+    if not settings.llm_dirs:
+        return {}
+    from cloud_router.llm_host import CausalLMHost
+
+    hosts: dict = {}
+    for model_dir in settings.llm_dirs:
+        host = CausalLMHost(model_dir, max_batch_size=settings.llm_max_batch_size if settings.batching else 1,
+                            max_delay_ms=settings.llm_max_delay_ms if settings.batching else 0.0)
+        if host.name in hosts:
+            raise ConfigError(f"setting 'llm_dirs': two checkpoints are named {host.name!r}")
+        await host.load()
+        hosts[host.name] = host
+    return hosts
+
+
 async def serve(settings: RouterSettings, ready_callback=None) -> None:
     metrics = RouterMetrics(settings.router_id)
     updates = UpdateService(public_key_path=settings.update_public_key, check_uploads=settings.update_check_uploads,
@@ -104,7 +121,11 @@ async def serve(settings: RouterSettings, ready_callback=None) -> None:
         worker = build_worker(settings, router, redis_client, on_batch=metrics.observe_batch)
         await worker.start()
 
+    llm_hosts = await load_llm_hosts(settings)
+
     async def stopped() -> None:
+        for host in llm_hosts.values():
+            await host.close()
         await updates.aclose()  # no RPC is left to change the state: write it once more, then let go of the store
         await router.stop()
         if worker is not None:
@@ -115,7 +136,9 @@ async def serve(settings: RouterSettings, ready_callback=None) -> None:
             await close_quietly(redis_client)
 
     server = create_server(settings.max_message_bytes)
-    pb_grpc.add_CloudRouterServicer_to_server(CloudRouterServicer(router, settings, metrics, updates), server)
+    servicer = CloudRouterServicer(router, settings, metrics, updates)
+    servicer.llm_hosts, servicer.llm_default_max_new_tokens = llm_hosts, settings.llm_max_new_tokens
+    pb_grpc.add_CloudRouterServicer_to_server(servicer, server)
     add_kserve_servicer(server, RouterKServeBackend(router, settings, metrics), metrics)
     health = add_health_and_reflection(server, SERVICE_NAMES)
     port = bind(server, settings.listen)

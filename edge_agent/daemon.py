@@ -14,6 +14,7 @@ from edge_agent.heartbeat import Heartbeat
 from edge_agent.kserve_backend import EdgeKServeBackend
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_slot import load_slot
+from edge_agent.llm_cascade import build_llm_cascade
 from edge_agent.servicer import EdgeAgentServicer
 from edge_agent.settings import EdgeSettings
 from edge_agent.updater import open_version_store, start_updater
@@ -61,7 +62,10 @@ async def serve(settings: EdgeSettings, ready_callback=None) -> None:
     cascade = build_cascade(settings, store.current_dir() if store else None)
     metrics = AgentMetrics(cascade, settings.agent_id)
     server = create_server(settings.max_message_bytes)
-    pb_grpc.add_EdgeAgentServicer_to_server(EdgeAgentServicer(cascade, settings, metrics), server)
+    llm = build_llm_cascade(settings, cascade.cloud.breaker if cascade.cloud else None)
+    servicer = EdgeAgentServicer(cascade, settings, metrics)
+    servicer.llm, servicer.llm_default_max_new_tokens = llm, settings.llm_max_new_tokens
+    pb_grpc.add_EdgeAgentServicer_to_server(servicer, server)
     add_kserve_servicer(server, EdgeKServeBackend(cascade, settings, metrics), metrics)
     health = add_health_and_reflection(server, SERVICE_NAMES)
     port = bind(server, settings.listen)
@@ -87,6 +91,8 @@ async def serve(settings: EdgeSettings, ready_callback=None) -> None:
             await updater.stop()
         if cascade.cloud:
             await cascade.cloud.close()
+        if llm is not None:
+            await llm.close()
 
     await run_until_signal(
         server,

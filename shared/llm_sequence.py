@@ -84,7 +84,7 @@ class LiveSequence:
         if self.done:
             return
         self.finish_reason = reason
-        tail = self.text.finish()
+        tail = self.text.finish() if reason != FINISH_DEFERRED else ""  # deferred text is withdrawn anyway
         if tail:
             self.emit(TokenEvent(tail, None))
         self.emit(GenerationResult(text=self.text.text, token_ids=list(self.generated), finish_reason=reason,

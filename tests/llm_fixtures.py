@@ -79,3 +79,10 @@ def tiny_edge(tiny_ernie, tmp_path_factory) -> Path:
     from edgecascade.offline.llm_export import export_llm
 
     return export_llm(tiny_ernie, tmp_path_factory.mktemp("tiny-edge") / "edge").out_dir
+
+
+@pytest.fixture(scope="session")
+def long_cloud(tmp_path_factory) -> Path:
+    """A different tiny ERNIE-4.5 with a 4096-token context: the cloud for streaming tests (long
+    enough generations to cancel, or to outlast a deadline)."""
+    return make_tiny_ernie(tmp_path_factory.mktemp("long-cloud"), seed=1, max_positions=4096)
