@@ -14,13 +14,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from protos import edgecascade_pb2, grpc_service_pb2
+from shared.undecodable_requests import UndecodableRequests
 
 log = logging.getLogger(__name__)
 
 
 def create_server(max_message_bytes: int) -> grpc.aio.Server:
-    """An aio server; messages over the limit are refused with RESOURCE_EXHAUSTED by gRPC."""
+    """An aio server; messages over the limit are refused with RESOURCE_EXHAUSTED by gRPC, and
+    requests that do not decode with INVALID_ARGUMENT on every service (`UndecodableRequests`)."""
     return grpc.aio.server(
+        interceptors=[UndecodableRequests()],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
