@@ -1,4 +1,4 @@
-"""`edgecascade bench cascade|delta|scale|serve`: the benchmarks behind every performance claim.
+"""`edgecascade bench cascade|delta|scale|serve|llm`: the benchmarks behind every performance claim.
 
 Each writes JSON to benchmarks/results/ (or --out) and compares against a baseline measured
 in the same run. The benchmarks themselves live in the repository's top-level `benchmarks/`
@@ -47,6 +47,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--out", type=Path, default=RESULTS_DIR / "serve.json", help="output JSON file")
     serve.set_defaults(func=_serve)
 
+    llm = bench_sub.add_parser("llm", help="language models: edge ONNX vs transformers, cloud batching, deferral rate")
+    llm.add_argument("--edge", type=Path, required=True, help="the edge LM's Hugging Face checkpoint directory")
+    llm.add_argument("--cloud", type=Path, required=True, help="the cloud LM's Hugging Face checkpoint directory")
+    llm.add_argument("--edge-onnx", type=Path, default=None,
+                     help="its export-llm directory (default: exported from --edge into a temporary directory)")
+    llm.add_argument("--precision", choices=("fp32", "int8", "int4"), default="fp32", help="precision of that export")
+    llm.add_argument("--prompts", type=Path, default=None, help="one prompt a line (default: eight built-in)")
+    llm.add_argument("--max-new-tokens", type=_positive_int, default=64, help="new tokens per prompt (default 64)")
+    llm.add_argument("--threshold", type=float, default=None,
+                     help="deferral threshold (default: the edge export's llm_policy.json, if any)")
+    llm.add_argument("--cloud-concurrency", type=_positive_int, default=8,
+                     help="concurrent cloud requests, and the batch size when batching is on (default 8)")
+    llm.add_argument("--out", type=Path, default=RESULTS_DIR / "llm.json", help="output JSON file (the PNG goes next to it)")
+    llm.set_defaults(func=_llm)
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -79,6 +94,16 @@ def _scale(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     _print(_benchmark("serve").run_serve_bench(args.out, quick=args.quick))
+    return 0
+
+
+def _llm(args: argparse.Namespace) -> int:
+    from edgecascade.commands.export_llm import read_prompts
+
+    kwargs = {"prompts": read_prompts(args.prompts, "--prompts")} if args.prompts else {}
+    _print(_benchmark("llm").run_llm_bench(args.edge, args.cloud, args.out, edge_onnx=args.edge_onnx,
+                                           max_new_tokens=args.max_new_tokens, threshold=args.threshold,
+                                           cloud_concurrency=args.cloud_concurrency, precision=args.precision, **kwargs))
     return 0
 
 

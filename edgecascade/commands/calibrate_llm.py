@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgecascade.commands.export_llm import read_prompts
     from edgecascade.offline.llm_calibration import calibrate_generation, label_generations
     from shared.llm_card import load_llm_card
     from shared.llm_policy import LLMPolicy, save_llm_policy
@@ -37,12 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("--llm-prompts needs --edge-llm and --cloud-llm")
     if args.similarity is not None and not 0.0 <= args.similarity <= 1.0:
         raise InvalidInputError(f"--similarity must be in [0, 1], got {args.similarity}")
-    try:
-        prompts = [line for line in args.llm_prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"--llm-prompts: {exc}") from None
-    if not prompts:
-        raise InvalidInputError(f"--llm-prompts: {args.llm_prompts} has no prompts")
+    prompts = read_prompts(args.llm_prompts, "--llm-prompts")
     card = load_llm_card(args.edge_llm)
     template = LLMPolicy(model_name=card.name, threshold=0.0, signal=args.llm_signal, quantile=args.llm_quantile,
                          min_tokens=args.min_tokens)

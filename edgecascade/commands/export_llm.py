@@ -33,16 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from edgecascade.offline.llm_agreement import DEFAULT_PROMPTS, greedy_agreement
     from edgecascade.offline.llm_export import export_llm
-    from shared.errors import InvalidInputError
-
-    prompts = list(DEFAULT_PROMPTS)
-    if args.agreement_prompts is not None:
-        try:
-            prompts = [line for line in args.agreement_prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidInputError(f"--agreement-prompts: {exc}") from None
-        if not prompts:
-            raise InvalidInputError(f"--agreement-prompts: {args.agreement_prompts} has no prompts")
+    prompts = read_prompts(args.agreement_prompts, "--agreement-prompts") if args.agreement_prompts else list(DEFAULT_PROMPTS)
     report = export_llm(args.src_dir, args.out_dir, precision=args.precision, name=args.name)
     print(f"exported {report.card.architecture} ({report.card.precision}, {report.onnx_bytes / 1e6:.1f} MB) "
           f"to {report.out_dir}")
@@ -55,3 +46,16 @@ def _run(args: argparse.Namespace) -> int:
               f"{agreement.prefix_agreement:.1%} of tokens before the first difference")
     (args.out_dir / "export_report.json").write_text(json.dumps(summary, indent=2) + "\n")
     return 0
+
+
+def read_prompts(path: Path, flag: str) -> list[str]:
+    """The non-empty lines of a UTF-8 prompt file; InvalidInputError naming the flag otherwise."""
+    from shared.errors import InvalidInputError
+
+    try:
+        prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{flag}: {exc}") from None
+    if not prompts:
+        raise InvalidInputError(f"{flag}: {path} has no prompts")
+    return prompts
