@@ -35,6 +35,11 @@ class EdgeSettings(BaseSettings):
     """New tokens for a Generate request that asks for none."""
     llm_max_concurrent: int = Field(default=2, ge=1, le=64)
     """Generations decoding on the edge at once."""
+    openai_listen: Optional[str] = None
+    """host:port of the OpenAI-compatible HTTP endpoint (/v1/models, /v1/completions,
+    /v1/chat/completions) for the language model; None: off. Needs llm_dir."""
+    openai_timeout_s: float = Field(default=60.0, gt=0)
+    """Deadline of one request on the OpenAI-compatible endpoint."""
     cloud_target: Optional[str] = "127.0.0.1:50051"
     """host:port of the cloud router; None runs edge-only (every deferral falls back)."""
     cloud_model: str = ""
