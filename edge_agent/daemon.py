@@ -17,6 +17,7 @@ from edge_agent.llm_cascade import build_llm_cascade
 from edge_agent.model_slot import load_slot
 from edge_agent.servicer import EdgeAgentServicer
 from edge_agent.settings import EdgeSettings
+from edge_agent.systemd_notify import SystemdNotifier
 from edge_agent.updater import open_version_store, start_updater
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
@@ -105,6 +106,13 @@ async def serve(settings: EdgeSettings, ready_callback=None) -> None:
     gc.freeze()  # start-up objects leave the collector's view: no 20 ms full collections mid-swap
     if ready_callback:
         ready_callback(port)
+    systemd = SystemdNotifier.from_environment()  # no-op outside a Type=notify unit
+    systemd.ready(f"serving {cascade.active.model.name} v{cascade.active.model.version} on port {port}")
+    systemd.start_watchdog()
+
+    async def draining() -> None:
+        systemd.stopping()
+        await set_serving(health, SERVICE_NAMES, False)
 
     async def stopped() -> None:
         if heartbeat is not None:
@@ -117,11 +125,12 @@ async def serve(settings: EdgeSettings, ready_callback=None) -> None:
             await openai_runner.cleanup()
         if llm is not None:
             await llm.close()
+        await systemd.close()
 
     await run_until_signal(
         server,
         grace_s=settings.shutdown_grace_s,
-        on_draining=lambda: set_serving(health, SERVICE_NAMES, False),
+        on_draining=draining,
         on_stopped=stopped,
     )
 
