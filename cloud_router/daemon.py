@@ -82,9 +82,7 @@ def build_worker(settings: RouterSettings, router: Router, redis_client: Any, on
 
 
 async def load_llm_hosts(settings: RouterSettings) -> dict:
-    """The causal-LM hosts of `llm_dirs`, loaded, by name (empty when none are configured)."""
-    if not settings.llm_dirs:
-        return {}
+    """The causal-LM hosts of `llm_dirs` and the remote engine, loaded, by name (empty when none)."""
     from cloud_router.llm_host import CausalLMHost
 
     hosts: dict = {}
@@ -95,6 +93,14 @@ async def load_llm_hosts(settings: RouterSettings) -> dict:
             raise ConfigError(f"setting 'llm_dirs': two checkpoints are named {host.name!r}")
         await host.load()
         hosts[host.name] = host
+    if settings.llm_remote_url:
+        from cloud_router.openai_backend import RemoteCausalLM
+
+        if not settings.llm_remote_model:
+            raise ConfigError("setting 'llm_remote_model': name the remote engine's model (llm_remote_url is set)")
+        remote = RemoteCausalLM(settings.llm_remote_url, settings.llm_remote_model, name=settings.llm_remote_name or None)
+        await remote.load()
+        hosts[remote.name] = remote
     return hosts
 
 

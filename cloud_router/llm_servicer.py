@@ -50,7 +50,8 @@ class GenerateRpcs:
                 summary = pb.GenerateSummary(
                     request_id=request_id, served_by=pb.CLOUD, finish_reason=event.finish_reason,
                     status=status_of(event.finish_reason, len(event.token_ids)),
-                    prompt_tokens=event.prompt_tokens, cloud_tokens=len(event.token_ids), model_name=host.name,
+                    prompt_tokens=event.prompt_tokens, model_name=host.name,
+                    cloud_tokens=len(event.token_ids) or event.signals.tokens,  # a remote engine sends no ids
                     cloud_ms=(time.perf_counter() - started) * 1000.0)
                 yield pb.GenerateChunk(source=pb.CLOUD, summary=summary)
             else:

@@ -75,6 +75,7 @@ class LLMCascade:
             async for chunk in self.cloud.stream(request, timeout_s=deadline_s - time.time(), request_id=request_id):
                 if chunk.HasField("summary"):
                     summary.finish_reason, summary.status = chunk.summary.finish_reason, chunk.summary.status
+                    cloud_tokens = max(cloud_tokens, chunk.summary.cloud_tokens)
                     break
                 if not restarted:
                     restarted = True
