@@ -8,6 +8,7 @@ from typing import Any, Optional
 from cloud_router.budget import CloudBudget, MemoryBuckets, RedisBuckets
 from cloud_router.fleet import MemoryFleetRegistry, RedisFleetRegistry
 from cloud_router.kserve_backend import RouterKServeBackend
+from cloud_router.limits import limits_interceptors
 from cloud_router.metrics import RouterMetrics
 from cloud_router.redis_keys import RedisKeys
 from cloud_router.router import Router
@@ -18,6 +19,7 @@ from cloud_router.updates import UpdateService
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import ConfigError
+from shared.auth import server_interceptors
 from shared.event_loop import run_on_loop
 from shared.grpc_server import add_health_and_reflection, bind, create_server, run_until_signal, set_serving
 from shared.kserve_service import SERVICE_NAME as KSERVE_SERVICE_NAME
@@ -141,13 +143,14 @@ async def serve(settings: RouterSettings, ready_callback=None) -> None:
 
             await close_quietly(redis_client)
 
-    server = create_server(settings.max_message_bytes)
+    interceptors = [*server_interceptors(settings, daemon="cloud router"), *limits_interceptors(settings)]
+    server = create_server(settings.max_message_bytes, interceptors=interceptors, max_concurrent_rpcs=settings.max_concurrent_rpcs)
     servicer = CloudRouterServicer(router, settings, metrics, updates)
     servicer.llm_hosts, servicer.llm_default_max_new_tokens = llm_hosts, settings.llm_max_new_tokens
     pb_grpc.add_CloudRouterServicer_to_server(servicer, server)
     add_kserve_servicer(server, RouterKServeBackend(router, settings, metrics), metrics)
     health = add_health_and_reflection(server, SERVICE_NAMES)
-    port = bind(server, settings.listen)
+    port = bind(server, settings.listen, settings.server_security(), daemon="cloud router")
     serve_metrics(metrics, settings.listen, settings.metrics_port)
     await server.start()
     await set_serving(health, SERVICE_NAMES, True)

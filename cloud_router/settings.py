@@ -7,17 +7,23 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from cloud_router.limits import ClientLimitSettings
 from shared.event_loop import EventLoopName
+from shared.listen import ListenAddress
+from shared.security_settings import ServerSecuritySettings
 
 
-class RouterSettings(BaseSettings):
+class RouterSettings(ServerSecuritySettings, ClientLimitSettings):
+    """Security fields (TLS, tokens, plaintext, max_concurrent_rpcs): shared/security_settings.py;
+    per-client limits (client_*): cloud_router/limits.py."""
+
     model_config = SettingsConfigDict(env_prefix="EDGECASCADE_ROUTER_", extra="forbid")
 
     router_id: str = Field(default_factory=lambda: f"router-{socket.gethostname()}")
     """Name this replica reports in status and metrics."""
-    listen: str = "127.0.0.1:50051"
+    listen: ListenAddress = "127.0.0.1:50051"
     """host:port of the gRPC server (edgecascade.v1 CloudRouter, health, KServe v2)."""
     model_dirs: list[Path] = Field(default_factory=list)
     """Model bundles to host (directories holding model.json). The first is the default."""

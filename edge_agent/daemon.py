@@ -10,6 +10,7 @@ from typing import Optional
 from edge_agent.breaker import CircuitBreaker
 from edge_agent.cascade import ActiveModel, Cascade
 from edge_agent.cloud_link import CloudLink
+from edge_agent.cloud_reachability import BreakerLog
 from edge_agent.heartbeat import Heartbeat
 from edge_agent.kserve_backend import EdgeKServeBackend
 from edge_agent.metrics import AgentMetrics
@@ -21,6 +22,7 @@ from edge_agent.systemd_notify import SystemdNotifier
 from edge_agent.updater import open_version_store, start_updater
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
+from shared.auth import server_interceptors
 from shared.errors import ConfigError
 from shared.event_loop import run_on_loop
 from shared.grpc_server import add_health_and_reflection, bind, create_server, run_until_signal, set_serving
@@ -52,9 +54,12 @@ def build_cascade(settings: EdgeSettings, bundle_dir: Optional[Path] = None) -> 
     active = load_active_model(settings, bundle_dir)
     cloud = None
     if settings.cloud_target:
-        breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s)
+        breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s,
+                                 on_change=BreakerLog(settings.cloud_target, failure_threshold=settings.breaker_failure_threshold,
+                                                      cooldown_s=settings.breaker_cooldown_s))
         cloud = CloudLink(settings.cloud_target, model=settings.cloud_model, breaker=breaker,
-                          max_message_bytes=settings.max_message_bytes, agent_id=settings.agent_id)
+                          max_message_bytes=settings.max_message_bytes, agent_id=settings.agent_id,
+                          security=settings.cloud_security(settings.plaintext))
     return Cascade(active, cloud, fallback_reserve_ms=settings.fallback_reserve_ms,
                    shed_at_pressure=settings.shed_at_pressure)
 
@@ -83,7 +88,8 @@ async def serve(settings: EdgeSettings, ready_callback=None) -> None:
     store = open_version_store(settings)
     cascade = build_cascade(settings, store.current_dir() if store else None)
     metrics = AgentMetrics(cascade, settings.agent_id)
-    server = create_server(settings.max_message_bytes)
+    server = create_server(settings.max_message_bytes, interceptors=server_interceptors(settings, daemon="edge agent"),
+                           max_concurrent_rpcs=settings.max_concurrent_rpcs)
     llm = build_llm_cascade(settings, cascade.cloud.breaker if cascade.cloud else None)
     servicer = EdgeAgentServicer(cascade, settings, metrics)
     servicer.llm, servicer.llm_default_max_new_tokens = llm, settings.llm_max_new_tokens
@@ -91,7 +97,7 @@ async def serve(settings: EdgeSettings, ready_callback=None) -> None:
     add_kserve_servicer(server, EdgeKServeBackend(cascade, settings, metrics), metrics)
     health = add_health_and_reflection(server, SERVICE_NAMES)
     openai_runner = await start_openai_endpoint(settings, llm)
-    port = bind(server, settings.listen)
+    port = bind(server, settings.listen, settings.server_security(), daemon="edge agent")
     serve_metrics(metrics, settings.listen, settings.metrics_port)
     await server.start()
     await set_serving(health, SERVICE_NAMES, True)

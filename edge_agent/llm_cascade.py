@@ -138,5 +138,6 @@ def build_llm_cascade(settings, breaker) -> Optional[LLMCascade]:
     cloud = None
     if settings.cloud_target and breaker is not None:
         cloud = LLMCloudLink(settings.cloud_target, model=settings.llm_cloud_model, breaker=breaker,
-                             max_message_bytes=settings.max_message_bytes, agent_id=settings.agent_id)
+                             max_message_bytes=settings.max_message_bytes, agent_id=settings.agent_id,
+                             security=settings.cloud_security(settings.plaintext))
     return LLMCascade(model, policy, cloud)

@@ -5,7 +5,7 @@ is skipped by both; cancelling the iteration cancels the call, and the cloud sto
 from __future__ import annotations
 
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Optional
 
 import grpc
 
@@ -16,17 +16,18 @@ from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.llm_proto import generate_message_of
 from shared.llm_request import GenerationRequest
 from shared.request_parsing import AGENT_ID_KEY
+from shared.tls import ClientSecurity, open_aio_channel
 
 log = logging.getLogger(__name__)
 
 
 class LLMCloudLink:
     def __init__(self, target: str, *, model: str = "", breaker: CircuitBreaker, max_message_bytes: int,
-                 agent_id: str = "") -> None:
+                 agent_id: str = "", security: Optional[ClientSecurity] = None) -> None:
         self.model = model
         self.breaker = breaker
         self._metadata = ((AGENT_ID_KEY, agent_id),) if agent_id else None
-        self._channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+        self._channel = open_aio_channel(target, security, options=channel_options(max_message_bytes))
         self._stub = pb_grpc.CloudRouterStub(self._channel)
 
     async def close(self) -> None:

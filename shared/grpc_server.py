@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Optional, Sequence
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -16,14 +16,21 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from protos import edgecascade_pb2, grpc_service_pb2
 from shared.undecodable_requests import UndecodableRequests
 
+if TYPE_CHECKING:
+    from shared.tls import ServerSecurity
+
 log = logging.getLogger(__name__)
 
 
-def create_server(max_message_bytes: int) -> grpc.aio.Server:
-    """An aio server; messages over the limit are refused with RESOURCE_EXHAUSTED by gRPC, and
-    requests that do not decode with INVALID_ARGUMENT on every service (`UndecodableRequests`)."""
+def create_server(max_message_bytes: int, *, interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+                  max_concurrent_rpcs: Optional[int] = None) -> grpc.aio.Server:
+    """An aio server; messages over the limit, and RPCs beyond `max_concurrent_rpcs` at once, are
+    refused with RESOURCE_EXHAUSTED by gRPC, and requests that do not decode with INVALID_ARGUMENT
+    on every service (`UndecodableRequests`). `interceptors` (credentials, limits) run first, in
+    order, the first outermost."""
     return grpc.aio.server(
-        interceptors=[UndecodableRequests()],
+        interceptors=[*interceptors, UndecodableRequests()],
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -80,13 +87,23 @@ async def set_serving(health_servicer: health.aio.HealthServicer, service_names:
         await health_servicer.set(name, status)
 
 
-def bind(server: grpc.aio.Server, listen: str) -> int:
-    """Bind insecurely to host:port; port 0 picks a free one. Returns the bound port."""
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        from shared.errors import ConfigError
+def bind(server: grpc.aio.Server, listen: str, security: Optional["ServerSecurity"] = None, *, daemon: str = "") -> int:
+    """Bind to host:port (port 0 picks a free one) with TLS, mutual TLS or explicit plaintext per
+    `security` (shared/tls.py); None binds plaintext without a word (test servers). Returns the port.
+    A failed bind is a ConfigError saying why (port in use, not an address of this host, ...)."""
+    if security is not None:
+        from shared.tls import bind_server
 
-        raise ConfigError(f"cannot listen on {listen!r} (in use or not a valid host:port)")
+        return bind_server(server, listen, security, daemon=daemon or "daemon")
+    from shared.errors import ConfigError
+    from shared.listen import bind_failure
+
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:  # grpcio >= 1.60 raises where older versions returned 0
+        port = 0
+    if port == 0:
+        raise ConfigError(bind_failure(listen))
     return port
 
 

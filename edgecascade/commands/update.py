@@ -13,6 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
+from edgecascade.client_options import add_client_security_options, client_security
+
 DEFAULT_ROUTER = "127.0.0.1:50051"
 
 
@@ -37,22 +39,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         cmd.add_argument("--key", type=Path, required=True, help="Ed25519 private key PEM (from `update keygen`)")
         cmd.add_argument("--router", default=DEFAULT_ROUTER, help="host:port of the cloud router")
         cmd.add_argument("--canary", type=float, default=0.0, metavar="PCT",
-                         help="share of agents (percent) that update first; the rest follow once they report healthy")
+                         help="share of agents (percent, 0 to 100) that update first; the rest follow once they "
+                         "report healthy (default 0: all at once)")
         cmd.add_argument("--expires-in-s", type=float, default=7 * 24 * 3600.0, help="agents refuse the update after this")
         cmd.add_argument("--golden", type=int, default=8, help="golden inputs the agents check the new model on (0: none)")
         cmd.add_argument("--wait", action="store_true", help="follow the rollout until every agent reports; exit 0 only when all are healthy")
         cmd.add_argument("--wait-s", type=float, default=600.0, help="how long --wait follows the rollout")
+        add_client_security_options(cmd)
         cmd.set_defaults(func=_push, rollback=name == "rollback")
 
     status = update_sub.add_parser("status", help="rollouts and each agent's update state")
     status.add_argument("--router", default=DEFAULT_ROUTER, help="host:port of the cloud router")
     status.add_argument("--model", default="", help="only this model")
+    add_client_security_options(status)
     status.set_defaults(func=_status)
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    from edgecascade.output_paths import check_output_file
     from shared.delta.signing import keygen
 
+    check_output_file(args.private, "--private")
+    check_output_file(args.public, "--public")
     private, public = keygen(args.private, args.public)
     print(f"wrote {private} (keep it secret) and {public} (set update_public_key to it on every agent)")
     return 0
@@ -63,7 +71,14 @@ def _push(args: argparse.Namespace) -> int:
     from edgecascade.update_client import follow_rollout, publish
     from edgecascade.update_package import package_from_bundles
     from shared.delta.signing import load_private_key
+    from shared.errors import InvalidInputError
 
+    # Checked before anything is built or uploaded (the router would refuse it only after the upload).
+    if not 0.0 <= args.canary <= 100.0:
+        raise InvalidInputError(f"--canary must be from 0 to 100 (percent of agents), got {args.canary:g}")
+    if args.wait_s <= 0 or args.expires_in_s <= 0 or args.golden < 0:
+        raise InvalidInputError("--wait-s and --expires-in-s must be positive and --golden at least 0")
+    security = client_security(args)  # a bad option stops before the package is built
     key = load_private_key(args.key)
     started = time.perf_counter()
     package = package_from_bundles(args.model, args.base, key, rollback=args.rollback, expires_in_s=args.expires_in_s,
@@ -73,7 +88,7 @@ def _push(args: argparse.Namespace) -> int:
           f"({manifest.patch_format} patch) in {time.perf_counter() - started:.1f} s")
     bar = ProgressBar("uploading")
     try:
-        reply = publish(args.router, package, canary_percent=args.canary, progress=bar)
+        reply = publish(args.router, package, canary_percent=args.canary, progress=bar, security=security)
     finally:
         bar.close()
     share = reply.payload_bytes / reply.target_bytes if reply.target_bytes else 0.0
@@ -96,7 +111,8 @@ def _push(args: argparse.Namespace) -> int:
                 shown.add((agent.agent_id, agent.state))
                 print(f"  {agent.agent_id}: {agent.state}{f' ({agent.reason})' if agent.reason else ''}")
 
-    outcome = follow_rollout(args.router, reply.update_id, reply.model_name, timeout_s=args.wait_s, on_status=show)
+    outcome = follow_rollout(args.router, reply.update_id, reply.model_name, timeout_s=args.wait_s, on_status=show,
+                             security=security)
     print(f"rollout {outcome}")
     return 0 if outcome == "done" else 1
 
@@ -104,7 +120,7 @@ def _push(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from edgecascade.update_client import rollout_status
 
-    status = rollout_status(args.router, args.model)
+    status = rollout_status(args.router, args.model, security=client_security(args))
     if not status.rollouts:
         print("no rollouts")
     for r in status.rollouts:
