@@ -184,11 +184,13 @@ def test_router_deployment_matches_its_config(rendered, overlay):
     port = int(config["listen"].rsplit(":", 1)[1])
     assert config["listen"].startswith("0.0.0.0:"), "a loopback listen address is unreachable in a pod"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": port, "metrics": config["metrics_port"]}
+    health_port = int(config["health_listen"].rsplit(":", 1)[1])
+    assert ports == {"grpc": port, "health": health_port, "metrics": config["metrics_port"]}
 
-    # gRPC health probes on the standard service
+    # the main port serves TLS from the mounted Secret; the probes (plaintext) use the health-only port
+    assert config["tls_cert_file"].startswith("/etc/edgecascade-secrets/tls/")
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert container[probe]["grpc"]["port"] == port, probe
+        assert container[probe]["grpc"]["port"] == health_port, probe
     # preStop, then the drain, all inside the grace period
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
@@ -234,7 +236,8 @@ def test_router_deployment_matches_its_config(rendered, overlay):
     policy = one(objects, "NetworkPolicy", "edgecascade-router")
     assert matches(policy["spec"]["podSelector"]["matchLabels"], pod["metadata"]["labels"])
     allowed_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert allowed_ports == set(ports), "the policy lets in exactly the router's ports"
+    # the health-only port is for the kubelet's probes, which NetworkPolicies do not filter
+    assert allowed_ports == set(ports) - {"health"}, "the policy lets in exactly the router's served ports"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
