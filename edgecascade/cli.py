@@ -13,7 +13,17 @@ import sys
 from shared.errors import EdgecascadeError
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("edge", "cloud", "demo", "train", "calibrate", "bench", "update", "fleet", "certs")
+COMMANDS = ("edge", "cloud", "demo", "data", "train", "calibrate", "bench", "update", "fleet", "certs")
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" outside an install."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgecascade")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Edge-cloud cascade inference: run the daemons, the demo, calibration and benchmarks.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("--version", action="version", version=f"edgecascade {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         try:
