@@ -21,7 +21,8 @@ from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import ConfigError
 from shared.auth import server_interceptors
 from shared.event_loop import run_on_loop
-from shared.grpc_server import add_health_and_reflection, bind, create_server, run_until_signal, set_serving
+from shared.grpc_server import (add_health_and_reflection, bind, create_server, run_until_signal, set_serving,
+                                start_health_port)
 from shared.kserve_service import SERVICE_NAME as KSERVE_SERVICE_NAME
 from shared.kserve_service import add_kserve_servicer
 from shared.metrics import serve_metrics
@@ -142,6 +143,8 @@ async def serve(settings: RouterSettings, ready_callback=None) -> None:
             from cloud_router.redis_connection import close_quietly
 
             await close_quietly(redis_client)
+        if health_server is not None:
+            await health_server.stop(0)
 
     interceptors = [*server_interceptors(settings, daemon="cloud router"), *limits_interceptors(settings)]
     server = create_server(settings.max_message_bytes, interceptors=interceptors, max_concurrent_rpcs=settings.max_concurrent_rpcs)
@@ -153,6 +156,7 @@ async def serve(settings: RouterSettings, ready_callback=None) -> None:
     port = bind(server, settings.listen, settings.server_security(), daemon="cloud router")
     serve_metrics(metrics, settings.listen, settings.metrics_port)
     await server.start()
+    health_server = await start_health_port(health, settings.health_listen)
     await set_serving(health, SERVICE_NAMES, True)
     log.info("cloud router %s (%s) serving %s on port %d, scheduler: %s", settings.router_id, settings.role,
              sorted(router.models), port, "Redis" if redis_client is not None else "in-memory")

@@ -25,7 +25,8 @@ from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.auth import server_interceptors
 from shared.errors import ConfigError
 from shared.event_loop import run_on_loop
-from shared.grpc_server import add_health_and_reflection, bind, create_server, run_until_signal, set_serving
+from shared.grpc_server import (add_health_and_reflection, bind, create_server, run_until_signal, set_serving,
+                                start_health_port)
 from shared.kserve_service import SERVICE_NAME as KSERVE_SERVICE_NAME
 from shared.kserve_service import add_kserve_servicer
 from shared.metrics import serve_metrics
@@ -100,6 +101,7 @@ async def serve(settings: EdgeSettings, ready_callback=None) -> None:
     port = bind(server, settings.listen, settings.server_security(), daemon="edge agent")
     serve_metrics(metrics, settings.listen, settings.metrics_port)
     await server.start()
+    health_server = await start_health_port(health, settings.health_listen)
     await set_serving(health, SERVICE_NAMES, True)
     log.info("edge agent %s serving %s v%d on port %d (cloud: %s)", settings.agent_id,
              cascade.active.model.name, cascade.active.model.version, port, settings.cloud_target or "none")
@@ -132,6 +134,8 @@ async def serve(settings: EdgeSettings, ready_callback=None) -> None:
         if llm is not None:
             await llm.close()
         await systemd.close()
+        if health_server is not None:
+            await health_server.stop(0)
 
     await run_until_signal(
         server,

@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
                                  similarity=args.similarity)
     print(f"{len(prompts)} prompts: the edge agrees with the cloud on {int(labelled.agree.sum())} "
           f"({'exact match' if args.similarity is None else f'similarity >= {args.similarity:g}'})")
-    policy = calibrate_generation(labelled, template, method=args.method, epsilon=args.epsilon, delta=args.delta,
+    policy = calibrate_generation(labelled, template, method=args.method, epsilon=args.epsilon,
+                                  delta=(0.05 if args.delta is None else args.delta) if args.method == "ltt" else None,
                                   target_deferral_rate=args.target_deferral_rate)
     out = save_llm_policy(args.edge_llm, policy)
     guarantee = policy.guarantee or {}
