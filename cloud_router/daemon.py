@@ -21,7 +21,8 @@ from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import ConfigError
 from shared.auth import server_interceptors
 from shared.event_loop import run_on_loop
-from shared.grpc_server import add_health_and_reflection, bind, create_server, run_until_signal, set_serving
+from shared.grpc_server import (add_health_and_reflection, bind, create_server, run_until_signal, set_serving,
+                                start_health_port)
 from shared.kserve_service import SERVICE_NAME as KSERVE_SERVICE_NAME
 from shared.kserve_service import add_kserve_servicer
 from shared.metrics import serve_metrics
@@ -84,6 +85,29 @@ def build_worker(settings: RouterSettings, router: Router, redis_client: Any, on
                        on_batch=on_batch)
 
 
+async def load_llm_hosts(settings: RouterSettings) -> dict:
+    """The causal-LM hosts of `llm_dirs` and the remote engine, loaded, by name (empty when none)."""
+    from cloud_router.llm_host import CausalLMHost
+
+    hosts: dict = {}
+    for model_dir in settings.llm_dirs:
+        host = CausalLMHost(model_dir, max_batch_size=settings.llm_max_batch_size if settings.batching else 1,
+                            max_delay_ms=settings.llm_max_delay_ms if settings.batching else 0.0)
+        if host.name in hosts:
+            raise ConfigError(f"setting 'llm_dirs': two checkpoints are named {host.name!r}")
+        await host.load()
+        hosts[host.name] = host
+    if settings.llm_remote_url:
+        from cloud_router.openai_backend import RemoteCausalLM
+
+        if not settings.llm_remote_model:
+            raise ConfigError("setting 'llm_remote_model': name the remote engine's model (llm_remote_url is set)")
+        remote = RemoteCausalLM(settings.llm_remote_url, settings.llm_remote_model, name=settings.llm_remote_name or None)
+        await remote.load()
+        hosts[remote.name] = remote
+    return hosts
+
+
 async def serve(settings: RouterSettings, ready_callback=None) -> None:
     metrics = RouterMetrics(settings.router_id)
     updates = UpdateService(public_key_path=settings.update_public_key, check_uploads=settings.update_check_uploads,
@@ -107,7 +131,11 @@ async def serve(settings: RouterSettings, ready_callback=None) -> None:
         worker = build_worker(settings, router, redis_client, on_batch=metrics.observe_batch)
         await worker.start()
 
+    llm_hosts = await load_llm_hosts(settings)
+
     async def stopped() -> None:
+        for host in llm_hosts.values():
+            await host.close()
         await updates.aclose()  # no RPC is left to change the state: write it once more, then let go of the store
         await router.stop()
         if worker is not None:
@@ -116,15 +144,20 @@ async def serve(settings: RouterSettings, ready_callback=None) -> None:
             from cloud_router.redis_connection import close_quietly
 
             await close_quietly(redis_client)
+        if health_server is not None:
+            await health_server.stop(0)
 
     interceptors = [*server_interceptors(settings, daemon="cloud router"), *limits_interceptors(settings)]
     server = create_server(settings.max_message_bytes, interceptors=interceptors, max_concurrent_rpcs=settings.max_concurrent_rpcs)
-    pb_grpc.add_CloudRouterServicer_to_server(CloudRouterServicer(router, settings, metrics, updates), server)
+    servicer = CloudRouterServicer(router, settings, metrics, updates)
+    servicer.llm_hosts, servicer.llm_default_max_new_tokens = llm_hosts, settings.llm_max_new_tokens
+    pb_grpc.add_CloudRouterServicer_to_server(servicer, server)
     add_kserve_servicer(server, RouterKServeBackend(router, settings, metrics), metrics)
     health = add_health_and_reflection(server, SERVICE_NAMES)
     port = bind(server, settings.listen, settings.server_security(), daemon="cloud router")
     serve_metrics(metrics, settings.listen, settings.metrics_port)
     await server.start()
+    health_server = await start_health_port(health, settings.health_listen)
     await set_serving(health, SERVICE_NAMES, True)
     log.info("cloud router %s (%s) serving %s on port %d, scheduler: %s", settings.router_id, settings.role,
              sorted(router.models), port, "Redis" if redis_client is not None else "in-memory")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from cloud_router.metrics import RouterMetrics
+from cloud_router.llm_servicer import GenerateRpcs
 from cloud_router.router import Router
 from cloud_router.settings import RouterSettings
 from cloud_router.update_servicer import UpdateRpcs
@@ -18,7 +19,7 @@ from shared.proto_convert import response_of
 from shared.request_parsing import agent_id_of, decode_input, request_deadline_s, request_id_of
 
 
-class CloudRouterServicer(UpdateRpcs, pb_grpc.CloudRouterServicer):
+class CloudRouterServicer(UpdateRpcs, GenerateRpcs, pb_grpc.CloudRouterServicer):
     def __init__(self, router: Router, settings: RouterSettings, metrics: RouterMetrics | None = None,
                  updates: UpdateService | None = None) -> None:
         self.router = router

@@ -35,6 +35,23 @@ class RouterSettings(ServerSecuritySettings, ClientLimitSettings):
     """Queued requests per model beyond which new ones get RESOURCE_EXHAUSTED."""
     batching: bool = True
     """False serves each request alone (max_batch_size 1, no delay): the unbatched baseline."""
+    llm_dirs: list[Path] = Field(default_factory=list)
+    """Causal-LM checkpoints (Hugging Face directories) served by Generate; the first is the default.
+    Loaded with transformers' AutoModelForCausalLM (Ernie4_5ForCausalLM, Ernie4_5_MoeForCausalLM, ...)."""
+    llm_remote_url: Optional[str] = None
+    """Base URL of an OpenAI-compatible engine (vLLM, SGLang, TGI, llama.cpp, Ollama,
+    `transformers serve`), e.g. http://10.0.0.5:8000/v1, served by Generate like a local
+    checkpoint; its API key comes from EDGECASCADE_LLM_API_KEY. None: no remote model."""
+    llm_remote_model: str = ""
+    """The model name to ask the remote engine for (required with llm_remote_url)."""
+    llm_remote_name: str = ""
+    """The name edge agents use for it ("" = llm_remote_model). Listed after the llm_dirs models."""
+    llm_max_batch_size: int = Field(default=8, ge=1, le=256)
+    """Most generations decoded together (1 when batching is off)."""
+    llm_max_delay_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
+    """How long a generation batch waits to fill after its first request."""
+    llm_max_new_tokens: int = Field(default=256, ge=1, le=4096)
+    """New tokens for a Generate request that asks for none."""
     default_timeout_ms: float = Field(default=5_000.0, gt=0)
     """Deadline for a request that carries none."""
     max_timeout_ms: float = Field(default=600_000.0, gt=0)

@@ -6,6 +6,7 @@ import grpc
 
 from edge_agent.cascade import Cascade
 from edge_agent.heartbeat import agent_status
+from edge_agent.llm_servicer import GenerateRpcs
 from edge_agent.metrics import AgentMetrics
 from edge_agent.settings import EdgeSettings
 from protos import edgecascade_pb2 as pb
@@ -17,7 +18,7 @@ from shared.proto_convert import response_of
 from shared.request_parsing import decode_input, request_deadline_s, request_id_of
 
 
-class EdgeAgentServicer(pb_grpc.EdgeAgentServicer):
+class EdgeAgentServicer(GenerateRpcs, pb_grpc.EdgeAgentServicer):
     def __init__(self, cascade: Cascade, settings: EdgeSettings, metrics: AgentMetrics | None = None) -> None:
         self.cascade = cascade
         self.settings = settings

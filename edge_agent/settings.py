@@ -30,6 +30,20 @@ class EdgeSettings(ServerSecuritySettings, CloudLinkSecuritySettings):
     """Deferral policy; defaults to policy.json inside bundle_dir."""
     providers: list[str] = Field(default_factory=lambda: ["cpu"])
     """ONNX Runtime execution providers in order of preference: tensorrt, cuda, cpu."""
+    llm_dir: Optional[Path] = None
+    """An `edgecascade export-llm` directory served by Generate (its llm_policy.json, when there
+    is one, decides deferral to the cloud's language model). None: no language model."""
+    llm_cloud_model: str = ""
+    """The router language model deferred generations go to ("" = the router's default)."""
+    llm_max_new_tokens: int = Field(default=256, ge=1, le=4096)
+    """New tokens for a Generate request that asks for none."""
+    llm_max_concurrent: int = Field(default=2, ge=1, le=64)
+    """Generations decoding on the edge at once."""
+    openai_listen: Optional[str] = None
+    """host:port of the OpenAI-compatible HTTP endpoint (/v1/models, /v1/completions,
+    /v1/chat/completions) for the language model; None: off. Needs llm_dir."""
+    openai_timeout_s: float = Field(default=60.0, gt=0)
+    """Deadline of one request on the OpenAI-compatible endpoint."""
     cloud_target: Optional[str] = "127.0.0.1:50051"
     """host:port of the cloud router; None runs edge-only (every deferral falls back)."""
     cloud_model: str = ""

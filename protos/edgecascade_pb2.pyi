@@ -361,3 +361,79 @@ class WorkReply(_message.Message):
     worker_id: str
     model_ms: float
     def __init__(self, ticket: _Optional[str] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., worker_id: _Optional[str] = ..., model_ms: _Optional[float] = ...) -> None: ...
+
+class GenerateRequest(_message.Message):
+    __slots__ = ("model", "request_id", "prompt", "max_new_tokens", "temperature", "top_p", "seed", "stop", "timeout_ms")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    request_id: str
+    prompt: bytes
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    timeout_ms: float
+    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., prompt: _Optional[bytes] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[float] = ...) -> None: ...
+
+class GenerationSignals(_message.Message):
+    __slots__ = ("min_top_prob", "quantile_top_prob", "tokens")
+    MIN_TOP_PROB_FIELD_NUMBER: _ClassVar[int]
+    QUANTILE_TOP_PROB_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    min_top_prob: float
+    quantile_top_prob: float
+    tokens: int
+    def __init__(self, min_top_prob: _Optional[float] = ..., quantile_top_prob: _Optional[float] = ..., tokens: _Optional[int] = ...) -> None: ...
+
+class GenerateSummary(_message.Message):
+    __slots__ = ("request_id", "served_by", "finish_reason", "status", "edge_signals", "prompt_tokens", "edge_tokens", "cloud_tokens", "defer_reason", "fallback_reason", "model_name", "edge_ms", "cloud_ms")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVED_BY_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EDGE_SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EDGE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DEFER_REASON_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    EDGE_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_MS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    served_by: Route
+    finish_reason: str
+    status: str
+    edge_signals: GenerationSignals
+    prompt_tokens: int
+    edge_tokens: int
+    cloud_tokens: int
+    defer_reason: str
+    fallback_reason: str
+    model_name: str
+    edge_ms: float
+    cloud_ms: float
+    def __init__(self, request_id: _Optional[str] = ..., served_by: _Optional[_Union[Route, str]] = ..., finish_reason: _Optional[str] = ..., status: _Optional[str] = ..., edge_signals: _Optional[_Union[GenerationSignals, _Mapping]] = ..., prompt_tokens: _Optional[int] = ..., edge_tokens: _Optional[int] = ..., cloud_tokens: _Optional[int] = ..., defer_reason: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., model_name: _Optional[str] = ..., edge_ms: _Optional[float] = ..., cloud_ms: _Optional[float] = ...) -> None: ...
+
+class GenerateChunk(_message.Message):
+    __slots__ = ("text", "token_ids", "source", "restart", "summary")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    source: Route
+    restart: bool
+    summary: GenerateSummary
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., source: _Optional[_Union[Route, str]] = ..., restart: _Optional[bool] = ..., summary: _Optional[_Union[GenerateSummary, _Mapping]] = ...) -> None: ...

@@ -45,6 +45,11 @@ class EdgeAgentStub:
                 request_serializer=protos_dot_edgecascade__pb2.StatusRequest.SerializeToString,
                 response_deserializer=protos_dot_edgecascade__pb2.AgentStatus.FromString,
                 _registered_method=True)
+        self.Generate = channel.unary_stream(
+                '/edgecascade.v1.EdgeAgent/Generate',
+                request_serializer=protos_dot_edgecascade__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=protos_dot_edgecascade__pb2.GenerateChunk.FromString,
+                _registered_method=True)
 
 
 class EdgeAgentServicer:
@@ -63,6 +68,13 @@ class EdgeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Generate(self, request, context):
+        """Text generation: the edge LM answers, or defers (early) to the cloud LM; chunks stream as produced.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EdgeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_EdgeAgentServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=protos_dot_edgecascade__pb2.StatusRequest.FromString,
                     response_serializer=protos_dot_edgecascade__pb2.AgentStatus.SerializeToString,
+            ),
+            'Generate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Generate,
+                    request_deserializer=protos_dot_edgecascade__pb2.GenerateRequest.FromString,
+                    response_serializer=protos_dot_edgecascade__pb2.GenerateChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -142,6 +159,33 @@ class EdgeAgent:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def Generate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/edgecascade.v1.EdgeAgent/Generate',
+            protos_dot_edgecascade__pb2.GenerateRequest.SerializeToString,
+            protos_dot_edgecascade__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class CloudRouterStub:
     """The service the edge agents call, in the cloud.
@@ -197,6 +241,11 @@ class CloudRouterStub:
                 '/edgecascade.v1.CloudRouter/GetRolloutStatus',
                 request_serializer=protos_dot_edgecascade__pb2.RolloutStatusRequest.SerializeToString,
                 response_deserializer=protos_dot_edgecascade__pb2.RolloutStatus.FromString,
+                _registered_method=True)
+        self.Generate = channel.unary_stream(
+                '/edgecascade.v1.CloudRouter/Generate',
+                request_serializer=protos_dot_edgecascade__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=protos_dot_edgecascade__pb2.GenerateChunk.FromString,
                 _registered_method=True)
 
 
@@ -259,6 +308,13 @@ class CloudRouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Generate(self, request, context):
+        """Text generation on the cloud LM (an agent's deferral, or a direct caller); chunks stream as produced.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CloudRouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -306,6 +362,11 @@ def add_CloudRouterServicer_to_server(servicer, server):
                     servicer.GetRolloutStatus,
                     request_deserializer=protos_dot_edgecascade__pb2.RolloutStatusRequest.FromString,
                     response_serializer=protos_dot_edgecascade__pb2.RolloutStatus.SerializeToString,
+            ),
+            'Generate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Generate,
+                    request_deserializer=protos_dot_edgecascade__pb2.GenerateRequest.FromString,
+                    response_serializer=protos_dot_edgecascade__pb2.GenerateChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -552,6 +613,33 @@ class CloudRouter:
             '/edgecascade.v1.CloudRouter/GetRolloutStatus',
             protos_dot_edgecascade__pb2.RolloutStatusRequest.SerializeToString,
             protos_dot_edgecascade__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Generate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/edgecascade.v1.CloudRouter/Generate',
+            protos_dot_edgecascade__pb2.GenerateRequest.SerializeToString,
+            protos_dot_edgecascade__pb2.GenerateChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,7 +57,9 @@ _KSERVE = "/inference.GRPCInferenceService/"
 METHOD_ROLES: dict[str, frozenset[str]] = {
     _AGENT + "Infer": frozenset({"infer"}),
     _AGENT + "GetStatus": frozenset({"infer", "admin"}),
+    _AGENT + "Generate": frozenset({"infer"}),
     _ROUTER + "Infer": frozenset({"infer", "agent"}),
+    _ROUTER + "Generate": frozenset({"infer", "agent"}),
     _ROUTER + "GetStatus": frozenset({"agent", "admin"}),
     _ROUTER + "Heartbeat": frozenset({"agent"}),
     _ROUTER + "GetFleet": frozenset({"admin"}),

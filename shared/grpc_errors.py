@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
 
@@ -37,3 +37,23 @@ def grpc_errors(method: F) -> F:
             await context.abort(grpc.StatusCode.INTERNAL, clipped(f"internal error: {type(exc).__name__}: {exc}"))
 
     return wrapper  # type: ignore[return-value]
+
+
+def grpc_stream_errors(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    """`grpc_errors` for a server-streaming method (an async generator): a typed error ends the
+    stream with its code, after the messages already sent."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for message in method(self, request, context):
+                yield message
+        except EdgecascadeError as exc:
+            await context.abort(exc.code, str(exc), trailing_metadata=((ERROR_CLASS_KEY, type(exc).__name__),))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the boundary: never leak a trace to a caller
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+    return wrapper

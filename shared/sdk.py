@@ -15,7 +15,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import grpc
 import numpy as np
@@ -25,6 +25,7 @@ from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import (ERROR_CLASS_KEY, RETRY_AFTER_MS_KEY, DeadlineError, InvalidInputError, RateLimitedError,
                            error_for_code, error_named)
 from shared.proto_convert import ROUTE_FROM_PROTO
+from shared.sdk_generate import AsyncGenerationStream, GenerationStream, generate_request
 from shared.tensor_codec import from_proto, to_proto
 from shared.tls import ClientSecurity, open_aio_channel, open_channel
 
@@ -145,6 +146,16 @@ class Client:
                     raise _typed(exc) from None
                 time.sleep(min(self.retry.backoff_s(attempt), max(0.0, deadline_s - time.monotonic())))
 
+    def generate(self, prompt: Union[str, bytes], *, max_new_tokens: int = 0, temperature: float = 0.0,
+                 top_p: float = 0.0, seed: Optional[int] = None, stop: Sequence[str] = (), model: str = "",
+                 timeout_s: Optional[float] = None, request_id: str = "") -> GenerationStream:
+        """Stream a generation (see `shared.sdk_generate`). 0 means the daemon's default for
+        max_new_tokens; temperature 0 is greedy."""
+        timeout_s = _checked_timeout_s(self.timeout_s if timeout_s is None else timeout_s)
+        request = generate_request(prompt, model=model, request_id=request_id, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, top_p=top_p, seed=seed, stop=stop, timeout_s=timeout_s)
+        return GenerationStream(self._stub.Generate(request, timeout=timeout_s), request_id)
+
     def status(self, timeout_s: float = 2.0):
         try:
             return self._stub.GetStatus(pb.StatusRequest(), timeout=timeout_s)
@@ -189,6 +200,16 @@ class AsyncClient:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self.retry.max_attempts:
                     raise _typed(exc) from None
                 await asyncio.sleep(min(self.retry.backoff_s(attempt), max(0.0, deadline_s - time.monotonic())))
+
+    def generate(self, prompt: Union[str, bytes], *, max_new_tokens: int = 0, temperature: float = 0.0,
+                 top_p: float = 0.0, seed: Optional[int] = None, stop: Sequence[str] = (), model: str = "",
+                 timeout_s: Optional[float] = None, request_id: str = "") -> AsyncGenerationStream:
+        """Stream a generation (see `shared.sdk_generate`). 0 means the daemon's default for
+        max_new_tokens; temperature 0 is greedy."""
+        timeout_s = _checked_timeout_s(self.timeout_s if timeout_s is None else timeout_s)
+        request = generate_request(prompt, model=model, request_id=request_id, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, top_p=top_p, seed=seed, stop=stop, timeout_s=timeout_s)
+        return AsyncGenerationStream(self._stub.Generate(request, timeout=timeout_s), request_id)
 
     async def status(self, timeout_s: float = 2.0):
         try:

@@ -388,7 +388,7 @@ def test_reflection_lists_describes_and_calls_services(daemons):
                              "grpc.reflection.v1alpha.ServerReflection"}
             described = pool_for_symbol(channel, service).FindServiceByName(service)
             update_rpcs = {"PublishUpdate", "GetUpdateNotice", "FetchPatchChunk", "ReportUpdateState", "GetRolloutStatus"}
-            methods = {"Infer", "GetStatus"} | ({"Heartbeat", "GetFleet"} | update_rpcs if name == "cloud" else set())
+            methods = {"Infer", "GetStatus", "Generate"} | ({"Heartbeat", "GetFleet"} | update_rpcs if name == "cloud" else set())
             assert {m.name for m in described.methods} == methods
 
             pool = pool_for_symbol(channel, "inference.GRPCInferenceService")

@@ -1,4 +1,4 @@
-"""`edgecascade bench cascade|delta|scale|serve|soak`: the benchmarks behind every performance claim.
+"""`edgecascade bench cascade|delta|scale|serve|soak|llm`: the benchmarks behind every performance claim.
 
 Each writes JSON to benchmarks/results/ (or --out) and compares against a baseline measured
 in the same run. The benchmarks themselves live in the repository's top-level `benchmarks/`
@@ -95,6 +95,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     _port_range_option(soak)
     soak.set_defaults(func=_soak)
 
+    llm = bench_sub.add_parser("llm", help="language models: edge ONNX vs transformers, cloud batching, deferral rate")
+    llm.add_argument("--edge", type=Path, required=True, help="the edge LM's Hugging Face checkpoint directory")
+    llm.add_argument("--cloud", type=Path, required=True, help="the cloud LM's Hugging Face checkpoint directory")
+    llm.add_argument("--edge-onnx", type=Path, default=None,
+                     help="its export-llm directory (default: exported from --edge into a temporary directory)")
+    llm.add_argument("--precision", choices=("fp32", "int8", "int4"), default="fp32", help="precision of that export")
+    llm.add_argument("--prompts", type=Path, default=None, help="one prompt a line (default: eight built-in)")
+    llm.add_argument("--max-new-tokens", type=_positive_int, default=64, help="new tokens per prompt (default 64)")
+    llm.add_argument("--threshold", type=float, default=None,
+                     help="deferral threshold (default: the edge export's llm_policy.json, if any)")
+    llm.add_argument("--cloud-concurrency", type=_positive_int, default=8,
+                     help="concurrent cloud requests, and the batch size when batching is on (default 8)")
+    llm.add_argument("--out", type=Path, default=RESULTS_DIR / "llm.json", help="output JSON file (the PNG goes next to it)")
+    llm.set_defaults(func=_llm)
+
 
 def _port_range_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port-range", metavar="LO-HI", default=None,
@@ -179,6 +194,20 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _llm(args: argparse.Namespace) -> int:
+    from edgecascade.commands.export_llm import read_prompts
+
+    kwargs = {"prompts": read_prompts(args.prompts, "--prompts")} if args.prompts else {}
+    module = _benchmark("llm")
+    prepare_output_dir(args.out.parent, "--out")
+    result = module.run_llm_bench(args.edge, args.cloud, args.out, edge_onnx=args.edge_onnx,
+                                  max_new_tokens=args.max_new_tokens, threshold=args.threshold,
+                                  cloud_concurrency=args.cloud_concurrency, precision=args.precision, **kwargs)
+    print(summary(result, LLM_FIELDS))
+    print(f"full results: {args.out} (plot: {args.out.with_suffix('.png')})")
+    return 0
+
+
 def _soak(args: argparse.Namespace) -> int:
     _apply_port_range(args)
     result = _benchmark("soak").run_soak(args.out, duration_s=args.duration, clients=args.clients,
@@ -198,6 +227,7 @@ CASCADE_FIELDS = ("edge_only_accuracy", "cloud_only_accuracy", "oracle_accuracy"
                   "guarantee_violation_rate", "edge_model_bytes", "cloud_model_bytes", "targets")
 DELTA_SWAP_FIELDS = ("swaps", "failed_requests", "p50_steady_ms", "p50_swap_ms", "p99_steady_ms", "p99_swap_ms", "checks")
 SCALE_FIELDS = ("workers", "throughput_rps", "p50_ms", "p99_ms", "scaling_efficiency", "redis_overhead_p50_ms", "targets")
+LLM_FIELDS = ("edge_onnx_vs_transformers_decode_ratio", "edge_onnx_vs_transformers_ttft_ratio", "cloud_batching_gain")
 SERVE_FIELDS = ("raw_model_best_rps", "router_batched_rps", "router_unbatched_rps", "router_batching_gain",
                 "agent_p50_ms", "agent_p99_ms", "echo_rps", "agent_trivial_rps", "targets")
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecascade.commands import calibrate_llm
 from shared.errors import ConfigError, InvalidInputError
 from shared.model_card import POLICY_FILE, load_card
 from shared.policy import PolicyFile
@@ -49,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=PREDICTIONS_FORMAT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--predictions", required=True, type=Path, metavar="FILE", help="held-out predictions (.npz, see below)")
-    parser.add_argument("--bundle", required=True, type=Path, metavar="EDGE_BUNDLE_DIR", help="edge model bundle (its model.json names the model and labels)")
+    parser.add_argument("--predictions", required=False, type=Path, metavar="FILE", help="held-out predictions (.npz, see below)")
+    parser.add_argument("--bundle", required=False, type=Path, metavar="EDGE_BUNDLE_DIR", help="edge model bundle (its model.json names the model and labels)")
     parser.add_argument("--method", choices=("ltt", "crc", "rate"), default="ltt", help="ltt: Learn then Test (default); crc: conformal risk control; rate: fixed deferral rate")
     parser.add_argument("--epsilon", type=float, default=0.01, help="largest accuracy drop vs cloud allowed (ltt, crc; default 0.01)")
     parser.add_argument("--delta", type=float, default=None, help="allowed probability that the drop exceeds epsilon (ltt only; default 0.05)")
@@ -60,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also calibrate out-of-scope abstain thresholds, giving up at most C in-scope accuracy "
                         "(e.g. 0.01; needs out_of_scope and gold in the predictions)")
     parser.add_argument("--out", type=Path, default=None, metavar="POLICY_JSON", help="where to write the policy (default: EDGE_BUNDLE_DIR/policy.json)")
+    calibrate_llm.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -133,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("--method rate needs --target-deferral-rate")
     if args.method != "rate" and args.target_deferral_rate is not None:
         raise InvalidInputError("--target-deferral-rate only applies to --method rate")
+    if args.llm_prompts is not None:
+        return calibrate_llm.run(args)
+    if args.predictions is None or args.bundle is None:
+        raise InvalidInputError("calibrate needs --predictions and --bundle (or --llm-prompts for a language model)")
     if args.method != "ltt" and args.delta is not None:
         raise InvalidInputError(f"--delta only applies to --method ltt: {args.method} has no delta "
                                 + ("(conformal risk control bounds the expected drop, E[drop] <= epsilon)"

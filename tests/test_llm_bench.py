@@ -1,0 +1,20 @@
+"""`bench llm` smoke run on the tiny checkpoints (no numbers checked, only that every part ran)."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.llm import run_llm_bench
+from tests.llm_fixtures import long_cloud, tiny_edge, tiny_ernie  # noqa: F401 - fixtures
+
+
+def test_bench_llm_runs_every_part(tiny_ernie, tiny_edge, long_cloud, tmp_path):
+    out = tmp_path / "llm.json"
+    run_llm_bench(tiny_ernie, long_cloud, out, edge_onnx=tiny_edge, prompts=["the cat", "what is", "héllo"],
+                  max_new_tokens=6, threshold=0.5, cloud_concurrency=3)
+    result = json.loads(out.read_text())
+    for part in ("edge_onnx", "edge_transformers", "cloud_batched", "cloud_unbatched"):
+        assert result[part]["requests"] >= 3 and result[part]["ttft_ms_median"] > 0, part
+    assert result["cloud_batched"]["tok_s"] > 0 and result["cloud_batching_gain"] > 0
+    assert 0.0 <= result["deferral"]["rate"] <= 1.0 and result["deferral"]["threshold"] == 0.5
+    assert (tmp_path / "llm.png").stat().st_size > 0
