@@ -1,4 +1,5 @@
-"""`edgecascade edge run`: load the edge bundle, connect to the cloud, serve until SIGTERM."""
+"""The edge agent daemon (`EdgeAgentDaemon`): load the edge bundle, connect to the cloud, serve.
+`run` is `edgecascade edge run`: the daemon until SIGTERM."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import gc
 import logging
 from pathlib import Path
 from typing import Optional
+
+import grpc
 
 from edge_agent.breaker import CircuitBreaker
 from edge_agent.cascade import ActiveModel, Cascade
@@ -19,11 +22,10 @@ from edge_agent.settings import EdgeSettings
 from edge_agent.updater import open_version_store, start_updater
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
+from shared.daemon import GrpcDaemon, run_until_signal
 from shared.event_loop import run_on_loop
-from shared.grpc_server import add_health_and_reflection, bind, create_server, run_until_signal, set_serving
 from shared.kserve_service import SERVICE_NAME as KSERVE_SERVICE_NAME
 from shared.kserve_service import add_kserve_servicer
-from shared.metrics import serve_metrics
 from shared.model_card import POLICY_FILE
 from shared.model_loader import load_model
 from shared.policy import load_policy
@@ -56,45 +58,50 @@ def build_cascade(settings: EdgeSettings, bundle_dir: Optional[Path] = None) -> 
                    shed_at_pressure=settings.shed_at_pressure)
 
 
-async def serve(settings: EdgeSettings, ready_callback=None) -> None:
-    store = open_version_store(settings)
-    cascade = build_cascade(settings, store.current_dir() if store else None)
-    metrics = AgentMetrics(cascade, settings.agent_id)
-    server = create_server(settings.max_message_bytes)
-    pb_grpc.add_EdgeAgentServicer_to_server(EdgeAgentServicer(cascade, settings, metrics), server)
-    add_kserve_servicer(server, EdgeKServeBackend(cascade, settings, metrics), metrics)
-    health = add_health_and_reflection(server, SERVICE_NAMES)
-    port = bind(server, settings.listen)
-    serve_metrics(metrics, settings.listen, settings.metrics_port)
-    await server.start()
-    await set_serving(health, SERVICE_NAMES, True)
-    log.info("edge agent %s serving %s v%d on port %d (cloud: %s)", settings.agent_id,
-             cascade.active.model.name, cascade.active.model.version, port, settings.cloud_target or "none")
-    heartbeat = None
-    if cascade.cloud is not None:
-        heartbeat = Heartbeat(cascade, settings.agent_id, interval_s=settings.heartbeat_interval_s,
-                              pressure_stale_s=settings.pressure_stale_s)
-        heartbeat.start()
-    updater = start_updater(cascade, store, metrics, settings)
-    gc.freeze()  # start-up objects leave the collector's view: no 20 ms full collections mid-swap
-    if ready_callback:
-        ready_callback(port)
+class EdgeAgentDaemon(GrpcDaemon):
+    """The edge agent: cascade, cloud link, heartbeat and updater behind the EdgeAgent and
+    KServe gRPC APIs. `start()`, `port`, `serve_forever()`, `stop()` (see `GrpcDaemon`)."""
 
-    async def stopped() -> None:
-        if heartbeat is not None:
-            await heartbeat.stop()
-        if updater is not None:
-            await updater.stop()
-        if cascade.cloud:
-            await cascade.cloud.close()
+    service_names = SERVICE_NAMES
 
-    await run_until_signal(
-        server,
-        grace_s=settings.shutdown_grace_s,
-        on_draining=lambda: set_serving(health, SERVICE_NAMES, False),
-        on_stopped=stopped,
-    )
+    def __init__(self, settings: EdgeSettings) -> None:
+        super().__init__(settings)
+        self.cascade: Optional[Cascade] = None
+        self.metrics: Optional[AgentMetrics] = None
+        self._store = None
+        self._heartbeat: Optional[Heartbeat] = None
+        self._updater = None
+
+    async def _open(self, server: grpc.aio.Server) -> AgentMetrics:
+        settings = self.settings
+        self._store = open_version_store(settings)
+        cascade = self.cascade = build_cascade(settings, self._store.current_dir() if self._store else None)
+        metrics = self.metrics = AgentMetrics(cascade, settings.agent_id)
+        pb_grpc.add_EdgeAgentServicer_to_server(EdgeAgentServicer(cascade, settings, metrics), server)
+        add_kserve_servicer(server, EdgeKServeBackend(cascade, settings, metrics), metrics)
+        return metrics
+
+    async def _serving(self) -> None:
+        settings, cascade = self.settings, self.cascade
+        assert cascade is not None and self.metrics is not None
+        log.info("edge agent %s serving %s v%d on port %d (cloud: %s)", settings.agent_id,
+                 cascade.active.model.name, cascade.active.model.version, self.port, settings.cloud_target or "none")
+        if cascade.cloud is not None:
+            self._heartbeat = Heartbeat(cascade, settings.agent_id, interval_s=settings.heartbeat_interval_s,
+                                        pressure_stale_s=settings.pressure_stale_s)
+            self._heartbeat.start()
+        self._updater = start_updater(cascade, self._store, self.metrics, settings)
+        gc.freeze()  # start-up objects leave the collector's view: no 20 ms full collections mid-swap
+
+    async def _close(self) -> None:
+        if self._heartbeat is not None:
+            await self._heartbeat.stop()
+        if self._updater is not None:
+            await self._updater.stop()
+        if self.cascade is not None and self.cascade.cloud:
+            await self.cascade.cloud.close()
 
 
 def run(settings: EdgeSettings) -> None:
-    run_on_loop(serve(settings), settings.event_loop)
+    """`edgecascade edge run`: serve until SIGTERM or SIGINT, then drain."""
+    run_on_loop(run_until_signal(EdgeAgentDaemon(settings)), settings.event_loop)

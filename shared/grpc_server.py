@@ -1,11 +1,9 @@
-"""What both daemons' gRPC servers share: message limits, health, reflection, SIGTERM drain."""
+"""What both daemons' gRPC servers share: message limits, health, reflection, binding."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
-from typing import Awaitable, Callable, Iterable
+from typing import Iterable
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -85,24 +83,3 @@ def bind(server: grpc.aio.Server, listen: str) -> int:
 
         raise ConfigError(f"cannot listen on {listen!r} (in use or not a valid host:port)")
     return port
-
-
-async def run_until_signal(
-    server: grpc.aio.Server,
-    *,
-    grace_s: float,
-    on_draining: Callable[[], Awaitable[None]],
-    on_stopped: Callable[[], Awaitable[None]],
-) -> None:
-    """Serve until SIGTERM or SIGINT, then drain: report NOT_SERVING, let in-flight RPCs finish
-    for up to `grace_s`, and only then stop the model side."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("signal received: draining for up to %.1f s", grace_s)
-    await on_draining()
-    await server.stop(grace_s)
-    await on_stopped()
-    log.info("stopped")

@@ -32,8 +32,7 @@ from edgecascade.processes import Daemon, free_port
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.model_card import InputSpec
 from shared.sdk import InferResult, build_request
-from tests.conftest import LABELS, UNSURE, make_softmax_bundle
-from tests.redis_fixtures import own_redis, redis_server, redis_url  # noqa: F401 - fixtures
+from tests.helpers.bundles import LABELS, UNSURE, make_softmax_bundle
 
 DEADLINE_S = 1.0
 SLACK_S = 0.5          # scheduling noise on a busy 2-core machine; far below a lost request's cost

@@ -25,7 +25,6 @@ from edgecascade.processes import free_port
 from protos import edgecascade_pb2 as pb
 from shared.errors import CloudBudgetError, DeadlineError, InvalidInputError, ModelError, UnavailableError
 from shared.model_loader import load_model
-from tests.redis_fixtures import redis_server, redis_url  # noqa: F401 - fixtures
 
 KEYS = RedisKeys("test")
 

@@ -14,8 +14,8 @@ from edgecascade.processes import Daemon, free_port
 from edgecascade.update_package import package_from_bundles
 from shared.delta.golden import make_golden
 from shared.delta.package import DeltaPackage, build_package
-from tests.conftest import CONFIDENT, make_softmax_bundle
-from tests.update_helpers import edge_settings, make_keys, publish_package, served_version, toy_versions, wait_state
+from tests.helpers.bundles import CONFIDENT, make_softmax_bundle
+from tests.helpers.updates import edge_settings, make_keys, publish_package, served_version, toy_versions, wait_state
 
 AGENT = "victim"
 SMALL_CHUNK = 32

@@ -19,8 +19,8 @@ from edgecascade.update_package import package_from_bundles
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.tensor_codec import to_proto
-from tests.conftest import CONFIDENT
-from tests.update_helpers import (  # noqa: F401 - the shared router fixture
+from tests.helpers.bundles import CONFIDENT
+from tests.helpers.updates import (
     FRAGILE_INPUT,
     TcpProxy,
     agent_record,
@@ -30,7 +30,6 @@ from tests.update_helpers import (  # noqa: F401 - the shared router fixture
     publish_package,
     served_version,
     toy_versions,
-    update_world,
     wait_for,
     wait_log,
     wait_state,

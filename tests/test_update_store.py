@@ -25,8 +25,8 @@ from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import ConfigError, UnavailableError
 from shared.grpc_server import bind, create_server
-from tests.conftest import make_softmax_bundle
-from tests.update_helpers import crash, edge_settings, make_keys, publish_package, served_version, toy_versions, wait_for, wait_log, wait_state
+from tests.helpers.bundles import make_softmax_bundle
+from tests.helpers.updates import crash, edge_settings, make_keys, publish_package, served_version, toy_versions, wait_for, wait_log, wait_state
 
 DONE = {"healthy", "rejected", "rolled_back"}
 
