@@ -215,9 +215,8 @@ def live_cascade(edge_dir: Path, cloud_dir: Path, labels: Sequence[str], texts: 
     card = load_card(edge_dir)
     threshold = calibrated["threshold"] if calibrated["certified"] else 1.1  # uncertified: defer everything
     policy_path = work / "policy.json"
-    policy = PolicyFile(model_name=card.name, model_version=card.version, labels=card.labels, signal=SIGNAL,
-                        threshold=threshold, guarantee={"method": "ltt", "epsilon": calibrated["epsilon"],
-                                                        "delta": calibrated["delta"], "n": calibrated["calib_size"]})
+    guarantee = {"method": "ltt", "epsilon": calibrated["epsilon"], "delta": calibrated["delta"], "n": calibrated["calib_size"]}
+    policy = PolicyFile.for_card(card, signal=SIGNAL, threshold=threshold, guarantee=guarantee)
     policy_path.write_text(json.dumps(policy.model_dump(mode="json"), indent=2))
     inputs = [texts[i] for i in held_out]
     with Daemon("cloud", {"model_dirs": [str(cloud_dir)], "max_delay_ms": 2.0}, work, name="cloud") as cloud, \

@@ -95,7 +95,7 @@ class Cascade:
         fallback_reason = "no_cloud"
         cloud_ms = 0.0
         if self.cloud is not None:
-            timeout_s = deadline_s - time.time() - self.fallback_reserve_s
+            timeout_s = deadline_s - time.monotonic() - self.fallback_reserve_s
             cloud_started = time.perf_counter()
             try:
                 response = await self.cloud.infer(payload, timeout_s=timeout_s, request_id=request_id, priority=priority)

@@ -11,9 +11,10 @@ from edge_agent.breaker import CircuitBreaker
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import ERROR_CLASS_KEY, CloudBudgetError
+from shared.grpc_options import channel_options
 from shared.model import ModelInput
+from shared.proto_convert import infer_request
 from shared.request_parsing import AGENT_ID_KEY
-from shared.tensor_codec import to_proto
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +36,6 @@ class CloudUnavailable(Exception):
         self.reason = reason
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """Reconnect quickly after the cloud comes back (gRPC's default backoff grows to 120 s)."""
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 1000),
-        ("grpc.enable_retries", 0),
-    ]
-
-
 class CloudLink:
     def __init__(self, target: str, *, model: str = "", breaker: CircuitBreaker, max_message_bytes: int,
                  agent_id: str = "") -> None:
@@ -55,7 +44,7 @@ class CloudLink:
         self.breaker = breaker
         self.agent_id = agent_id
         self._metadata = ((AGENT_ID_KEY, agent_id),) if agent_id else None
-        self._channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+        self._channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes, fail_fast=True))
         self._stub = pb_grpc.CloudRouterStub(self._channel)
 
     async def close(self) -> None:
@@ -67,11 +56,7 @@ class CloudLink:
             raise CloudUnavailable("deadline")
         if not self.breaker.allow():
             raise CloudUnavailable("breaker_open")
-        request = pb.InferRequest(model=self.model, request_id=request_id, priority=priority, timeout_ms=timeout_s * 1000.0)
-        if isinstance(payload, str):
-            request.text = payload
-        else:
-            request.tensor.CopyFrom(to_proto(payload))
+        request = infer_request(payload, model=self.model, request_id=request_id, priority=priority, timeout_ms=timeout_s * 1000.0)
         call = self._stub.Infer(request, timeout=timeout_s, metadata=self._metadata)
         try:
             # The event loop's timer ends the wait on time. gRPC's own deadline fired 10-13 ms

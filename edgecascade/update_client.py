@@ -12,6 +12,7 @@ from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.delta.package import DeltaPackage
 from shared.errors import EdgecascadeError, error_for_code
+from shared.grpc_options import message_limits
 from shared.update_states import FAILED_STATES, HEALTHY
 
 UPLOAD_MESSAGE_BYTES = 1 << 20
@@ -22,8 +23,7 @@ def router_channel(target: str) -> grpc.Channel:
     """A channel to a router with message limits fit for uploads; pass it as `channel=` to
     reuse one connection for many calls (a new channel costs a connection set-up each time)."""
     limit = 2 * UPLOAD_MESSAGE_BYTES + (1 << 20)
-    return grpc.insecure_channel(target, options=[("grpc.max_send_message_length", limit),
-                                                  ("grpc.max_receive_message_length", 64 << 20)])
+    return grpc.insecure_channel(target, options=message_limits(64 << 20, max_send_bytes=limit))
 
 
 def _channel(target: str, channel: Optional[grpc.Channel]):

@@ -12,19 +12,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from protos import edgecascade_pb2, grpc_service_pb2
+from shared.grpc_options import server_options
 
 log = logging.getLogger(__name__)
 
 
 def create_server(max_message_bytes: int) -> grpc.aio.Server:
     """An aio server; messages over the limit are refused with RESOURCE_EXHAUSTED by gRPC."""
-    return grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
+    return grpc.aio.server(options=server_options(max_message_bytes))
 
 
 #: Every proto file a daemon serves. The KServe file lives in a private descriptor pool (so

@@ -87,7 +87,7 @@ def load_predictions(path: Path, num_labels: int) -> tuple[np.ndarray, np.ndarra
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: scipy is a cloud/dev dependency, and other subcommands run on edge boards.
-    from edgecascade.offline.calibration import calibrate
+    from edgecascade.offline.calibration import calibrated_policy
     from edgecascade.offline.cascade_metrics import cascade_at_threshold, endpoint_accuracies
 
     if args.method == "rate" and args.target_deferral_rate is None:
@@ -98,27 +98,18 @@ def run(args: argparse.Namespace) -> int:
     card = load_card(args.bundle)
     probs, cloud_pred, gold = load_predictions(args.predictions, len(card.labels))
     edge_pred = probs.argmax(axis=1)
-    scores = confidence_scores(probs, args.signal)
-    result = calibrate(
-        scores,
-        edge_pred,
+    spec, result = calibrated_policy(
+        PolicyFile.for_card(card, signal=args.signal, threshold=0.0),
+        probs,
         cloud_pred,
         method=args.method,
         epsilon=args.epsilon,
         delta=args.delta if args.method == "ltt" else None,
         target_deferral_rate=args.target_deferral_rate,
+        predictions=str(args.predictions),
     )
-    guarantee = result.guarantee()
-    guarantee["signal"] = args.signal
-    guarantee["predictions"] = str(args.predictions)
-    spec = PolicyFile(
-        model_name=card.name,
-        model_version=card.version,
-        labels=card.labels,
-        signal=args.signal,
-        threshold=result.threshold,
-        guarantee=guarantee,
-    )
+    guarantee = spec.guarantee
+    scores = confidence_scores(probs, args.signal)
     out = args.out if args.out is not None else args.bundle / POLICY_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
