@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from shared.event_loop import EventLoopName
+from shared.settings import DaemonSettings
 
 
-class RouterSettings(BaseSettings):
+class RouterSettings(DaemonSettings):
     model_config = SettingsConfigDict(env_prefix="EDGECASCADE_ROUTER_", extra="forbid")
 
     router_id: str = Field(default_factory=lambda: f"router-{socket.gethostname()}")
@@ -31,10 +31,6 @@ class RouterSettings(BaseSettings):
     """False serves each request alone (max_batch_size 1, no delay): the unbatched baseline."""
     default_timeout_ms: float = Field(default=5_000.0, gt=0)
     """Deadline for a request that carries none."""
-    max_timeout_ms: float = Field(default=600_000.0, gt=0)
-    """Longer deadlines are refused as absurd (INVALID_ARGUMENT)."""
-    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-    """Largest gRPC message accepted or sent; larger requests get RESOURCE_EXHAUSTED."""
     redis_url: Optional[str] = None
     """None: the in-memory scheduler (single node). Set it to scale out over Redis Streams
     (redis://, rediss://, unix://, redis+cluster://, redis+sentinel://; see
@@ -86,12 +82,6 @@ class RouterSettings(BaseSettings):
     `redis_prefix`), shared by every replica using that Redis and prefix, so an agent or operator
     may reach any replica. Needs `redis_url` (one server or Sentinel, not Cluster); excludes
     `update_store_dir`."""
-    metrics_port: Optional[int] = None
-    """Port of the Prometheus /metrics endpoint; None disables it."""
-    shutdown_grace_s: float = Field(default=10.0, ge=0)
-    """On SIGTERM, how long in-flight requests may take to finish."""
-    event_loop: EventLoopName = "auto"
-    """asyncio loop to serve on: `auto` (uvloop when installed, else asyncio's), `uvloop`, `asyncio`."""
 
     @model_validator(mode="after")
     def _role_needs_redis(self) -> "RouterSettings":
