@@ -36,7 +36,7 @@ from cloud_router.rollout import CANARY, AgentRecord, PublishedUpdate, Rollout
 from cloud_router.update_store import AGENT_RECORD, StoredRollout
 from cloud_router.updates import UpdateService
 from shared.delta.manifest import Manifest
-from shared.errors import InvalidInputError, UnavailableError, UpdateNotFoundError, UpdateRejectedError
+from shared.errors import InvalidInputError, UnavailableError, UpdateNotFoundError, UpdateRejectedError, echoed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,7 +119,7 @@ class RedisUpdateService:
                 return data
             payload_bytes, chunks = await self.client.hmget(self.keys.update(update_id), ["payload_bytes", "chunks"])
         if payload_bytes is None:
-            raise UpdateNotFoundError(f"no published update {update_id!r} (never published, or replaced by a newer one)")
+            raise UpdateNotFoundError(f"no published update {echoed(update_id)} (never published, or replaced by a newer one)")
         raise InvalidInputError(f"chunk {index} is beyond a {int(payload_bytes)}-byte payload in {int(chunks)} chunks")
 
     # --- status -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from cloud_router.budget import CloudBudget
 from cloud_router.fleet import FleetRegistry, MemoryFleetRegistry
 from cloud_router.scheduler import Scheduler
 from protos import edgecascade_pb2 as pb
-from shared.errors import ModelNotFoundError, UnavailableError
+from shared.errors import ModelNotFoundError, UnavailableError, echoed
 from shared.model import Model
 from shared.prediction import Prediction
 
@@ -39,7 +39,7 @@ class Router:
     def resolve(self, name: str) -> Model:
         model = self.models.get(name or self.default_model)
         if model is None:
-            raise ModelNotFoundError(f"unknown model {name!r}; this router hosts {sorted(self.models)}")
+            raise ModelNotFoundError(f"unknown model {echoed(name)}; this router hosts {sorted(self.models)}")
         return model
 
     async def start(self) -> None:

@@ -28,7 +28,7 @@ from cloud_router.update_store import StoredRollout, StoredState, UpdateStore
 from shared.delta.chunks import chunk_of, verify_payload
 from shared.delta.manifest import Manifest, SignedManifest, parse_manifest
 from shared.delta.signing import load_public_key, verify_signature
-from shared.errors import BadManifestError, CorruptPatchError, EdgecascadeError, ExpiredUpdateError, InvalidInputError, UnavailableError, UpdateNotFoundError
+from shared.errors import BadManifestError, CorruptPatchError, EdgecascadeError, ExpiredUpdateError, InvalidInputError, UnavailableError, UpdateNotFoundError, echoed
 from shared.update_states import ACTIVE, AGENT_STATES, HEALTH_WINDOW_REASON, HEALTHY, supersedes
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ class UpdateService:
         if not agent_id:
             raise InvalidInputError("an update state report needs agent_id")
         if state not in AGENT_STATES:
-            raise InvalidInputError(f"unknown update state {state!r}; use one of {list(AGENT_STATES)}")
+            raise InvalidInputError(f"unknown update state {echoed(state)}; use one of {list(AGENT_STATES)}")
         record = self.agents.get(agent_id)
         before = self._durable_view(record)
         record = record or self.agents.setdefault(agent_id, AgentRecord(agent_id))
@@ -269,7 +269,7 @@ class UpdateService:
         for rollout in self.rollouts.values():
             if rollout.update_id == update_id:
                 return rollout.update
-        raise UpdateNotFoundError(f"no published update {update_id!r} (never published, or replaced by a newer one)")
+        raise UpdateNotFoundError(f"no published update {echoed(update_id)} (never published, or replaced by a newer one)")
 
     # --- the store --------------------------------------------------------------------------------
 

@@ -2,7 +2,10 @@
 
 closed: calls go through; `failure_threshold` consecutive failures open it.
 open: calls are refused at once (no request waits on a dead cloud) for `cooldown_s`.
-half_open: one trial call goes through; success closes, failure reopens.
+half_open: one trial call goes through; success closes, failure reopens. A trial that ends
+with no verdict on the cloud (the caller cancelled it) is abandoned: the breaker stays half-open
+and the next call is the trial. Every way a call ends settles it through one of the three
+`record_*` methods, so a trial can never stay in flight for ever.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ class CircuitBreaker:
     def record_success(self) -> None:
         self._state = CLOSED
         self._failures = 0
+        self._trial_in_flight = False
+
+    def record_abandoned(self) -> None:
+        """The call ended without a verdict on the cloud (cancelled by its caller): a half-open
+        trial is released so that the next call may try; the state and count do not change."""
         self._trial_in_flight = False
 
     def record_failure(self) -> None:

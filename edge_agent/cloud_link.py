@@ -51,37 +51,40 @@ class CloudLink:
         await self._channel.close()
 
     async def infer(self, payload: ModelInput, *, timeout_s: float, request_id: str, priority: int = 0) -> pb.InferResponse:
-        """The cloud's answer within `timeout_s`, or CloudUnavailable with the reason."""
+        """The cloud's answer within `timeout_s`, or CloudUnavailable with the reason.
+
+        Every way the call ends settles the breaker: an answer or a request error as a success,
+        a cloud fault or a timeout as a failure, and a cancel by the caller (or anything else
+        unexpected) as abandoned, which frees a half-open trial for the next call."""
         if timeout_s <= 0:  # no time left to ask: not the cloud's fault, the breaker is not touched
             raise CloudUnavailable("deadline")
+        request = infer_request(payload, model=self.model, request_id=request_id, priority=priority, timeout_ms=timeout_s * 1000.0)
         if not self.breaker.allow():
             raise CloudUnavailable("breaker_open")
-        request = infer_request(payload, model=self.model, request_id=request_id, priority=priority, timeout_ms=timeout_s * 1000.0)
         call = self._stub.Infer(request, timeout=timeout_s, metadata=self._metadata)
+        settle = self.breaker.record_abandoned
         try:
             # The event loop's timer ends the wait on time. gRPC's own deadline fired 10-13 ms
             # late on a 2-core VM, close to the 15 ms fallback reserve, and the caller's own
             # deadline passed before the edge answer reached it.
             response = await asyncio.wait_for(call, timeout_s)
+            settle = self.breaker.record_success
+            return response
         except asyncio.TimeoutError:
-            call.cancel()
-            self.breaker.record_failure()
+            settle = self.breaker.record_failure
             log.debug("cloud call gave no answer within %.3f s", timeout_s)
             raise CloudUnavailable("deadline") from None
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if _error_class(exc) == CloudBudgetError.__name__:  # a spent budget, not a sick cloud
-                self.breaker.record_success()
+                settle = self.breaker.record_success
                 raise CloudUnavailable("cloud_budget") from None
-            if code in CLOUD_FAULT_CODES:
-                self.breaker.record_failure()
-            else:
-                self.breaker.record_success()
+            settle = self.breaker.record_failure if code in CLOUD_FAULT_CODES else self.breaker.record_success
             log.debug("cloud call failed: %s %s", code.name, exc.details())
             raise CloudUnavailable(_reason_of(code)) from None
-        self.breaker.record_success()
-        return response
-
+        finally:
+            call.cancel()  # a no-op once the call has ended; stops it when the wait was cancelled
+            settle()
 
     async def heartbeat(self, request: pb.HeartbeatRequest, *, timeout_s: float) -> pb.HeartbeatResponse:
         """One heartbeat; gRPC errors propagate (the breaker is for inference calls only)."""

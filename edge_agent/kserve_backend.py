@@ -16,7 +16,7 @@ from edge_agent.cascade import Cascade, CascadeResult
 from edge_agent.metrics import AgentMetrics
 from edge_agent.settings import EdgeSettings
 from shared import kserve_models as km
-from shared.errors import ModelNotFoundError, UnavailableError
+from shared.errors import ModelNotFoundError, UnavailableError, echoed
 from shared.kserve_backend import InferenceRequest, InferenceResult, ModelMetadata, ServerMetadata, TensorSpec
 from shared.metrics import API_KSERVE
 from shared.model import Model, ModelInput
@@ -59,7 +59,7 @@ class EdgeKServeBackend:
     def _model(self, name: str, version: str) -> Model:
         model = self.cascade.active.model
         if name != model.name:
-            raise ModelNotFoundError(f"unknown model {name!r}; this agent serves {model.name!r}")
+            raise ModelNotFoundError(f"unknown model {echoed(name)}; this agent serves {model.name!r}")
         km.check_version(model, version)
         return model
 

@@ -10,7 +10,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.settings import EdgeSettings
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
-from shared.errors import ModelNotFoundError
+from shared.errors import ModelNotFoundError, echoed
 from shared.grpc_errors import grpc_errors
 from shared.metrics import API_EDGECASCADE, counted
 from shared.proto_convert import response_of
@@ -26,7 +26,7 @@ class EdgeAgentServicer(pb_grpc.EdgeAgentServicer):
     def check_model(self, name: str) -> None:
         served = self.cascade.active.model.name
         if name and name != served:
-            raise ModelNotFoundError(f"unknown model {name!r}; this agent serves {served!r}")
+            raise ModelNotFoundError(f"unknown model {echoed(name)}; this agent serves {served!r}")
 
     @grpc_errors
     @counted(API_EDGECASCADE)

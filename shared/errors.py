@@ -175,6 +175,30 @@ _BY_CODE: dict[grpc.StatusCode, type[EdgecascadeError]] = {
 }
 
 
+#: The most characters of a caller's value that an error message quotes. gRPC carries the
+#: message in a header (8 KiB by default), so a longer one reaches the caller as
+#: RESOURCE_EXHAUSTED instead of the error meant for it.
+ECHO_LIMIT_CHARS = 64
+
+#: The most characters of a whole error message sent to a caller (`shared.grpc_errors`).
+MESSAGE_LIMIT_CHARS = 1024
+
+
+def echoed(value: object, limit_chars: int = ECHO_LIMIT_CHARS) -> str:
+    """`repr(value)` for an error message, cut to `limit_chars` with the full length noted.
+    Every value a caller sent that an error message quotes goes through this."""
+    text = repr(value)
+    if len(text) <= limit_chars:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, (str, bytes)) else f"{len(text)} characters as text"
+    return f"{text[:limit_chars]}... ({size})"
+
+
+def clipped(message: str, limit_chars: int = MESSAGE_LIMIT_CHARS) -> str:
+    """`message` cut to `limit_chars`: the last guard before it goes into a gRPC status."""
+    return message if len(message) <= limit_chars else f"{message[:limit_chars]}... ({len(message)} characters)"
+
+
 #: Trailing-metadata key naming the error class of a failed call (see `shared.grpc_errors`).
 ERROR_CLASS_KEY = "edgecascade-error"
 

@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
-from shared.errors import ERROR_CLASS_KEY, EdgecascadeError
+from shared.errors import ERROR_CLASS_KEY, EdgecascadeError, clipped
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -20,7 +20,8 @@ def grpc_errors(method: F) -> F:
     tell two errors with one code apart (a spent cloud budget from a full queue).
 
     The daemon keeps serving either way; an unexpected exception is logged with its trace
-    but the caller sees only a one-line message.
+    but the caller sees only a one-line message. Messages are clipped (`shared.errors.clipped`),
+    so no error becomes too large for gRPC's header and turns into RESOURCE_EXHAUSTED.
     """
 
     @functools.wraps(method)
@@ -28,11 +29,11 @@ def grpc_errors(method: F) -> F:
         try:
             return await method(self, request, context)
         except EdgecascadeError as exc:
-            await context.abort(exc.code, str(exc), trailing_metadata=((ERROR_CLASS_KEY, type(exc).__name__),))
+            await context.abort(exc.code, clipped(str(exc)), trailing_metadata=((ERROR_CLASS_KEY, type(exc).__name__),))
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
             log.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+            await context.abort(grpc.StatusCode.INTERNAL, clipped(f"internal error: {type(exc).__name__}: {exc}"))
 
     return wrapper  # type: ignore[return-value]

@@ -13,13 +13,15 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from protos import edgecascade_pb2, grpc_service_pb2
 from shared.grpc_options import server_options
+from shared.undecodable_requests import UndecodableRequests
 
 log = logging.getLogger(__name__)
 
 
 def create_server(max_message_bytes: int) -> grpc.aio.Server:
-    """An aio server; messages over the limit are refused with RESOURCE_EXHAUSTED by gRPC."""
-    return grpc.aio.server(options=server_options(max_message_bytes))
+    """An aio server; messages over the limit are refused with RESOURCE_EXHAUSTED by gRPC, and
+    requests that do not decode with INVALID_ARGUMENT on every service (`UndecodableRequests`)."""
+    return grpc.aio.server(interceptors=[UndecodableRequests()], options=server_options(max_message_bytes))
 
 
 #: Every proto file a daemon serves. The KServe file lives in a private descriptor pool (so

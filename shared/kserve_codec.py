@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from protos import grpc_service_pb2 as pb
-from shared.errors import InvalidInputError, ModelError
+from shared.errors import InvalidInputError, ModelError, echoed
 from shared.kserve_backend import InferenceRequest, InferenceResult, ModelMetadata, ParameterValue, ServerMetadata
 
 #: KServe datatype -> numpy dtype (little endian). BYTES elements are Python objects.
@@ -181,7 +181,7 @@ def write_parameters(target: Mapping[str, pb.InferParameter], values: Mapping[st
 def _non_negative_int(values: Mapping[str, ParameterValue], name: str, unit: str) -> int:
     value = values.get(name, 0)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInputError(f"parameter {name!r} must be an integer ({unit}), got {type(value).__name__} {value!r}")
+        raise InvalidInputError(f"parameter {name!r} must be an integer ({unit}), got {type(value).__name__} {echoed(value)}")
     if value < 0:
         raise InvalidInputError(f"parameter {name!r} must not be negative ({unit}), got {value}")
     return value
@@ -197,7 +197,7 @@ def schedule_parameters(values: Mapping[str, ParameterValue]) -> tuple[float | N
 def _refuse_unsupported(parameters: Mapping[str, pb.InferParameter], unsupported: dict[str, str], where: str) -> None:
     for name in parameters:
         if name in unsupported:
-            raise InvalidInputError(f"{where} asks for {unsupported[name]} (parameter {name!r}), which this server does not support")
+            raise InvalidInputError(f"{where} asks for {unsupported[name]} (parameter {echoed(name)}), which this server does not support")
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
             )
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
-        what = f"input {tensor.name!r}"
+        what = f"input {echoed(tensor.name)}"
         if not tensor.name:
             raise InvalidInputError(f"input {index} has no name")
         if tensor.name in arrays:

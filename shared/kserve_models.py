@@ -21,7 +21,7 @@ from typing import Awaitable, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from shared.errors import InvalidInputError, ModelError, ModelNotFoundError
+from shared.errors import InvalidInputError, ModelError, ModelNotFoundError, echoed
 from shared.kserve_backend import InferenceRequest, ModelMetadata, ParameterValue, TensorSpec
 from shared.kserve_codec import datatype_for_dtype
 from shared.model import Model, ModelInput
@@ -78,7 +78,7 @@ def model_metadata(model: Model, extra_outputs: Sequence[TensorSpec] = ()) -> Mo
 def check_version(model: Model, version: str) -> None:
     """ModelNotFoundError unless `version` is "" (the server's choice) or the model's version."""
     if version and version != str(model.version):
-        raise ModelNotFoundError(f"model {model.name!r} is served at version {model.version}, not version {version!r}")
+        raise ModelNotFoundError(f"model {model.name!r} is served at version {model.version}, not version {echoed(version)}")
 
 
 def request_rows(request: InferenceRequest, model: Model) -> list[ModelInput]:
@@ -87,7 +87,7 @@ def request_rows(request: InferenceRequest, model: Model) -> list[ModelInput]:
     names = list(request.inputs)
     if names != [INPUT_NAME]:
         raise InvalidInputError(
-            f"model {model.name!r} takes one input named {INPUT_NAME!r} ({spec.datatype} {list(spec.shape)}), got {names}"
+            f"model {model.name!r} takes one input named {INPUT_NAME!r} ({spec.datatype} {list(spec.shape)}), got {echoed(names)}"
         )
     array = request.inputs[INPUT_NAME]
     wanted = f"input {INPUT_NAME!r} of model {model.name!r} is {spec.datatype} with shape {list(spec.shape)}"

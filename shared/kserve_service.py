@@ -19,7 +19,7 @@ import grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from shared.errors import DeadlineError, EdgecascadeError, InvalidInputError
+from shared.errors import DeadlineError, EdgecascadeError, InvalidInputError, echoed
 from shared.grpc_errors import grpc_errors
 from shared.kserve_backend import InferenceRequest, KServeBackend
 from shared.kserve_codec import decode_request, encode_response, model_metadata_response, server_metadata_response
@@ -97,12 +97,12 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
                 self._check_requested_outputs(request)
             time_left_s = request.time_left_s()
             if time_left_s is not None and time_left_s <= 0:
-                raise DeadlineError(f"request for model {request.model_name!r} arrived with no time left")
+                raise DeadlineError(f"request for model {echoed(request.model_name)} arrived with no time left")
         try:
             async with asyncio.timeout(time_left_s):
                 result = await self._backend.infer(request)
         except TimeoutError:
-            raise DeadlineError(f"model {request.model_name!r} did not answer within the request's deadline") from None
+            raise DeadlineError(f"model {echoed(request.model_name)} did not answer within the request's deadline") from None
         return encode_response(request, result)
 
     def _check_requested_outputs(self, request: InferenceRequest) -> None:
@@ -111,7 +111,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         known = [spec.name for spec in metadata.outputs]
         unknown = [name for name in request.requested_outputs if name not in known]
         if unknown:
-            raise InvalidInputError(f"model {request.model_name!r} has no output named {unknown}; it has {known}")
+            raise InvalidInputError(f"model {request.model_name!r} has no output named {echoed(unknown)}; it has {known}")
 
 
 def _require_model_name(name: str) -> None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from protos import edgecascade_pb2 as pb
-from shared.errors import InvalidInputError
+from shared.errors import InvalidInputError, echoed
 
 #: dtypes a Tensor may carry. Anything else is refused before it reaches a model.
 ALLOWED_DTYPES = frozenset(
@@ -39,7 +39,7 @@ def from_proto(tensor: pb.Tensor) -> np.ndarray:
     dtype = _DTYPE_OF_NAME.get(tensor.dtype)
     if dtype is None:
         raise InvalidInputError(
-            f"tensor dtype {tensor.dtype!r} is not supported; use one of {sorted(ALLOWED_DTYPES)}"
+            f"tensor dtype {echoed(tensor.dtype)} is not supported; use one of {sorted(ALLOWED_DTYPES)}"
         )
     shape = tuple(tensor.shape)
     if shape and (min(shape) < 0 or max(shape) > MAX_ELEMENTS):
