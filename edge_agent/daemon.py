@@ -19,6 +19,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.model_slot import load_slot
 from edge_agent.servicer import EdgeAgentServicer
 from edge_agent.settings import EdgeSettings
+from edge_agent.systemd_notify import SystemdNotifier
 from edge_agent.updater import open_version_store, start_updater
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
@@ -71,6 +72,7 @@ class EdgeAgentDaemon(GrpcDaemon):
         self._store = None
         self._heartbeat: Optional[Heartbeat] = None
         self._updater = None
+        self._systemd: Optional[SystemdNotifier] = None
 
     async def _open(self, server: grpc.aio.Server) -> AgentMetrics:
         settings = self.settings
@@ -92,6 +94,13 @@ class EdgeAgentDaemon(GrpcDaemon):
             self._heartbeat.start()
         self._updater = start_updater(cascade, self._store, self.metrics, settings)
         gc.freeze()  # start-up objects leave the collector's view: no 20 ms full collections mid-swap
+        self._systemd = SystemdNotifier.from_environment()  # no-op outside a Type=notify unit
+        self._systemd.ready(f"serving {cascade.active.model.name} v{cascade.active.model.version} on port {self.port}")
+        self._systemd.start_watchdog()
+
+    async def _draining(self) -> None:
+        if self._systemd is not None:
+            self._systemd.stopping()
 
     async def _close(self) -> None:
         if self._heartbeat is not None:
@@ -100,6 +109,8 @@ class EdgeAgentDaemon(GrpcDaemon):
             await self._updater.stop()
         if self.cascade is not None and self.cascade.cloud:
             await self.cascade.cloud.close()
+        if self._systemd is not None:
+            await self._systemd.close()
 
 
 def run(settings: EdgeSettings) -> None:

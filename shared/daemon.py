@@ -52,6 +52,9 @@ class GrpcDaemon(abc.ABC):
     async def _serving(self) -> None:
         """Called once the server answers: start background work, log."""
 
+    async def _draining(self) -> None:
+        """Called when the drain begins, before health reports NOT_SERVING."""
+
     @abc.abstractmethod
     async def _close(self) -> None:
         """Take the model side down after the server has drained (also after a failed start)."""
@@ -101,6 +104,7 @@ class GrpcDaemon(abc.ABC):
     async def _drain(self, grace_s: float) -> None:
         assert self._server is not None and self._stopped is not None
         try:
+            await self._draining()
             if self._health is not None:
                 await set_serving(self._health, self.service_names, False)
             await self._server.stop(grace_s)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-from typing import Any, Coroutine, Literal
+import sys
+from typing import Any, Awaitable, Coroutine, Literal, Optional, TypeVar
 
 from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EventLoopName = Literal["auto", "asyncio", "uvloop"]
 
@@ -38,6 +40,18 @@ def run_on_loop(main: Coroutine[Any, Any, Any], name: EventLoopName = "auto") ->
     if chosen == "uvloop":
         import uvloop
 
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(main)
+        return uvloop.run(main)  # asyncio.run on a uvloop loop, also on Python 3.10
     return asyncio.run(main)
+
+
+async def within(awaitable: Awaitable[T], timeout_s: Optional[float]) -> T:
+    """Await `awaitable` for at most `timeout_s` (None: no limit); raise the built-in
+    TimeoutError when it runs out. asyncio.timeout where it exists (3.11+), else wait_for, whose
+    asyncio.TimeoutError is not the built-in one on 3.10 (edge boards run 3.10)."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout_s):  # novermin (3.11+ only, checked above)
+            return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, timeout_s)
+    except asyncio.TimeoutError:
+        raise TimeoutError from None

@@ -10,7 +10,6 @@ Stock clients work unchanged, e.g. `tritonclient.grpc.InferenceServerClient("hos
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING, AsyncIterator, ContextManager, Optional
@@ -20,6 +19,7 @@ import grpc
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from shared.errors import DeadlineError, EdgecascadeError, InvalidInputError, echoed
+from shared.event_loop import within
 from shared.grpc_errors import grpc_errors
 from shared.kserve_backend import InferenceRequest, KServeBackend
 from shared.kserve_codec import decode_request, encode_response, model_metadata_response, server_metadata_response
@@ -99,8 +99,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             if time_left_s is not None and time_left_s <= 0:
                 raise DeadlineError(f"request for model {echoed(request.model_name)} arrived with no time left")
         try:
-            async with asyncio.timeout(time_left_s):
-                result = await self._backend.infer(request)
+            result = await within(self._backend.infer(request), time_left_s)
         except TimeoutError:
             raise DeadlineError(f"model {echoed(request.model_name)} did not answer within the request's deadline") from None
         return encode_response(request, result)

