@@ -29,7 +29,7 @@ def redis_server(tmp_path_factory):
 def redis_url(redis_server) -> str:
     if redis_server.process.poll() is not None:     # a test killed it: bring it back on its port
         redis_server.start()
-    import redis   # here, not at import: the Python 3.10 edge tests load these fixtures without redis installed
+    import redis  # here, not at import: the Python 3.10 edge tests load these fixtures without redis installed
 
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushall()
