@@ -47,14 +47,25 @@ class BucketStore(Protocol):
 
 
 class MemoryBuckets:
-    """Token buckets in this process (single node)."""
+    """Token buckets in this process (single node). Bounded at `max_keys`: then buckets untouched
+    for `forget_idle_s` are dropped, or else the oldest (a dropped bucket starts full again)."""
 
-    def __init__(self, clock=time.monotonic) -> None:
+    def __init__(self, clock=time.monotonic, *, max_keys: int = 10_000, forget_idle_s: float = 60.0) -> None:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
+        self.max_keys = max_keys
+        self.forget_idle_s = forget_idle_s
+        self._pruned_s = float("-inf")
 
     async def take(self, key: str, rate_per_s: float, capacity: float) -> bool:
         now = self._clock()
+        if key not in self._buckets and len(self._buckets) >= self.max_keys:
+            if now - self._pruned_s >= 1.0:
+                self._pruned_s = now
+                for old in [k for k, (_, at) in self._buckets.items() if now - at > self.forget_idle_s]:
+                    del self._buckets[old]
+            if len(self._buckets) >= self.max_keys:  # all busy: the oldest bucket goes (it restarts full)
+                del self._buckets[next(iter(self._buckets))]
         tokens, at = self._buckets.get(key, (capacity, now))
         tokens = min(capacity, tokens + (now - at) * rate_per_s)
         taken = tokens >= 1

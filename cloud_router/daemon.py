@@ -11,6 +11,7 @@ import grpc
 from cloud_router.budget import CloudBudget, MemoryBuckets, RedisBuckets
 from cloud_router.fleet import MemoryFleetRegistry, RedisFleetRegistry
 from cloud_router.kserve_backend import RouterKServeBackend
+from cloud_router.limits import limits_interceptors
 from cloud_router.metrics import RouterMetrics
 from cloud_router.redis_keys import RedisKeys
 from cloud_router.router import Router
@@ -89,6 +90,7 @@ class RouterDaemon(GrpcDaemon):
     `serve_forever()`, `stop()` (see `GrpcDaemon`)."""
 
     service_names = SERVICE_NAMES
+    daemon_name = "cloud router"
 
     def __init__(self, settings: RouterSettings) -> None:
         super().__init__(settings)
@@ -97,6 +99,10 @@ class RouterDaemon(GrpcDaemon):
         self._updates: Any = None
         self._redis_client: Any = None
         self._worker: Any = None
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """Credentials and roles, then the per-client limits (`cloud_router.limits`)."""
+        return [*super()._interceptors(), *limits_interceptors(self.settings)]
 
     async def _open(self, server: grpc.aio.Server) -> RouterMetrics:
         settings = self.settings

@@ -39,19 +39,27 @@ def entry_from_json(raw: str | bytes) -> pb.FleetEntry:
 
 
 class MemoryFleetRegistry:
-    def __init__(self, clock=time.time) -> None:
+    def __init__(self, clock=time.time, *, prune_interval_s: float = 1.0) -> None:
         self._clock = clock
         self._entries: dict[str, pb.FleetEntry] = {}
+        self._prune_interval_s = prune_interval_s
+        self._pruned_s = 0.0
 
     async def record(self, status: pb.AgentStatus, *, router_id: str, ttl_s: float) -> pb.FleetEntry:
-        entry = new_entry(status, router_id=router_id, ttl_s=ttl_s, now_s=self._clock())
+        now = self._clock()
+        entry = new_entry(status, router_id=router_id, ttl_s=ttl_s, now_s=now)
         self._entries[status.agent_id] = entry
+        if now - self._pruned_s >= self._prune_interval_s:  # expired entries leave even if nobody reads the fleet
+            self._prune(now)
         return entry
 
-    async def entries(self) -> list[pb.FleetEntry]:
-        now = self._clock()
+    def _prune(self, now: float) -> None:
+        self._pruned_s = now
         for agent_id in [a for a, e in self._entries.items() if e.expires_unix_s <= now]:
             del self._entries[agent_id]
+
+    async def entries(self) -> list[pb.FleetEntry]:
+        self._prune(self._clock())
         return sorted(self._entries.values(), key=lambda e: e.agent.agent_id)
 
 

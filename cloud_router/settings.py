@@ -9,10 +9,16 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from cloud_router.limits import ClientLimitSettings
+from shared.security_settings import ServerSecuritySettings
 from shared.settings import DaemonSettings
 
 
-class RouterSettings(DaemonSettings):
+class RouterSettings(DaemonSettings, ServerSecuritySettings, ClientLimitSettings):
+    """Fields both daemons share: shared/settings.py. Security fields (TLS, tokens, plaintext,
+    max_concurrent_rpcs): shared/security_settings.py; per-client limits (client_*):
+    cloud_router/limits.py."""
+
     model_config = SettingsConfigDict(env_prefix="EDGECASCADE_ROUTER_", extra="forbid")
 
     router_id: str = Field(default_factory=lambda: f"router-{socket.gethostname()}")

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Optional
 
 import grpc
 
 from edge_agent.breaker import CircuitBreaker
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
-from shared.errors import ERROR_CLASS_KEY, CloudBudgetError
+from shared.errors import ERROR_CLASS_KEY, CloudBudgetError, RateLimitedError
 from shared.grpc_options import channel_options
 from shared.model import ModelInput
 from shared.proto_convert import infer_request
 from shared.request_parsing import AGENT_ID_KEY
+from shared.tls import ClientSecurity, open_aio_channel
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +40,13 @@ class CloudUnavailable(Exception):
 
 class CloudLink:
     def __init__(self, target: str, *, model: str = "", breaker: CircuitBreaker, max_message_bytes: int,
-                 agent_id: str = "") -> None:
+                 agent_id: str = "", security: Optional[ClientSecurity] = None) -> None:
         self.target = target
         self.model = model
         self.breaker = breaker
         self.agent_id = agent_id
         self._metadata = ((AGENT_ID_KEY, agent_id),) if agent_id else None
-        self._channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes, fail_fast=True))
+        self._channel = open_aio_channel(target, security, options=channel_options(max_message_bytes, fail_fast=True))
         self._stub = pb_grpc.CloudRouterStub(self._channel)
 
     async def close(self) -> None:
@@ -76,9 +78,11 @@ class CloudLink:
             raise CloudUnavailable("deadline") from None
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
-            if _error_class(exc) == CloudBudgetError.__name__:  # a spent budget, not a sick cloud
+            error_class = _error_class(exc)
+            if error_class in (CloudBudgetError.__name__, RateLimitedError.__name__):  # our share, not a sick cloud
                 settle = self.breaker.record_success
-                raise CloudUnavailable("cloud_budget") from None
+                raise CloudUnavailable("cloud_budget" if error_class == CloudBudgetError.__name__
+                                       else "cloud_rate_limited") from None
             settle = self.breaker.record_failure if code in CLOUD_FAULT_CODES else self.breaker.record_success
             log.debug("cloud call failed: %s %s", code.name, exc.details())
             raise CloudUnavailable(_reason_of(code)) from None

@@ -54,7 +54,8 @@ def build_cascade(settings: EdgeSettings, bundle_dir: Optional[Path] = None) -> 
     if settings.cloud_target:
         breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s)
         cloud = CloudLink(settings.cloud_target, model=settings.cloud_model, breaker=breaker,
-                          max_message_bytes=settings.max_message_bytes, agent_id=settings.agent_id)
+                          max_message_bytes=settings.max_message_bytes, agent_id=settings.agent_id,
+                          security=settings.cloud_security(settings.plaintext))
     return Cascade(active, cloud, fallback_reserve_ms=settings.fallback_reserve_ms,
                    shed_at_pressure=settings.shed_at_pressure)
 
@@ -64,6 +65,7 @@ class EdgeAgentDaemon(GrpcDaemon):
     KServe gRPC APIs. `start()`, `port`, `serve_forever()`, `stop()` (see `GrpcDaemon`)."""
 
     service_names = SERVICE_NAMES
+    daemon_name = "edge agent"
 
     def __init__(self, settings: EdgeSettings) -> None:
         super().__init__(settings)

@@ -10,10 +10,14 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.security_settings import CloudLinkSecuritySettings, ServerSecuritySettings
 from shared.settings import DaemonSettings
 
 
-class EdgeSettings(DaemonSettings):
+class EdgeSettings(DaemonSettings, ServerSecuritySettings, CloudLinkSecuritySettings):
+    """Fields both daemons share: shared/settings.py. Security fields (TLS, tokens, plaintext,
+    max_concurrent_rpcs, cloud_tls_*): shared/security_settings.py."""
+
     model_config = SettingsConfigDict(env_prefix="EDGECASCADE_EDGE_", extra="forbid")
 
     agent_id: str = Field(default_factory=lambda: f"edge-{socket.gethostname()}-{os.getpid()}")

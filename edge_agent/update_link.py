@@ -19,6 +19,7 @@ from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import TruncatedPatchError, UnavailableError
 from shared.grpc_options import channel_options
+from shared.tls import ClientSecurity, open_aio_channel
 from shared.update_states import supersedes
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,12 @@ REFUSED_REPORT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPL
 
 
 class UpdateLink:
-    def __init__(self, target: str, *, agent_id: str, max_message_bytes: int, timeout_s: float = 10.0) -> None:
+    def __init__(self, target: str, *, agent_id: str, max_message_bytes: int, timeout_s: float = 10.0,
+                 security: Optional[ClientSecurity] = None) -> None:
         self.target = target
         self.agent_id = agent_id
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes, fail_fast=True))
+        self._channel = open_aio_channel(target, security, options=channel_options(max_message_bytes, fail_fast=True))
         self._stub = pb_grpc.CloudRouterStub(self._channel)
         self.pending_report: Optional[pb.UpdateStateReport] = None
         """The newest state report the router has not taken yet (`resend_report` tries again)."""

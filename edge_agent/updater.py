@@ -317,7 +317,8 @@ def start_updater(cascade: Cascade, store: Optional[VersionStore], metrics: Agen
     if not settings.cloud_target:
         log.warning("update_public_key is set but cloud_target is not: this agent cannot learn of updates")
         return None
-    link = UpdateLink(settings.cloud_target, agent_id=settings.agent_id, max_message_bytes=settings.max_message_bytes)
+    link = UpdateLink(settings.cloud_target, agent_id=settings.agent_id, max_message_bytes=settings.max_message_bytes,
+                      security=settings.cloud_security(settings.plaintext))
     updater = Updater(cascade, store, link, metrics, settings)
     updater.start()
     return updater

@@ -13,12 +13,17 @@ from shared.errors import (
     ModelError,
     ModelNotFoundError,
     OverloadedError,
+    PermissionDeniedError,
+    RateLimitedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from shared.sdk import AsyncClient, Client, InferResult, RetryPolicy
+from shared.tls import ClientSecurity
 
 __all__ = [
-    "AsyncClient", "Client", "InferResult", "RetryPolicy",
+    "AsyncClient", "Client", "ClientSecurity", "InferResult", "RetryPolicy",
     "EdgecascadeError", "InvalidInputError", "ModelNotFoundError", "OverloadedError",
     "DeadlineError", "UnavailableError", "ModelError", "ConfigError",
+    "RateLimitedError", "UnauthenticatedError", "PermissionDeniedError",
 ]

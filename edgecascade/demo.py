@@ -79,11 +79,14 @@ def run_demo(out_dir: Path, *, cache_dir: Optional[Path] = None, agents: int = 2
     with tempfile.TemporaryDirectory(prefix="edgecascade-demo-") as work:
         daemons: list[Daemon] = []
         try:
-            cloud = Daemon("cloud", {"model_dirs": [str(pair.cloud_dir)], "max_delay_ms": 2.0}, Path(work), name="cloud").start()
+            # Loopback only, one process tree: plaintext, configured explicitly (each daemon warns).
+            cloud = Daemon("cloud", {"model_dirs": [str(pair.cloud_dir)], "max_delay_ms": 2.0, "plaintext": True},
+                           Path(work), name="cloud").start()
             daemons.append(cloud)
             for i in range(agents):
                 daemons.append(Daemon("edge", {"bundle_dir": str(pair.edge_dir), "cloud_target": cloud.target,
-                                               "agent_id": f"demo-edge-{i}"}, Path(work), name=f"edge{i}").start())
+                                               "agent_id": f"demo-edge-{i}", "plaintext": True},
+                                      Path(work), name=f"edge{i}").start())
             results = replay([d.target for d in daemons[1:]], inputs, concurrency=concurrency, timeout_s=5.0, progress=progress)
         finally:
             for daemon in reversed(daemons):

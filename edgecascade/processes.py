@@ -21,6 +21,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.errors import UnavailableError
+from shared.tls import ClientSecurity, open_channel
 
 
 def free_port() -> int:
@@ -29,10 +30,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_serving(target: str, timeout_s: float = 30.0, process: Optional[subprocess.Popen] = None) -> None:
-    """Block until the gRPC health service at `target` reports SERVING."""
+def wait_serving(target: str, timeout_s: float = 30.0, process: Optional[subprocess.Popen] = None,
+                 security: Optional[ClientSecurity] = None) -> None:
+    """Block until the gRPC health service at `target` reports SERVING (over TLS per `security`)."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
@@ -52,16 +54,22 @@ def _write_config(path: Path, settings: dict[str, Any]) -> None:
 
 
 class Daemon:
-    """One `edgecascade edge|cloud run` child process with a YAML config it writes itself."""
+    """One `edgecascade edge|cloud run` child process with a YAML config it writes itself.
+
+    Plaintext on loopback unless `settings` name a tls_cert_file; then `client_security` is how
+    the start-up health check reaches it."""
 
     def __init__(self, kind: str, settings: dict[str, Any], work_dir: Path, *, name: str = "", log_to_file: bool = True,
-                 env: Optional[dict[str, str]] = None) -> None:
+                 env: Optional[dict[str, str]] = None, client_security: Optional[ClientSecurity] = None) -> None:
         if kind not in ("edge", "cloud"):
             raise ValueError(kind)
         self.kind = kind
         self.name = name or kind
         self.port = free_port() if "listen" not in settings else int(str(settings["listen"]).rsplit(":", 1)[1])
         self.settings = {"listen": f"127.0.0.1:{self.port}", **settings}
+        if "tls_cert_file" not in settings:
+            self.settings.setdefault("plaintext", True)  # loopback children of tests, benchmarks and the demo
+        self.client_security = client_security
         self.work_dir = Path(work_dir)
         self.config_path = self.work_dir / f"{self.name}.yaml"
         self.log_path = self.work_dir / f"{self.name}.log"
@@ -82,7 +90,7 @@ class Daemon:
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         try:
-            wait_serving(self.target, timeout_s, self.process)
+            wait_serving(self.target, timeout_s, self.process, self.client_security)
         except BaseException:  # Ctrl-C while waiting too: never leave an untracked daemon behind
             self.stop()
             raise
@@ -129,6 +137,8 @@ class InProcessDaemon:
         self.kind = kind
         self.name = name or kind
         self.settings = {"listen": "127.0.0.1:0", **settings}
+        if "tls_cert_file" not in settings:
+            self.settings.setdefault("plaintext", True)  # loopback, like `Daemon`
         self.work_dir = Path(work_dir)
         self.config_path = self.work_dir / f"{self.name}.yaml"
         self.port: Optional[int] = None

@@ -13,22 +13,23 @@ from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.delta.package import DeltaPackage
 from shared.errors import EdgecascadeError, error_for_code
 from shared.grpc_options import message_limits
+from shared.tls import ClientSecurity, open_channel
 from shared.update_states import FAILED_STATES, HEALTHY
 
 UPLOAD_MESSAGE_BYTES = 1 << 20
 Progress = Callable[[int, int], None]
 
 
-def router_channel(target: str) -> grpc.Channel:
-    """A channel to a router with message limits fit for uploads; pass it as `channel=` to
-    reuse one connection for many calls (a new channel costs a connection set-up each time)."""
+def router_channel(target: str, security: Optional[ClientSecurity] = None) -> grpc.Channel:
+    """A channel to a router with message limits fit for uploads (TLS and token per `security`);
+    pass it as `channel=` to reuse one connection for many calls."""
     limit = 2 * UPLOAD_MESSAGE_BYTES + (1 << 20)
-    return grpc.insecure_channel(target, options=message_limits(64 << 20, max_send_bytes=limit))
+    return open_channel(target, security, options=message_limits(64 << 20, max_send_bytes=limit))
 
 
-def _channel(target: str, channel: Optional[grpc.Channel]):
+def _channel(target: str, channel: Optional[grpc.Channel], security: Optional[ClientSecurity] = None):
     """`channel` itself (left open), or a new one closed after the call."""
-    return contextlib.nullcontext(channel) if channel is not None else router_channel(target)
+    return contextlib.nullcontext(channel) if channel is not None else router_channel(target, security)
 
 
 def _typed(exc: grpc.RpcError, target: str) -> EdgecascadeError:
@@ -46,9 +47,10 @@ def _upload(package: DeltaPackage, canary_percent: float, progress: Optional[Pro
 
 
 def publish(target: str, package: DeltaPackage, *, canary_percent: float = 0.0, progress: Optional[Progress] = None,
-            timeout_s: float = 600.0, channel: Optional[grpc.Channel] = None) -> pb.PublishUpdateResponse:
+            timeout_s: float = 600.0, channel: Optional[grpc.Channel] = None,
+            security: Optional[ClientSecurity] = None) -> pb.PublishUpdateResponse:
     """Upload `package` to the router at `target`; `progress(sent, total)` after each message."""
-    with _channel(target, channel) as channel:
+    with _channel(target, channel, security) as channel:
         try:
             return pb_grpc.CloudRouterStub(channel).PublishUpdate(_upload(package, canary_percent, progress), timeout=timeout_s)
         except grpc.RpcError as exc:
@@ -56,8 +58,8 @@ def publish(target: str, package: DeltaPackage, *, canary_percent: float = 0.0, 
 
 
 def rollout_status(target: str, model_name: str = "", timeout_s: float = 10.0,
-                   channel: Optional[grpc.Channel] = None) -> pb.RolloutStatus:
-    with _channel(target, channel) as channel:
+                   channel: Optional[grpc.Channel] = None, security: Optional[ClientSecurity] = None) -> pb.RolloutStatus:
+    with _channel(target, channel, security) as channel:
         try:
             return pb_grpc.CloudRouterStub(channel).GetRolloutStatus(pb.RolloutStatusRequest(model_name=model_name),
                                                                      timeout=timeout_s)
@@ -86,11 +88,12 @@ def rollout_settled(status: pb.RolloutStatus, update_id: str) -> Optional[str]:
 
 
 def follow_rollout(target: str, update_id: str, model_name: str, *, timeout_s: float, poll_s: float = 1.0,
-                   on_status: Optional[Callable[[pb.RolloutStatus], None]] = None) -> str:
+                   on_status: Optional[Callable[[pb.RolloutStatus], None]] = None,
+                   security: Optional[ClientSecurity] = None) -> str:
     """Poll the rollout until it settles (`done`, `failed`, `halted`, `replaced`) or `timeout` passes."""
     deadline = time.monotonic() + timeout_s
     while True:
-        status = rollout_status(target, model_name)
+        status = rollout_status(target, model_name, security=security)
         if on_status:
             on_status(status)
         settled = rollout_settled(status, update_id)

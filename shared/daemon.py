@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 
 import grpc
 
+from shared.auth import server_interceptors
 from shared.errors import UnavailableError
 from shared.event_loop import EventLoopName, run_on_loop
 from shared.grpc_server import add_health_and_reflection, bind, create_server, set_serving
@@ -30,10 +31,14 @@ class GrpcDaemon(abc.ABC):
     """One daemon on the running event loop. Subclasses build their side in `_open` and take it
     down in `_close`; this class owns the server, health, reflection, /metrics and the drain.
 
-    `settings` needs `listen`, `max_message_bytes`, `metrics_port` and `shutdown_grace_s`."""
+    `settings` is a `shared.settings.DaemonSettings` and a
+    `shared.security_settings.ServerSecuritySettings` (TLS or explicit plaintext, credentials,
+    `max_concurrent_rpcs`)."""
 
     #: The gRPC services this daemon serves; health reports each of them.
     service_names: Sequence[str] = ()
+    #: How logs and errors name this daemon.
+    daemon_name = "daemon"
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
@@ -44,6 +49,10 @@ class GrpcDaemon(abc.ABC):
         self._metrics_endpoint: Optional[MetricsEndpoint] = None
         self._stopped: Optional[asyncio.Event] = None
         self._stopping: Optional[asyncio.Future] = None
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """Server interceptors, outermost first: credentials and roles (`shared.auth`)."""
+        return list(server_interceptors(self.settings, daemon=self.daemon_name))
 
     @abc.abstractmethod
     async def _open(self, server: grpc.aio.Server) -> DaemonMetrics:
@@ -65,16 +74,19 @@ class GrpcDaemon(abc.ABC):
         if self._stopped is not None:
             raise RuntimeError("a daemon starts once")
         self._stopped = asyncio.Event()
-        server = self._server = create_server(self.settings.max_message_bytes)
+        server = None
         try:
+            server = self._server = create_server(self.settings.max_message_bytes, interceptors=self._interceptors(),
+                                                  max_concurrent_rpcs=self.settings.max_concurrent_rpcs)
             metrics = await self._open(server)
             self._health = add_health_and_reflection(server, self.service_names)
-            port = bind(server, self.settings.listen)
+            port = bind(server, self.settings.listen, self.settings.server_security(), daemon=self.daemon_name)
             self._metrics_endpoint = serve_metrics(metrics, self.settings.listen, self.settings.metrics_port)
             await server.start()
             await set_serving(self._health, self.service_names, True)
         except BaseException:
-            await server.stop(0)
+            if server is not None:
+                await server.stop(0)
             await self._close()
             if self._metrics_endpoint is not None:
                 self._metrics_endpoint.close()

@@ -37,6 +37,27 @@ class CloudBudgetError(OverloadedError):
     """The cloud budget (deferrals per second, per agent or fleet-wide) is spent for now."""
 
 
+class RateLimitedError(OverloadedError):
+    """This caller is over its share of the router (concurrent calls or calls per second);
+    `retry_after_s` says when to try again (trailing metadata `RETRY_AFTER_MS_KEY`)."""
+
+    def __init__(self, message: str, retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class UnauthenticatedError(EdgecascadeError):
+    """The call carried no credentials, or ones this daemon does not accept."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(EdgecascadeError):
+    """The caller's credentials are valid but its roles do not allow this call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class DeadlineError(EdgecascadeError):
     """The request's deadline passed before it could be served."""
 
@@ -171,6 +192,8 @@ _BY_CODE: dict[grpc.StatusCode, type[EdgecascadeError]] = {
         UnavailableError,
         ModelError,
         ConfigError,
+        UnauthenticatedError,
+        PermissionDeniedError,
     )
 }
 
@@ -201,6 +224,8 @@ def clipped(message: str, limit_chars: int = MESSAGE_LIMIT_CHARS) -> str:
 
 #: Trailing-metadata key naming the error class of a failed call (see `shared.grpc_errors`).
 ERROR_CLASS_KEY = "edgecascade-error"
+#: Trailing-metadata key of a RESOURCE_EXHAUSTED answer's retry hint, in milliseconds.
+RETRY_AFTER_MS_KEY = "retry-after-ms"
 
 
 def error_for_code(code: grpc.StatusCode, message: str) -> EdgecascadeError:

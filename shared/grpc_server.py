@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -15,13 +15,20 @@ from protos import edgecascade_pb2, grpc_service_pb2
 from shared.grpc_options import server_options
 from shared.undecodable_requests import UndecodableRequests
 
+if TYPE_CHECKING:
+    from shared.tls import ServerSecurity
+
 log = logging.getLogger(__name__)
 
 
-def create_server(max_message_bytes: int) -> grpc.aio.Server:
-    """An aio server; messages over the limit are refused with RESOURCE_EXHAUSTED by gRPC, and
-    requests that do not decode with INVALID_ARGUMENT on every service (`UndecodableRequests`)."""
-    return grpc.aio.server(interceptors=[UndecodableRequests()], options=server_options(max_message_bytes))
+def create_server(max_message_bytes: int, *, interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+                  max_concurrent_rpcs: Optional[int] = None) -> grpc.aio.Server:
+    """An aio server; messages over the limit, and RPCs beyond `max_concurrent_rpcs` at once, are
+    refused with RESOURCE_EXHAUSTED by gRPC, and requests that do not decode with INVALID_ARGUMENT
+    on every service (`UndecodableRequests`). `interceptors` (credentials, limits) run first, in
+    order, the first outermost."""
+    return grpc.aio.server(interceptors=[*interceptors, UndecodableRequests()], maximum_concurrent_rpcs=max_concurrent_rpcs,
+                           options=server_options(max_message_bytes))
 
 
 #: Every proto file a daemon serves. The KServe file lives in a private descriptor pool (so
@@ -72,8 +79,13 @@ async def set_serving(health_servicer: health.aio.HealthServicer, service_names:
         await health_servicer.set(name, status)
 
 
-def bind(server: grpc.aio.Server, listen: str) -> int:
-    """Bind insecurely to host:port; port 0 picks a free one. Returns the bound port."""
+def bind(server: grpc.aio.Server, listen: str, security: Optional["ServerSecurity"] = None, *, daemon: str = "") -> int:
+    """Bind to host:port (port 0 picks a free one) with TLS, mutual TLS or explicit plaintext per
+    `security` (shared/tls.py); None binds plaintext without a word (test servers). Returns the port."""
+    if security is not None:
+        from shared.tls import bind_server
+
+        return bind_server(server, listen, security, daemon=daemon or "daemon")
     port = server.add_insecure_port(listen)
     if port == 0:
         from shared.errors import ConfigError

@@ -22,10 +22,11 @@ import numpy as np
 
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
-from shared.errors import DeadlineError, InvalidInputError, error_for_code
+from shared.errors import ERROR_CLASS_KEY, RETRY_AFTER_MS_KEY, DeadlineError, InvalidInputError, RateLimitedError, error_for_code, error_named
 from shared.grpc_options import channel_options
 from shared.proto_convert import ROUTE_FROM_PROTO, infer_request
 from shared.tensor_codec import from_proto
+from shared.tls import ClientSecurity, open_aio_channel, open_channel
 
 Input = Union[np.ndarray, str]
 
@@ -101,17 +102,30 @@ def build_request(value: Input, *, model: str, request_id: str, priority: int, t
 
 
 def _typed(exc: grpc.RpcError) -> Exception:
-    return error_for_code(exc.code(), exc.details() or exc.code().name)
+    """The typed error of a failed call: the class named in the trailers when the server sent one
+    (so a rate limit is a RateLimitedError with its `retry_after_s`), else the code's class."""
+    message = exc.details() or exc.code().name
+    trailers = {key: value for key, value in (exc.trailing_metadata() or ())}
+    name = trailers.get(ERROR_CLASS_KEY)
+    error = error_named(name, message) if name else error_for_code(exc.code(), message)
+    if isinstance(error, RateLimitedError):
+        try:
+            error.retry_after_s = float(trailers.get(RETRY_AFTER_MS_KEY, 0)) / 1000.0
+        except ValueError:
+            pass
+    return error
 
 
 class Client:
-    """Blocking client for `EdgeAgent` (default) or `CloudRouter` (`service="router"`)."""
+    """Blocking client for `EdgeAgent` (default) or `CloudRouter` (`service="router"`).
+    `security` (shared.tls.ClientSecurity): TLS files and a bearer token; None is plaintext."""
 
     def __init__(self, target: str, *, timeout_s: float = 2.0, retry: RetryPolicy = RetryPolicy(),
-                 service: str = "agent", max_message_bytes: int = 16 * 1024 * 1024) -> None:
+                 service: str = "agent", max_message_bytes: int = 16 * 1024 * 1024,
+                 security: Optional[ClientSecurity] = None) -> None:
         self.timeout_s = timeout_s
         self.retry = retry
-        self._channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+        self._channel = open_channel(target, security, options=channel_options(max_message_bytes))
         self._stub = pb_grpc.EdgeAgentStub(self._channel) if service == "agent" else pb_grpc.CloudRouterStub(self._channel)
 
     def infer(self, value: Input, *, model: str = "", timeout_s: Optional[float] = None,
@@ -145,10 +159,11 @@ class AsyncClient:
     """asyncio client with the same behaviour as `Client`."""
 
     def __init__(self, target: str, *, timeout_s: float = 2.0, retry: RetryPolicy = RetryPolicy(),
-                 service: str = "agent", max_message_bytes: int = 16 * 1024 * 1024) -> None:
+                 service: str = "agent", max_message_bytes: int = 16 * 1024 * 1024,
+                 security: Optional[ClientSecurity] = None) -> None:
         self.timeout_s = timeout_s
         self.retry = retry
-        self._channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+        self._channel = open_aio_channel(target, security, options=channel_options(max_message_bytes))
         self._stub = pb_grpc.EdgeAgentStub(self._channel) if service == "agent" else pb_grpc.CloudRouterStub(self._channel)
 
     async def infer(self, value: Input, *, model: str = "", timeout_s: Optional[float] = None,

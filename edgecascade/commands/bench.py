@@ -1,4 +1,4 @@
-"""`edgecascade bench cascade|delta|scale|serve`: the benchmarks behind every performance claim.
+"""`edgecascade bench cascade|delta|scale|serve|soak`: the benchmarks behind every performance claim.
 
 Each writes JSON to benchmarks/results/ (or --out) and compares against a baseline measured
 in the same run. The benchmarks themselves live in the repository's top-level `benchmarks/`
@@ -47,6 +47,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--out", type=Path, default=RESULTS_DIR / "serve.json", help="output JSON file")
     serve.set_defaults(func=_serve)
 
+    soak = bench_sub.add_parser("soak", help="soak and chaos: many SDK clients against agent + routers + Redis; "
+                                             "lost requests, errors, p99, memory growth per daemon")
+    soak.add_argument("--duration", type=float, default=300.0, metavar="S", help="seconds of steady load (default 300)")
+    soak.add_argument("--clients", type=_positive_int, default=32, help="concurrent SDK clients (default 32)")
+    soak.add_argument("--deadline-ms", type=float, default=1000.0, help="each request's deadline (default 1000)")
+    soak.add_argument("--no-chaos", action="store_true", help="skip the chaos steps after the steady part")
+    soak.add_argument("--step-s", type=float, default=10.0, help="seconds of load per chaos step (default 10)")
+    soak.add_argument("--out", type=Path, default=RESULTS_DIR / "soak.json", help="output JSON file")
+    soak.set_defaults(func=_soak)
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -80,6 +90,20 @@ def _scale(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     _print(_benchmark("serve").run_serve_bench(args.out, quick=args.quick))
     return 0
+
+
+def _soak(args: argparse.Namespace) -> int:
+    result = _benchmark("soak").run_soak(args.out, duration_s=args.duration, clients=args.clients,
+                                         deadline_ms=args.deadline_ms, chaos=not args.no_chaos, step_s=args.step_s,
+                                         progress=print)
+    steady = result["steady"]
+    print(f"steady {steady['duration_s']:.0f} s: {result['requests']} requests, {result['lost']} lost, "
+          f"{result['errors']} errors, p99 {result['p99_ms']} ms; rss growth {result['rss_growth']}")
+    for step in result["chaos"]:
+        print(f"  {step['step']}: {step['requests']} requests, {step['lost']} lost, {step['errors']} errors, "
+              f"{step['late']} late, routes {step['routes']}")
+    print(f"wrote {args.out}")
+    return 0 if result["lost_total"] == 0 and result["duplicate_answers"] == 0 else 1
 
 
 def _benchmark(name: str) -> ModuleType:

@@ -8,6 +8,7 @@ import json
 import time
 from typing import Any
 
+from edgecascade.client_options import add_client_security_options, client_security
 from shared.errors import ConfigError
 
 
@@ -21,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     status.add_argument("--prefix", default="edgecascade", help="Redis key prefix (routers' redis_prefix)")
     status.add_argument("--timeout-s", type=float, default=5.0, help="give up after this long")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_client_security_options(status)
     status.set_defaults(func=_status)
 
 
@@ -58,8 +60,9 @@ async def _entries(args: argparse.Namespace) -> list:
     from protos import edgecascade_pb2 as pb
     from protos import edgecascade_pb2_grpc as pb_grpc
     from shared.errors import error_for_code
+    from shared.tls import open_aio_channel
 
-    async with grpc.aio.insecure_channel(args.router) as channel:
+    async with open_aio_channel(args.router, client_security(args)) as channel:
         try:
             reply = await pb_grpc.CloudRouterStub(channel).GetFleet(pb.FleetRequest(), timeout=args.timeout_s)
         except grpc.aio.AioRpcError as exc:

@@ -13,6 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
+from edgecascade.client_options import add_client_security_options, client_security
+
 DEFAULT_ROUTER = "127.0.0.1:50051"
 
 
@@ -42,11 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         cmd.add_argument("--golden", type=int, default=8, help="golden inputs the agents check the new model on (0: none)")
         cmd.add_argument("--wait", action="store_true", help="follow the rollout until every agent reports; exit 0 only when all are healthy")
         cmd.add_argument("--wait-s", type=float, default=600.0, help="how long --wait follows the rollout")
+        add_client_security_options(cmd)
         cmd.set_defaults(func=_push, rollback=name == "rollback")
 
     status = update_sub.add_parser("status", help="rollouts and each agent's update state")
     status.add_argument("--router", default=DEFAULT_ROUTER, help="host:port of the cloud router")
     status.add_argument("--model", default="", help="only this model")
+    add_client_security_options(status)
     status.set_defaults(func=_status)
 
 
@@ -64,6 +68,7 @@ def _push(args: argparse.Namespace) -> int:
     from edgecascade.update_package import package_from_bundles
     from shared.delta.signing import load_private_key
 
+    security = client_security(args)  # a bad option stops before the package is built
     key = load_private_key(args.key)
     started = time.perf_counter()
     package = package_from_bundles(args.model, args.base, key, rollback=args.rollback, expires_in_s=args.expires_in_s,
@@ -73,7 +78,7 @@ def _push(args: argparse.Namespace) -> int:
           f"({manifest.patch_format} patch) in {time.perf_counter() - started:.1f} s")
     bar = ProgressBar("uploading")
     try:
-        reply = publish(args.router, package, canary_percent=args.canary, progress=bar)
+        reply = publish(args.router, package, canary_percent=args.canary, progress=bar, security=security)
     finally:
         bar.close()
     share = reply.payload_bytes / reply.target_bytes if reply.target_bytes else 0.0
@@ -96,7 +101,8 @@ def _push(args: argparse.Namespace) -> int:
                 shown.add((agent.agent_id, agent.state))
                 print(f"  {agent.agent_id}: {agent.state}{f' ({agent.reason})' if agent.reason else ''}")
 
-    outcome = follow_rollout(args.router, reply.update_id, reply.model_name, timeout_s=args.wait_s, on_status=show)
+    outcome = follow_rollout(args.router, reply.update_id, reply.model_name, timeout_s=args.wait_s, on_status=show,
+                             security=security)
     print(f"rollout {outcome}")
     return 0 if outcome == "done" else 1
 
@@ -104,7 +110,7 @@ def _push(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from edgecascade.update_client import rollout_status
 
-    status = rollout_status(args.router, args.model)
+    status = rollout_status(args.router, args.model, security=client_security(args))
     if not status.rollouts:
         print("no rollouts")
     for r in status.rollouts:

@@ -1,0 +1,274 @@
+"""Transport security for every gRPC port and channel: TLS, mutual TLS, explicit plaintext.
+
+Servers: `bind_server(server, listen, security)` binds with TLS when a certificate and key are
+configured, and checks client certificates against `tls_client_ca_file` when that is set
+(mutual TLS). Without a certificate it binds in plaintext only when `plaintext: true` was set,
+and logs a warning; otherwise start-up stops with an error that names the settings. The
+certificate files are read again on the next handshake after they change, so a rotated
+certificate takes effect without a restart.
+
+Clients: `open_channel(target, ...)` / `open_aio_channel(...)` with a `ClientSecurity` (TLS files
+and an optional bearer token) or plaintext when `security` is None.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import grpc
+
+from shared.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Metadata key of the bearer token (lower case, as gRPC requires).
+AUTHORIZATION_KEY = "authorization"
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+
+
+# --------------------------------------------------------------------------------------- server
+
+
+@dataclass(frozen=True)
+class ServerSecurity:
+    """What a daemon's gRPC port needs to know about transport security (from its settings)."""
+
+    cert_file: Optional[Path] = None
+    key_file: Optional[Path] = None
+    client_ca_file: Optional[Path] = None
+    plaintext: bool = False
+
+    @classmethod
+    def of(cls, settings: Any) -> "ServerSecurity":
+        return cls(cert_file=settings.tls_cert_file, key_file=settings.tls_key_file,
+                   client_ca_file=settings.tls_client_ca_file, plaintext=settings.plaintext)
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.cert_file is not None
+
+    def check(self) -> None:
+        """A ConfigError naming the settings when the combination cannot be served."""
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("settings 'tls_cert_file' and 'tls_key_file' go together: set both or neither")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ConfigError("setting 'tls_client_ca_file' needs TLS: set tls_cert_file and tls_key_file too")
+        if self.cert_file is None and not self.plaintext:
+            raise ConfigError("no TLS configured: set tls_cert_file and tls_key_file (see `edgecascade certs init`), "
+                              "or set plaintext: true to serve without TLS")
+
+
+class _ReloadingCertificates:
+    """gRPC asks for the server certificate at each handshake; hand it a new configuration only
+    when one of the files changed since the last one (rotation without a restart)."""
+
+    def __init__(self, security: ServerSecurity) -> None:
+        self.security = security
+        self._stamp = self._file_stamp()
+        self.initial = self._configuration()
+
+    def _paths(self) -> list[Path]:
+        return [p for p in (self.security.cert_file, self.security.key_file, self.security.client_ca_file) if p]
+
+    def _file_stamp(self) -> tuple:
+        stamp = []
+        for path in self._paths():
+            try:
+                st = os.stat(path)
+                stamp.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                stamp.append(None)
+        return tuple(stamp)
+
+    def _configuration(self) -> grpc.ServerCertificateConfiguration:
+        security = self.security
+        pair = (_read(security.key_file, "tls_key_file"), _read(security.cert_file, "tls_cert_file"))
+        root = _read(security.client_ca_file, "tls_client_ca_file") if security.client_ca_file else None
+        return grpc.ssl_server_certificate_configuration([pair], root_certificates=root)
+
+    def __call__(self) -> Optional[grpc.ServerCertificateConfiguration]:
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return None
+        try:
+            configuration = self._configuration()
+        except ConfigError as exc:  # half-written files: keep serving the old ones, try at the next handshake
+            log.warning("TLS files changed but cannot be loaded yet, still using the previous ones: %s", exc)
+            return None
+        self._stamp = stamp
+        log.info("TLS certificate files changed: new handshakes use them")
+        return configuration
+
+
+def server_credentials(security: ServerSecurity) -> grpc.ServerCredentials:
+    fetcher = _ReloadingCertificates(security)
+    return grpc.dynamic_ssl_server_credentials(fetcher.initial, fetcher,
+                                               require_client_authentication=security.client_ca_file is not None)
+
+
+def bind_server(server: grpc.aio.Server, listen: str, security: ServerSecurity, *, daemon: str) -> int:
+    """Bind `server` to host:port (0 picks a free port) with TLS, mutual TLS or explicit
+    plaintext; returns the bound port."""
+    security.check()
+    if security.uses_tls:
+        port = server.add_secure_port(listen, server_credentials(security))
+        mode = "mutual TLS (client certificates checked against %s)" % security.client_ca_file \
+            if security.client_ca_file else "TLS"
+    else:
+        port = server.add_insecure_port(listen)
+        mode = "plaintext"
+    if port == 0:
+        raise ConfigError(f"cannot listen on {listen!r} (in use or not a valid host:port)")
+    if security.uses_tls:
+        log.info("%s port %d: %s", daemon, port, mode)
+    else:
+        log.warning("%s port %d serves PLAINTEXT (plaintext: true): traffic and tokens on it are readable by anyone "
+                    "on the network path; configure tls_cert_file and tls_key_file outside a trusted network",
+                    daemon, port)
+    return port
+
+
+# --------------------------------------------------------------------------------------- client
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How a client reaches a daemon: TLS files (CA to check the server; certificate and key to
+    present for mutual TLS) and an optional bearer token. `tls=False` is plaintext (a token is
+    then sent in clear)."""
+
+    ca_file: Optional[Path] = None
+    cert_file: Optional[Path] = None
+    key_file: Optional[Path] = None
+    token: Optional[str] = field(default=None, repr=False)
+    server_name: Optional[str] = None
+    tls: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("a client certificate and its key go together: give both or neither")
+        if not self.tls and (self.ca_file or self.cert_file):
+            raise ConfigError("TLS files given for a plaintext channel")
+
+    @classmethod
+    def from_files(cls, *, ca_file: Optional[Path] = None, cert_file: Optional[Path] = None,
+                   key_file: Optional[Path] = None, token_file: Optional[Path] = None, plaintext: bool = False,
+                   server_name: Optional[str] = None) -> Optional["ClientSecurity"]:
+        """None (plain channel, no token) when nothing is given and `plaintext` is set; a
+        ConfigError when nothing is given and plaintext is not allowed."""
+        token = read_token_file(token_file) if token_file else None
+        if not (ca_file or cert_file) and not plaintext:
+            raise ConfigError("no TLS configured for the connection: give a CA file (and for mutual TLS a certificate "
+                              "and key), or allow plaintext explicitly")
+        if not (ca_file or cert_file) and token is None:
+            return None
+        return cls(ca_file=ca_file, cert_file=cert_file, key_file=key_file, token=token, server_name=server_name,
+                   tls=bool(ca_file or cert_file))
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        root = _read(self.ca_file, "CA file") if self.ca_file else None
+        key = _read(self.key_file, "client key file") if self.key_file else None
+        chain = _read(self.cert_file, "client certificate file") if self.cert_file else None
+        return grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=chain)
+
+    def channel_options(self) -> list[tuple[str, Any]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+def read_token_file(path: Path) -> str:
+    token = _read(path, "token file").decode(errors="replace").strip()
+    if not token or any(c.isspace() for c in token):
+        raise ConfigError(f"token file {path}: expected one token on one line")
+    return token
+
+
+class _SyncDetails(collections.namedtuple(
+        "_SyncDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+        grpc.ClientCallDetails):
+    pass
+
+
+class _SyncTokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                            grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call of a blocking channel."""
+
+    def __init__(self, token: str) -> None:
+        self._pair = (AUTHORIZATION_KEY, f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        return _SyncDetails(details.method, details.timeout, list(details.metadata or ()) + [self._pair],
+                            details.credentials, getattr(details, "wait_for_ready", None),
+                            getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+
+def _aio_interceptors(token: str) -> list:
+    pair = (AUTHORIZATION_KEY, f"Bearer {token}")
+
+    def details(d: Any) -> Any:
+        return grpc.aio.ClientCallDetails(d.method, d.timeout, list(d.metadata or ()) + [pair], d.credentials,
+                                          d.wait_for_ready)
+
+    class UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+        async def intercept_unary_unary(self, continuation, client_call_details, request):
+            return await continuation(details(client_call_details), request)
+
+    class UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+        async def intercept_unary_stream(self, continuation, client_call_details, request):
+            return await continuation(details(client_call_details), request)
+
+    class StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+        async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+            return await continuation(details(client_call_details), request_iterator)
+
+    class StreamStream(grpc.aio.StreamStreamClientInterceptor):
+        async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+            return await continuation(details(client_call_details), request_iterator)
+
+    return [UnaryUnary(), UnaryStream(), StreamUnary(), StreamStream()]
+
+
+def open_channel(target: str, security: Optional[ClientSecurity] = None,
+                 options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+    """A blocking channel: TLS (and a token) per `security`, plaintext when it is None or tls=False."""
+    options = list(options) + (security.channel_options() if security else [])
+    if security is not None and security.tls:
+        channel = grpc.secure_channel(target, security.channel_credentials(), options=options)
+    else:
+        channel = grpc.insecure_channel(target, options=options)
+    if security is not None and security.token:
+        channel = grpc.intercept_channel(channel, _SyncTokenInterceptor(security.token))
+    return channel
+
+
+def open_aio_channel(target: str, security: Optional[ClientSecurity] = None,
+                     options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    """An asyncio channel: TLS (and a token) per `security`, plaintext when it is None or tls=False."""
+    options = list(options) + (security.channel_options() if security else [])
+    interceptors = _aio_interceptors(security.token) if security is not None and security.token else None
+    if security is not None and security.tls:
+        return grpc.aio.secure_channel(target, security.channel_credentials(), options=options,
+                                       interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
