@@ -28,7 +28,7 @@ from shared.sdk import Client
 from shared.tensor_codec import to_proto
 from shared.tls import ClientSecurity, open_channel
 from tests.helpers.bundles import CONFIDENT, UNSURE, make_softmax_bundle
-from tests.update_helpers import make_keys, toy_versions
+from tests.helpers.updates import make_keys, toy_versions
 
 TIMEOUT_S = 10.0
 
