@@ -25,6 +25,7 @@ wait for the loop.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -89,6 +90,30 @@ def resolve_encoder_dir(encoder: str, bundle_dir: Path | None = None) -> Path:
     raise ConfigError(f"encoder {encoder!r} is neither {where}an installed package with a model/ folder")
 
 
+class _DropMessages(logging.Filter):
+    """Drops log records whose message holds any of `fragments`."""
+
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+#: transformers warnings that say nothing to someone serving or training with the encoder: tracing
+#: the model touches `loss_function`, which warns that no training loss is configured.
+MEANINGLESS_TRANSFORMERS_WARNINGS = ("`loss_type=None`",)
+
+
+def quiet_meaningless_transformers_warnings() -> None:
+    """Filter MEANINGLESS_TRANSFORMERS_WARNINGS out of transformers' model logger (once)."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    if not any(isinstance(f, _DropMessages) for f in logger.filters):
+        logger.addFilter(_DropMessages(*MEANINGLESS_TRANSFORMERS_WARNINGS))
+
+
 class MiniLMEncoder:
     """Tokenizer + transformer from a local folder; `embed` gives L2-normalised mean-pooled vectors."""
 
@@ -110,6 +135,7 @@ class MiniLMEncoder:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        quiet_meaningless_transformers_warnings()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
             self.net = AutoModel.from_pretrained(str(self.folder), local_files_only=True).eval()

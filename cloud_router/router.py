@@ -43,10 +43,16 @@ class Router:
         return model
 
     async def start(self) -> None:
+        started = time.perf_counter()
+        to_load = [model for model in self.models.values() if self.load_models and not model.ready]
+        for model in to_load:
+            log.info("loading model %s v%s", model.name, model.version)
         await self.scheduler.start()  # the in-memory scheduler loads its models on their own threads
         for model in self.models.values():
             if self.load_models and not model.ready:
                 model.load()
+        if to_load:
+            log.info("loaded %s in %.1f s", ", ".join(m.name for m in to_load), time.perf_counter() - started)
         self.ready = True
 
     async def stop(self) -> None:

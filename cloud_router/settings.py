@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from cloud_router.limits import ClientLimitSettings
+from shared.listen import ListenAddress
 from shared.security_settings import ServerSecuritySettings
 from shared.settings import DaemonSettings
 
@@ -23,7 +24,7 @@ class RouterSettings(DaemonSettings, ServerSecuritySettings, ClientLimitSettings
 
     router_id: str = Field(default_factory=lambda: f"router-{socket.gethostname()}")
     """Name this replica reports in status and metrics."""
-    listen: str = "127.0.0.1:50051"
+    listen: ListenAddress = "127.0.0.1:50051"
     """host:port of the gRPC server (edgecascade.v1 CloudRouter, health, KServe v2)."""
     model_dirs: list[Path] = Field(default_factory=list)
     """Model bundles to host (directories holding model.json). The first is the default."""

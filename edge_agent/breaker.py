@@ -11,14 +11,18 @@ and the next call is the trial. Every way a call ends settles it through one of 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
 class CircuitBreaker:
-    def __init__(self, failure_threshold: int = 5, cooldown_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, failure_threshold: int = 5, cooldown_s: float = 2.0, clock: Callable[[], float] = time.monotonic,
+                 on_change: Optional[Callable[[str, str], None]] = None) -> None:
+        """`on_change(old, new)` is called on each transition: closed -> open, open -> half_open
+        (when the trial is let through), half_open -> open or closed, open -> closed."""
         self.failure_threshold = failure_threshold
+        self.on_change = on_change
         self.cooldown_s = cooldown_s
         self._clock = clock
         self._state = CLOSED
@@ -38,13 +42,13 @@ class CircuitBreaker:
         if state == CLOSED:
             return True
         if state == HALF_OPEN and not self._trial_in_flight:
-            self._state = HALF_OPEN
+            self._changed(HALF_OPEN)
             self._trial_in_flight = True
             return True
         return False
 
     def record_success(self) -> None:
-        self._state = CLOSED
+        self._changed(CLOSED)
         self._failures = 0
         self._trial_in_flight = False
 
@@ -57,5 +61,10 @@ class CircuitBreaker:
         self._failures += 1
         self._trial_in_flight = False
         if self._state == HALF_OPEN or self._failures >= self.failure_threshold:
-            self._state = OPEN
             self._opened_at = self._clock()
+            self._changed(OPEN)
+
+    def _changed(self, new: str) -> None:
+        old, self._state = self._state, new
+        if old != new and self.on_change is not None:
+            self.on_change(old, new)

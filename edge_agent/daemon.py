@@ -13,6 +13,7 @@ import grpc
 from edge_agent.breaker import CircuitBreaker
 from edge_agent.cascade import ActiveModel, Cascade
 from edge_agent.cloud_link import CloudLink
+from edge_agent.cloud_reachability import BreakerLog
 from edge_agent.heartbeat import Heartbeat
 from edge_agent.kserve_backend import EdgeKServeBackend
 from edge_agent.metrics import AgentMetrics
@@ -52,7 +53,9 @@ def build_cascade(settings: EdgeSettings, bundle_dir: Optional[Path] = None) -> 
     active = load_active_model(settings, bundle_dir)
     cloud = None
     if settings.cloud_target:
-        breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s)
+        breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s,
+                                 on_change=BreakerLog(settings.cloud_target, failure_threshold=settings.breaker_failure_threshold,
+                                                      cooldown_s=settings.breaker_cooldown_s))
         cloud = CloudLink(settings.cloud_target, model=settings.cloud_model, breaker=breaker,
                           max_message_bytes=settings.max_message_bytes, agent_id=settings.agent_id,
                           security=settings.cloud_security(settings.plaintext))

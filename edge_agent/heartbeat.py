@@ -15,6 +15,7 @@ from typing import Optional
 import grpc
 
 from edge_agent.cascade import Cascade
+from edge_agent.cloud_reachability import HeartbeatLog
 from protos import edgecascade_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Heartbeat:
         self.last_response: Optional[pb.HeartbeatResponse] = None
         self.sent = 0
         self.failed = 0
+        self.health_log = HeartbeatLog(cascade.cloud.target)
         self._task: Optional[asyncio.Task] = None
 
     def start(self) -> None:
@@ -74,11 +76,13 @@ class Heartbeat:
         except grpc.aio.AioRpcError as exc:
             self.failed += 1
             log.debug("heartbeat failed: %s %s", exc.code().name, exc.details())
+            self.health_log.failed(f"{exc.code().name} {exc.details() or ''}".strip())
             if self.last_answer_s is None or time.monotonic() - self.last_answer_s > self.pressure_stale_s:
                 self.cascade.pressure = 0.0
             return None
         self.last_answer_s = time.monotonic()
         self.last_response = response
+        self.health_log.answered()
         self.cascade.pressure = response.pressure
         return response
 

@@ -10,6 +10,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.listen import ListenAddress
 from shared.security_settings import CloudLinkSecuritySettings, ServerSecuritySettings
 from shared.settings import DaemonSettings
 
@@ -22,7 +23,7 @@ class EdgeSettings(DaemonSettings, ServerSecuritySettings, CloudLinkSecuritySett
 
     agent_id: str = Field(default_factory=lambda: f"edge-{socket.gethostname()}-{os.getpid()}")
     """Name this agent reports to the fleet registry and in metrics."""
-    listen: str = "127.0.0.1:50061"
+    listen: ListenAddress = "127.0.0.1:50061"
     """host:port of the agent's gRPC server (edgecascade.v1 EdgeAgent, health, KServe v2)."""
     bundle_dir: Path
     """The edge model bundle (model.json, model.onnx, policy.json)."""

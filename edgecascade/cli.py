@@ -16,12 +16,23 @@ from shared.errors import EdgecascadeError
 COMMANDS = ("edge", "cloud", "demo", "train", "calibrate", "bench", "update", "fleet", "certs")
 
 
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" outside an install."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgecascade")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgecascade",
         description="Edge-cloud cascade inference: run the daemons, the demo, calibration and benchmarks.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("--version", action="version", version=f"edgecascade {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         try:

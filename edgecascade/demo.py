@@ -139,3 +139,54 @@ def format_table(summary: dict) -> str:
 
 def _ms_cell(value) -> str:
     return f"{value:>10.2f}" if value is not None else f"{'-':>10}"
+
+
+DEFAULT_ROUTER_LISTEN = "127.0.0.1:50051"
+DEFAULT_AGENT_LISTEN = "127.0.0.1:50061"
+
+
+def serve_demo(work_dir: Path, *, router_listen: str = DEFAULT_ROUTER_LISTEN, agent_listen: str = DEFAULT_AGENT_LISTEN,
+               update_public_key: Optional[Path] = None, cache_dir: Optional[Path] = None,
+               on_ready=None, stop_when=None) -> None:
+    """Start a cloud router and one edge agent on the demo pair and keep them up until Ctrl-C or
+    SIGTERM (or until `stop_when()` is true). Configs, logs and the agent's update state go to
+    `work_dir`. With `update_public_key` the agent takes signed updates (`update push`), polling
+    every 2 s and trusting a new model after 5 s or 20 requests without an error."""
+    import signal
+
+    from edgecascade.offline.demo_models import ensure_demo_models
+    from shared.listen import check_can_listen
+
+    for listen in (router_listen, agent_listen):
+        check_can_listen(listen)
+    pair = ensure_demo_models(cache_dir)
+    work_dir = Path(work_dir)
+    edge_settings: dict[str, Any] = {"bundle_dir": str(pair.edge_dir), "listen": agent_listen, "agent_id": "demo-edge"}
+    if update_public_key is not None:
+        edge_settings.update(update_public_key=str(Path(update_public_key).resolve()), state_dir=str(work_dir / "edge-state"),
+                             update_poll_interval_s=2.0, update_health_window_s=5.0, update_health_requests=20)
+    daemons: list[Daemon] = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        cloud = Daemon("cloud", {"model_dirs": [str(pair.cloud_dir)], "listen": router_listen, "max_delay_ms": 2.0},
+                       work_dir, name="cloud").start()
+        daemons.append(cloud)
+        edge_settings["cloud_target"] = cloud.target
+        daemons.append(Daemon("edge", edge_settings, work_dir, name="edge").start())
+        if on_ready is not None:
+            on_ready(pair, cloud, daemons[1])
+        while all(d.process.poll() is None for d in daemons):
+            if stop_when is not None and stop_when():
+                return
+            time.sleep(0.2)
+        dead = next(d for d in daemons if d.process.poll() is not None)
+        from shared.errors import UnavailableError
+
+        raise UnavailableError(f"the demo {dead.name} daemon exited with code {dead.process.returncode}; "
+                               f"its log: {dead.log_path}")
+    except KeyboardInterrupt:
+        return
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for daemon in reversed(daemons):
+            daemon.stop()

@@ -8,10 +8,11 @@ from typing import Callable, Iterator, Optional
 
 import grpc
 
+from edgecascade.router_address import router_call_error
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.delta.package import DeltaPackage
-from shared.errors import EdgecascadeError, error_for_code
+from shared.errors import EdgecascadeError
 from shared.grpc_options import message_limits
 from shared.tls import ClientSecurity, open_channel
 from shared.update_states import FAILED_STATES, HEALTHY
@@ -32,8 +33,8 @@ def _channel(target: str, channel: Optional[grpc.Channel], security: Optional[Cl
     return contextlib.nullcontext(channel) if channel is not None else router_channel(target, security)
 
 
-def _typed(exc: grpc.RpcError, target: str) -> EdgecascadeError:
-    return error_for_code(exc.code(), f"router {target}: {exc.details()}")
+def _typed(exc: grpc.RpcError, target: str, security: Optional[ClientSecurity] = None) -> EdgecascadeError:
+    return router_call_error(exc.code(), exc.details(), target, security)
 
 
 def _upload(package: DeltaPackage, canary_percent: float, progress: Optional[Progress]) -> Iterator[pb.PublishUpdateRequest]:
@@ -54,7 +55,7 @@ def publish(target: str, package: DeltaPackage, *, canary_percent: float = 0.0, 
         try:
             return pb_grpc.CloudRouterStub(channel).PublishUpdate(_upload(package, canary_percent, progress), timeout=timeout_s)
         except grpc.RpcError as exc:
-            raise _typed(exc, target) from None
+            raise _typed(exc, target, security) from None
 
 
 def rollout_status(target: str, model_name: str = "", timeout_s: float = 10.0,
@@ -64,7 +65,7 @@ def rollout_status(target: str, model_name: str = "", timeout_s: float = 10.0,
             return pb_grpc.CloudRouterStub(channel).GetRolloutStatus(pb.RolloutStatusRequest(model_name=model_name),
                                                                      timeout=timeout_s)
         except grpc.RpcError as exc:
-            raise _typed(exc, target) from None
+            raise _typed(exc, target, security) from None
 
 
 def rollout_settled(status: pb.RolloutStatus, update_id: str) -> Optional[str]:

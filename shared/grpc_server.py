@@ -81,14 +81,19 @@ async def set_serving(health_servicer: health.aio.HealthServicer, service_names:
 
 def bind(server: grpc.aio.Server, listen: str, security: Optional["ServerSecurity"] = None, *, daemon: str = "") -> int:
     """Bind to host:port (port 0 picks a free one) with TLS, mutual TLS or explicit plaintext per
-    `security` (shared/tls.py); None binds plaintext without a word (test servers). Returns the port."""
+    `security` (shared/tls.py); None binds plaintext without a word (test servers). Returns the port.
+    A failed bind is a ConfigError saying why (port in use, not an address of this host, ...)."""
     if security is not None:
         from shared.tls import bind_server
 
         return bind_server(server, listen, security, daemon=daemon or "daemon")
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        from shared.errors import ConfigError
+    from shared.errors import ConfigError
+    from shared.listen import bind_failure
 
-        raise ConfigError(f"cannot listen on {listen!r} (in use or not a valid host:port)")
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:  # grpcio >= 1.60 raises where older versions returned 0
+        port = 0
+    if port == 0:
+        raise ConfigError(bind_failure(listen))
     return port

@@ -121,15 +121,22 @@ def bind_server(server: grpc.aio.Server, listen: str, security: ServerSecurity, 
     """Bind `server` to host:port (0 picks a free port) with TLS, mutual TLS or explicit
     plaintext; returns the bound port."""
     security.check()
+    from shared.listen import bind_failure
+
+    try:
+        if security.uses_tls:
+            port = server.add_secure_port(listen, server_credentials(security))
+        else:
+            port = server.add_insecure_port(listen)
+    except RuntimeError:  # grpcio >= 1.60 raises where older versions returned 0
+        port = 0
+    if port == 0:
+        raise ConfigError(bind_failure(listen))
     if security.uses_tls:
-        port = server.add_secure_port(listen, server_credentials(security))
         mode = "mutual TLS (client certificates checked against %s)" % security.client_ca_file \
             if security.client_ca_file else "TLS"
     else:
-        port = server.add_insecure_port(listen)
         mode = "plaintext"
-    if port == 0:
-        raise ConfigError(f"cannot listen on {listen!r} (in use or not a valid host:port)")
     if security.uses_tls:
         log.info("%s port %d: %s", daemon, port, mode)
     else:

@@ -21,6 +21,9 @@ def test_bench_serve_quick(tmp_path, demo_cache):
     assert result["router_batched_errors"] == result["router_unbatched_errors"] == result["agent_trivial_errors"] == 0
     assert isinstance(result["physical_limits"], list) and len(result["targets"]) == 4
     assert result["raw_model_batching_gain"] > 0 and result["router_batching_gain"] > 0
+    # a short summary on stdout, not the JSON; it says where the JSON went
+    assert len(proc.stdout.splitlines()) < 20 and not proc.stdout.lstrip().startswith("{"), proc.stdout
+    assert f"full results: {out}" in proc.stdout and "router_batched_rps:" in proc.stdout
 
 
 def test_transport_variants_quick(tmp_path):

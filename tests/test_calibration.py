@@ -440,4 +440,4 @@ def test_cli_missing_files_exit_2(tmp_path, bundle, capsys):
     assert "not found" in capsys.readouterr().err
     (tmp_path / "junk.npz").write_text("junk")
     assert main(["calibrate", "--predictions", str(tmp_path / "junk.npz"), "--bundle", str(bundle)]) == 2
-    assert "not a readable .npz" in capsys.readouterr().err
+    assert "not a predictions .npz" in capsys.readouterr().err

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 
 def _env(cache):
     return {**os.environ, "EDGECASCADE_CACHE_DIR": str(cache)}
@@ -33,6 +35,9 @@ def test_demo_writes_json_and_png_and_beats_edge_only(tmp_path, demo_cache):
     assert set(summary["latency_ms"]["edge"]) == {"p50", "p99"}
     assert (out / "deferral_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "cascade accuracy" in proc.stdout
+    # it says where the bundles are and how to serve them and make a version 2
+    assert f"{demo_cache / 'demo-v1' / 'edge'} (edge)" in proc.stdout
+    assert "edgecascade demo --serve" in proc.stdout and "edgecascade demo --make-v2" in proc.stdout
 
 
 def _children(pid: int) -> list[int]:
@@ -58,3 +63,34 @@ def test_demo_cleans_up_on_ctrl_c(tmp_path, demo_cache):
     # nothing the demo started later survives either (orphans would be re-parented, so look by config path)
     ps = subprocess.run(["ps", "-e", "-o", "args="], capture_output=True, text=True).stdout
     assert not [line for line in ps.splitlines() if "edgecascade-demo-" in line and " run --config" in line]
+
+
+def test_make_v2_writes_a_loadable_second_version_with_a_small_real_delta(tmp_path, demo_cache):
+    from edgecascade.offline.demo_models import ensure_demo_models
+    from edgecascade.update_package import package_from_bundles
+    from shared.delta.signing import keygen, load_private_key
+    from shared.model_card import load_card
+    from shared.model_loader import load_model
+    from shared.policy import load_policy
+
+    proc = subprocess.run([sys.executable, "-m", "edgecascade.cli", "demo", "--make-v2", str(tmp_path / "v2")],
+                          capture_output=True, text=True, timeout=600, env=_env(demo_cache))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pair = ensure_demo_models(demo_cache)
+    assert f"--model {tmp_path / 'v2'} --base {pair.edge_dir}" in proc.stdout
+    v1, v2 = load_model(pair.edge_dir, edge=True), load_model(tmp_path / "v2", edge=True)
+    assert load_card(tmp_path / "v2").version == 2
+    load_policy(tmp_path / "v2" / "policy.json").check_matches(v2.card)
+    v1.load()
+    v2.load()
+    inputs = list(pair.test_inputs[:200])
+    before, after = v1.predict(inputs), v2.predict(inputs)
+    assert not np.array_equal(before, after)
+    agreement = (before.argmax(1) == after.argmax(1)).mean()
+    assert agreement > 0.9, agreement  # the same digits classifier, nudged
+    keygen(tmp_path / "k.pem", tmp_path / "k.pub.pem")
+    package = package_from_bundles(tmp_path / "v2", pair.edge_dir, load_private_key(tmp_path / "k.pem"))
+    assert package.manifest.version == 2 and len(package.payload) < (tmp_path / "v2" / "model.onnx").stat().st_size
+    again = subprocess.run([sys.executable, "-m", "edgecascade.cli", "demo", "--make-v2", str(tmp_path / "v2")],
+                           capture_output=True, text=True, timeout=600, env=_env(demo_cache))
+    assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr

@@ -16,6 +16,7 @@ import pytest
 import tomllib
 import yaml
 
+from cloud_router.settings import RouterSettings
 from edge_agent.settings import EdgeSettings
 from edgecascade.cli import build_parser
 from edgecascade.processes import Daemon
@@ -24,6 +25,7 @@ from shared.settings import load_settings
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 EDGE_EXAMPLE = DEPLOY / "systemd" / "edge.yaml.example"
+ROUTER_EXAMPLE = DEPLOY / "cloud.yaml.example"
 UNIT = DEPLOY / "systemd" / "edgecascade-edge.service"
 DOCKER = DEPLOY / "docker"
 
@@ -77,7 +79,7 @@ def parse_cli(argv: list[str]):
 
 # --- every file parses and is listed -----------------------------------------------------------
 
-@pytest.mark.parametrize("path", sorted(DEPLOY.rglob("*.yaml")) + [EDGE_EXAMPLE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(DEPLOY.rglob("*.yaml")) + [EDGE_EXAMPLE, ROUTER_EXAMPLE], ids=lambda p: p.name)
 def test_every_yaml_file_parses(path):
     docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
     assert docs, f"{path} is empty"
@@ -91,6 +93,21 @@ def test_edge_example_holds_only_edge_settings():
 
 
 # --- systemd ---------------------------------------------------------------------------------
+
+def uncommented(path: Path) -> str:
+    """The example with its commented-out settings (`# name: value`) turned on."""
+    return "\n".join(re.sub(r"^# ([a-z_]+: .*)$", r"\1", line) for line in path.read_text().splitlines()) + "\n"
+
+
+@pytest.mark.parametrize("cls, example", [(EdgeSettings, EDGE_EXAMPLE), (RouterSettings, ROUTER_EXAMPLE)],
+                         ids=["edge", "router"])
+def test_example_configs_load_with_every_commented_setting_on(tmp_path, cls, example):
+    assert load_settings(cls, example)
+    extended = tmp_path / example.name
+    extended.write_text(uncommented(example))
+    assert load_settings(cls, extended)
+    assert example.name in (REPO / "README.md").read_text(), "the README links each example config"
+
 
 def test_systemd_unit_runs_the_edge_agent_with_the_example_config():
     service = unit_entries(UNIT)["Service"]

@@ -288,3 +288,12 @@ def test_train_command_refuses_bad_featurizer_size(tmp_path, capsys):
     code = cli_main(["train", "--data", str(train), "--out", str(tmp_path / "out"), "--num-features", "3", "--no-progress"])
     assert code == 2
     assert "num_features" in capsys.readouterr().err
+
+
+def test_train_ends_with_a_short_summary_not_the_build_record(built):
+    from edgecascade.commands.train import summary
+
+    text = summary(built["facts"], built["out"])
+    assert len(text.splitlines()) <= 8 and "{" not in text
+    assert f"build record: {built['out'] / 'build.json'}" in text
+    assert "eval (" in text and "edge accuracy" in text and "policy: accept max_prob >=" in text

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+from edgecascade.output_paths import prepare_output_dir
 from shared.errors import ConfigError
 
 RESULTS_DIR = Path("benchmarks/results")
@@ -26,25 +27,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     cascade = bench_sub.add_parser("cascade", help="BANKING77 text cascade: accuracy, deferral curve, calibration guarantee")
     cascade.add_argument("--data-dir", type=Path, default=None, help="directory with train.csv and test.csv (default: ../shared/data/banking77)")
     cascade.add_argument("--e2e", action="store_true", help="also send the test set through SDK -> edge agent -> cloud router")
-    cascade.add_argument("--quick", action="store_true", help="a small subset, for smoke tests")
-    cascade.add_argument("--out", type=Path, default=RESULTS_DIR, help="output directory")
+    cascade.add_argument("--quick", action="store_true",
+                         help="smoke test: trains a fresh pair on 12 of the 77 intents (25 texts each, 4,096 hash "
+                         "buckets), calibrates at epsilon 0.05, checks no targets; a minute or two. Writes to --out "
+                         "like a full run")
+    cascade.add_argument("--out", type=Path, default=RESULTS_DIR,
+                         help="output directory for cascade_banking77.json and .png (default: benchmarks/results)")
     cascade.set_defaults(func=_cascade)
 
     delta = bench_sub.add_parser("delta", help="delta updates: patch size, diff/apply time and memory, swap under load")
-    delta.add_argument("--quick", action="store_true", help="small models, for smoke tests")
+    delta.add_argument("--quick", action="store_true",
+                       help="smoke test: smaller pairs (a 256x256 INT8 MLP, the first ~8 MB of MiniLM's tensors, a "
+                       "784-512-512 float MLP) and 3 hot swaps per run instead of 20; writes to --out like a full run")
     delta.add_argument("--swap-runs", type=_positive_int, default=3, metavar="N",
                        help="run the hot-swap part N times (about a minute each) and report the median run (default 3)")
-    delta.add_argument("--out", type=Path, default=RESULTS_DIR / "delta.json", help="output JSON file")
+    delta.add_argument("--out", type=Path, default=RESULTS_DIR / "delta.json",
+                       help="output JSON file (default: benchmarks/results/delta.json)")
     delta.set_defaults(func=_delta)
 
     scale = bench_sub.add_parser("scale", help="Redis scheduling: throughput and latency for 1, 2 and 4 workers")
-    scale.add_argument("--quick", action="store_true", help="short runs, for smoke tests")
-    scale.add_argument("--out", type=Path, default=RESULTS_DIR / "scale.json", help="output JSON file")
+    scale.add_argument("--quick", action="store_true",
+                       help="smoke test: 2 s per worker count instead of 6 s, 2 low-load rounds of 100 requests instead "
+                       "of 10 of 150; writes to --out like a full run")
+    scale.add_argument("--out", type=Path, default=RESULTS_DIR / "scale.json",
+                       help="output JSON file (default: benchmarks/results/scale.json)")
     scale.set_defaults(func=_scale)
 
     serve = bench_sub.add_parser("serve", help="serving overhead against the bare model and a raw gRPC echo")
-    serve.add_argument("--quick", action="store_true", help="a few seconds, no targets checked, for smoke tests")
-    serve.add_argument("--out", type=Path, default=RESULTS_DIR / "serve.json", help="output JSON file")
+    serve.add_argument("--quick", action="store_true",
+                       help="smoke test: the digits demo pair instead of BANKING77/MiniLM, one repetition of 0.5 s "
+                       "windows and 50 queries instead of 5 of 4 s and 1,000; the targets are still computed but mean "
+                       "nothing on that pair. Writes to --out like a full run")
+    serve.add_argument("--out", type=Path, default=RESULTS_DIR / "serve.json",
+                       help="output JSON file (default: benchmarks/results/serve.json)")
     serve.set_defaults(func=_serve)
 
     soak = bench_sub.add_parser("soak", help="soak and chaos: many SDK clients against agent + routers + Redis; "
@@ -68,27 +83,43 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _print(result: dict) -> None:
-    print(json.dumps(result, indent=2))
-
-
 def _cascade(args: argparse.Namespace) -> int:
-    _print(_benchmark("cascade").run_cascade_bench(args.data_dir, args.out, e2e=args.e2e, quick=args.quick))
+    module = _benchmark("cascade")
+    prepare_output_dir(args.out, "--out")
+    result = module.run_cascade_bench(args.data_dir, args.out, e2e=args.e2e, quick=args.quick)
+    print(summary(result, CASCADE_FIELDS))
+    print(f"full results: {args.out / module.RESULT_FILE} (plot: {args.out / module.PLOT_FILE})")
     return 0
 
 
 def _delta(args: argparse.Namespace) -> int:
-    _print(_benchmark("delta").run_delta_bench(args.out, quick=args.quick, swap_runs=args.swap_runs))
+    module = _benchmark("delta")
+    prepare_output_dir(args.out.parent, "--out")
+    result = module.run_delta_bench(args.out, quick=args.quick, swap_runs=args.swap_runs)
+    lines = [f"{pair['name']}: full {pair['full_bytes']} B; per-tensor patch "
+             f"{pair['methods']['tensor']['patch_bytes'] / pair['full_bytes']:.1%}, bsdiff4 "
+             f"{pair['methods']['bsdiff4']['patch_bytes'] / pair['full_bytes']:.1%}"
+             for pair in result.get("pairs", []) if "methods" in pair]
+    print("\n".join(lines + [summary(result.get("swap", {}), DELTA_SWAP_FIELDS)]))
+    print(f"full results: {args.out}")
     return 0
 
 
 def _scale(args: argparse.Namespace) -> int:
-    _print(_benchmark("scale").run_scale_bench(args.out, quick=args.quick))
+    module = _benchmark("scale")
+    prepare_output_dir(args.out.parent, "--out")
+    result = module.run_scale_bench(args.out, quick=args.quick)
+    print(summary(result, SCALE_FIELDS))
+    print(f"full results: {args.out}")
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
-    _print(_benchmark("serve").run_serve_bench(args.out, quick=args.quick))
+    module = _benchmark("serve")
+    prepare_output_dir(args.out.parent, "--out")
+    result = module.run_serve_bench(args.out, quick=args.quick)
+    print(summary(result, SERVE_FIELDS))
+    print(f"full results: {args.out}")
     return 0
 
 
@@ -104,6 +135,38 @@ def _soak(args: argparse.Namespace) -> int:
               f"{step['late']} late, routes {step['routes']}")
     print(f"wrote {args.out}")
     return 0 if result["lost_total"] == 0 and result["duplicate_answers"] == 0 else 1
+
+
+CASCADE_FIELDS = ("edge_only_accuracy", "cloud_only_accuracy", "oracle_accuracy", "deferral_to_match_cloud", "apgr",
+                  "guarantee_violation_rate", "edge_model_bytes", "cloud_model_bytes", "targets")
+DELTA_SWAP_FIELDS = ("swaps", "failed_requests", "p50_steady_ms", "p50_swap_ms", "p99_steady_ms", "p99_swap_ms", "checks")
+SCALE_FIELDS = ("workers", "throughput_rps", "p50_ms", "p99_ms", "scaling_efficiency", "redis_overhead_p50_ms", "targets")
+SERVE_FIELDS = ("raw_model_best_rps", "router_batched_rps", "router_unbatched_rps", "router_batching_gain",
+                "agent_p50_ms", "agent_p99_ms", "echo_rps", "agent_trivial_rps", "targets")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(_short(v) for v in value)
+    return str(value)
+
+
+def summary(result: dict, fields: tuple[str, ...]) -> str:
+    """A few lines: the named fields that the result holds, targets one per line."""
+    lines = []
+    for field in fields:
+        if field not in result:
+            continue
+        value = result[field]
+        if isinstance(value, dict):  # targets / checks: name -> met (or {"met": ...})
+            for name, met in value.items():
+                met = met.get("met") if isinstance(met, dict) else met
+                lines.append(f"  {'met    ' if met else 'NOT met'}  {name}")
+        else:
+            lines.append(f"{field}: {_short(value)}")
+    return "\n".join(lines)
 
 
 def _benchmark(name: str) -> ModuleType:

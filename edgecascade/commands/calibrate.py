@@ -52,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def load_predictions(path: Path, num_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Read and check a predictions .npz: (edge_probs [N, C], cloud_pred [N], gold [N] or None)."""
+    if path.is_file() and not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            what = "a single .npy array" if f.read(6) == b"\x93NUMPY" else "not a zip archive"
+        raise ConfigError(f"predictions file {path} is not a predictions .npz ({what}); "
+                          "write one with numpy.savez(path, edge_probs=..., cloud_pred=...)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
@@ -95,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     if args.method != "rate" and args.target_deferral_rate is not None:
         raise InvalidInputError("--target-deferral-rate only applies to --method rate")
 
+    from edgecascade.output_paths import prepare_output_dir
+
     card = load_card(args.bundle)
     probs, cloud_pred, gold = load_predictions(args.predictions, len(card.labels))
     edge_pred = probs.argmax(axis=1)
@@ -111,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     guarantee = spec.guarantee
     scores = confidence_scores(probs, args.signal)
     out = args.out if args.out is not None else args.bundle / POLICY_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out.parent, "--out")
     out.write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
 
     print(f"method {result.method}: {guarantee['statement']}")

@@ -57,16 +57,17 @@ async def _entries(args: argparse.Namespace) -> list:
             await close_quietly(client)
     import grpc
 
+    from edgecascade.router_address import router_call_error
     from protos import edgecascade_pb2 as pb
     from protos import edgecascade_pb2_grpc as pb_grpc
-    from shared.errors import error_for_code
     from shared.tls import open_aio_channel
 
-    async with open_aio_channel(args.router, client_security(args)) as channel:
+    security = client_security(args)
+    async with open_aio_channel(args.router, security) as channel:
         try:
             reply = await pb_grpc.CloudRouterStub(channel).GetFleet(pb.FleetRequest(), timeout=args.timeout_s)
         except grpc.aio.AioRpcError as exc:
-            raise error_for_code(exc.code(), f"router {args.router}: {exc.details() or exc.code().name}") from None
+            raise router_call_error(exc.code(), exc.details(), args.router, security) from None
     return list(reply.agents)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 CSV_FORMAT = """\
@@ -46,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgecascade.offline.text_build import build_text_models
     from edgecascade.offline.text_data import data_files, read_labelled_csv
+    from edgecascade.output_paths import prepare_output_dir
     from shared.errors import InvalidInputError
 
     if args.version < 1:
@@ -56,11 +56,34 @@ def run(args: argparse.Namespace) -> int:
         train_path, test_path = data_files(args.data_dir)
         eval_path = args.eval if args.eval is not None else test_path
     name = args.name or train_path.resolve().parent.name or "text"
+    prepare_output_dir(args.out, "--out")  # before hours of training, not after
     train = read_labelled_csv(train_path)
     eval_set = read_labelled_csv(eval_path) if eval_path is not None else None
     facts = build_text_models(train, args.out, eval_set=eval_set, name=name, version=args.version,
                               cache_dir=args.cache_dir, progress_bars=not args.no_progress,
                               featurizer_options={"num_features": args.num_features})
-    print(json.dumps(facts, indent=2))
-    print(f"wrote {Path(args.out) / 'edge'} and {Path(args.out) / 'cloud'}")
+    print(summary(facts, Path(args.out)))
     return 0
+
+
+def summary(facts: dict, out: Path) -> str:
+    """What a user wants after a build: sizes, accuracies, the policy, where everything went."""
+    mb = 1024 * 1024
+    lines = [
+        f"trained {facts['name']} v{facts['version']} on {facts['train_size']} texts, {facts['num_labels']} labels "
+        f"in {facts['build_s']['total_s']:.0f} s",
+        f"  edge  {out / 'edge'}  ({facts['edge_size_bytes'] / mb:.1f} MB)",
+        f"  cloud {out / 'cloud'}  ({facts['cloud_size_bytes'] / mb:.1f} MB)",
+    ]
+    evaluated = facts.get("eval")
+    if evaluated:
+        lines.append(f"  eval ({evaluated['size']} texts): edge accuracy {evaluated['edge_accuracy']:.4f}, "
+                     f"cloud {evaluated['cloud_accuracy']:.4f}, agreement {evaluated['agreement']:.4f}")
+    policy = facts["policy"]
+    certified = policy.get("method") not in (None, "none")
+    lines.append(f"  policy: accept {policy['signal']} >= {policy['threshold']:.4f}"
+                 + ("" if certified else " (provisional: run `edgecascade calibrate`)"))
+    if evaluated:
+        lines.append(f"  next: edgecascade calibrate --predictions {out / 'eval_predictions.npz'} --bundle {out / 'edge'}")
+    lines.append(f"  build record: {out / 'build.json'}")
+    return "\n".join(lines)

@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         cmd.add_argument("--key", type=Path, required=True, help="Ed25519 private key PEM (from `update keygen`)")
         cmd.add_argument("--router", default=DEFAULT_ROUTER, help="host:port of the cloud router")
         cmd.add_argument("--canary", type=float, default=0.0, metavar="PCT",
-                         help="share of agents (percent) that update first; the rest follow once they report healthy")
+                         help="share of agents (percent, 0 to 100) that update first; the rest follow once they "
+                         "report healthy (default 0: all at once)")
         cmd.add_argument("--expires-in-s", type=float, default=7 * 24 * 3600.0, help="agents refuse the update after this")
         cmd.add_argument("--golden", type=int, default=8, help="golden inputs the agents check the new model on (0: none)")
         cmd.add_argument("--wait", action="store_true", help="follow the rollout until every agent reports; exit 0 only when all are healthy")
@@ -55,8 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    from edgecascade.output_paths import check_output_file
     from shared.delta.signing import keygen
 
+    check_output_file(args.private, "--private")
+    check_output_file(args.public, "--public")
     private, public = keygen(args.private, args.public)
     print(f"wrote {private} (keep it secret) and {public} (set update_public_key to it on every agent)")
     return 0
@@ -67,7 +71,13 @@ def _push(args: argparse.Namespace) -> int:
     from edgecascade.update_client import follow_rollout, publish
     from edgecascade.update_package import package_from_bundles
     from shared.delta.signing import load_private_key
+    from shared.errors import InvalidInputError
 
+    # Checked before anything is built or uploaded (the router would refuse it only after the upload).
+    if not 0.0 <= args.canary <= 100.0:
+        raise InvalidInputError(f"--canary must be from 0 to 100 (percent of agents), got {args.canary:g}")
+    if args.wait_s <= 0 or args.expires_in_s <= 0 or args.golden < 0:
+        raise InvalidInputError("--wait-s and --expires-in-s must be positive and --golden at least 0")
     security = client_security(args)  # a bad option stops before the package is built
     key = load_private_key(args.key)
     started = time.perf_counter()

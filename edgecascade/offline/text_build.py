@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from edgecascade.offline.text_data import LabelledTexts, label_names
+from edgecascade.progress import Elapsed
 from shared.model_card import InputSpec, ModelCard, save_card
 from shared.policy import PolicyFile, save_policy
 
@@ -61,9 +62,11 @@ def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Op
 
     say(f"[1/4] edge: hashed n-grams + logistic regression on {len(train)} texts, {len(labels)} labels")
     t = time.perf_counter()
-    edge_card = build_edge_bundle(edge_dir, train.texts, y, labels, name=f"{name}-edge", version=version,
-                                  featurizer_options=featurizer_options)
+    with Elapsed("featurizing and fitting", show=progress_bars):
+        edge_card = build_edge_bundle(edge_dir, train.texts, y, labels, name=f"{name}-edge", version=version,
+                                      featurizer_options=featurizer_options)
     timings["edge_train_s"] = time.perf_counter() - t
+    say(f"      done in {timings['edge_train_s']:.1f} s")
 
     say("[2/4] cloud: all-MiniLM-L6-v2 sentence embeddings (cached after the first run)")
     t = time.perf_counter()
@@ -74,12 +77,16 @@ def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Op
                               progress_bars=progress_bars)
     embeddings = embedder.embed(train.texts, desc="embedding train")
     timings["cloud_embed_s"] = time.perf_counter() - t
+    say(f"      done in {timings['cloud_embed_s']:.1f} s")
 
     say("[3/4] cloud: logistic-regression head on the embeddings")
     t = time.perf_counter()
-    weight, bias = train_cloud_head(embeddings, y, len(labels))
-    save_minilm_bundle(cloud_dir, weight, bias, name=f"{name}-cloud", version=version, labels=labels, options=cloud_options)
+    with Elapsed("fitting the head", show=progress_bars):
+        weight, bias = train_cloud_head(embeddings, y, len(labels))
+        save_minilm_bundle(cloud_dir, weight, bias, name=f"{name}-cloud", version=version, labels=labels,
+                           options=cloud_options)
     timings["cloud_head_s"] = time.perf_counter() - t
+    say(f"      done in {timings['cloud_head_s']:.1f} s")
 
     facts: dict[str, Any] = {
         "name": name,
