@@ -8,12 +8,14 @@ import socket
 import threading
 import time
 
+from edgecascade.processes import free_port
+
 
 class ChaosProxy:
     def __init__(self, upstream: str) -> None:
         host, port = upstream.rsplit(":", 1)
         self.upstream = (host, int(port))
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(("127.0.0.1", free_port()))  # in --port-range when one is set
         self.target = f"127.0.0.1:{self._listener.getsockname()[1]}"
         self._open: set[socket.socket] = set()
         self._cut = threading.Event()

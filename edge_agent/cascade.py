@@ -8,6 +8,13 @@ Cloud pressure (from heartbeats) lowers the threshold within the policy's bounds
 the edge gives only because of that shift, or because the cloud is saturated
 (`shed_at_pressure`), is flagged `edge_fallback` / `pressure`; one refused by the cloud budget,
 `edge_fallback` / `cloud_budget`. So `edge` always means "confident at the calibrated threshold".
+
+Out of scope (`abstain`): an edge score below the policy's `abstain_threshold` is answered as
+out of scope at once, without the cloud (`edge_low_confidence`); so is an accepted edge answer
+that is the bundle's out-of-scope label (`edge_out_of_scope_label`). A deferred request whose
+cloud answer scores below `cloud_abstain_threshold`, or is that label, is out of scope too
+(`cloud_low_confidence`, `cloud_out_of_scope_label`). An abstention answers the out-of-scope
+label (`ModelCard.abstain_label`) with the probabilities of the model that decided.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -31,12 +38,13 @@ from shared.tensor_codec import from_proto
 @dataclass
 class CascadeResult:
     prediction: Prediction
-    route: str                 # edge, cloud, edge_fallback
+    route: str                 # edge, cloud, edge_fallback, abstain
     signals: Signals
     edge_ms: float
     cloud_ms: float = 0.0
     defer_reason: str = ""
     fallback_reason: str = ""
+    abstain_reason: str = ""   # set for route abstain: who decided and why (see the module docstring)
 
 
 @dataclass
@@ -50,6 +58,11 @@ class ActiveModel:
     """Requests this model has computed (the updater's health window reads these two)."""
     errors: int = 0
     """Requests on which this model raised."""
+    abstain_label: tuple[int, str] = field(init=False)
+    """(index or -1, name) an abstention answers, from the model card."""
+
+    def __post_init__(self) -> None:
+        self.abstain_label = self.model.card.abstain_label
 
 
 class Cascade:
@@ -62,6 +75,7 @@ class Cascade:
         self.pressure = 0.0                      # last cloud pressure seen (0..1), set by the heartbeat
         self.route_counts: Counter[str] = Counter()
         self.fallback_counts: Counter[str] = Counter()   # edge_fallback answers by reason
+        self.abstain_counts: Counter[str] = Counter()    # abstain answers by reason
 
     def current_threshold(self) -> float:
         return self.active.policy.threshold_at(self.pressure)
@@ -84,7 +98,13 @@ class Cascade:
         calibrated = active.policy.decide(signals, length, 0.0) if pressure > 0 else decision
         edge_ms = (time.perf_counter() - started) * 1000.0
         edge_prediction = Prediction.from_probs(probs, model.labels, model.name, model.version)
+        if calibrated.abstain:
+            return self._count(CascadeResult(_abstained(edge_prediction, active), "abstain", signals, edge_ms,
+                                             abstain_reason="edge_low_confidence"))
         if calibrated.accept:
+            if edge_prediction.label == active.abstain_label[0]:
+                return self._count(CascadeResult(edge_prediction, "abstain", signals, edge_ms,
+                                                 abstain_reason="edge_out_of_scope_label"))
             return self._count(CascadeResult(edge_prediction, "edge", signals, edge_ms))
         if decision.accept or (self.cloud is not None and self.shed_at_pressure is not None
                                and pressure >= self.shed_at_pressure):
@@ -107,6 +127,10 @@ class Cascade:
                     model_name=response.model_name,
                     model_version=int(response.model_version or 0),
                 )
+                abstain_reason = _cloud_abstain_reason(cloud_prediction, active)
+                if abstain_reason:
+                    return self._count(CascadeResult(_abstained(cloud_prediction, active), "abstain", signals, edge_ms,
+                                                     cloud_ms, decision.reason, abstain_reason=abstain_reason))
                 return self._count(
                     CascadeResult(cloud_prediction, "cloud", signals, edge_ms, cloud_ms, defer_reason=decision.reason)
                 )
@@ -123,4 +147,21 @@ class Cascade:
         self.route_counts[result.route] += 1
         if result.fallback_reason:
             self.fallback_counts[result.fallback_reason] += 1
+        if result.abstain_reason:
+            self.abstain_counts[result.abstain_reason] += 1
         return result
+
+
+def _cloud_abstain_reason(cloud: Prediction, active: ActiveModel) -> str:
+    """Why the cloud's answer is out of scope, or "" when it is not."""
+    if active.model.card.out_of_scope_label is not None and cloud.label_name == active.abstain_label[1]:
+        return "cloud_out_of_scope_label"
+    if active.policy.spec.cloud_abstain_threshold is not None and active.policy.cloud_abstains(signals_of(cloud.probabilities)):
+        return "cloud_low_confidence"
+    return ""
+
+
+def _abstained(prediction: Prediction, active: ActiveModel) -> Prediction:
+    """`prediction` answered as the out-of-scope label (its probabilities and model kept)."""
+    index, name = active.abstain_label
+    return replace(prediction, label=index, label_name=name)

@@ -38,9 +38,14 @@ def agent_status(cascade: Cascade, agent_id: str) -> pb.AgentStatus:
         base_threshold=spec.threshold,
         fallback_counts=dict(cascade.fallback_counts),
         cloud_model=cloud.model if cloud else "",
+        out_of_scope_label=model.card.out_of_scope_label or "",
     )
     if spec.min_threshold is not None:
         status.min_threshold = spec.min_threshold
+    if spec.abstain_threshold is not None:
+        status.abstain_threshold = spec.abstain_threshold
+    if spec.cloud_abstain_threshold is not None:
+        status.cloud_abstain_threshold = spec.cloud_abstain_threshold
     return status
 
 

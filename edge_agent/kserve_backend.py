@@ -1,10 +1,10 @@
 """KServe v2 on the edge agent: every batch row goes through the cascade, like an SDK request.
 
 Besides `probs`, `label` and `label_name` (see `shared.kserve_models`), each row reports the
-route that served it (`served_by`: edge, cloud, edge_fallback) and the edge model's
+route that served it (`served_by`: edge, cloud, edge_fallback, abstain) and the edge model's
 confidence (`max_prob`, `margin`, `entropy`). The response parameters say the same for the
 request: `served_by`, `model_name`, `model_version` (of the model that produced the label),
-`defer_reason` and `fallback_reason` are the rows' values joined by commas (one value for a
+`defer_reason`, `fallback_reason` and `abstain_reason` are the rows' values joined by commas (one value for a
 one-row request); `max_prob`, `margin` and `entropy` are those of the least confident row.
 """
 
@@ -79,6 +79,7 @@ class EdgeKServeBackend:
             outcome.route = result.route
             outcome.defer_reason = result.defer_reason
             outcome.fallback_reason = result.fallback_reason
+            outcome.abstain_reason = result.abstain_reason
             return result
 
 
@@ -99,6 +100,7 @@ def _parameters(results: list[CascadeResult]) -> km.ParameterMap:
         "model_version": km.joined([str(r.prediction.model_version) for r in results]),
         "defer_reason": km.joined([r.defer_reason for r in results]),
         "fallback_reason": km.joined([r.fallback_reason for r in results]),
+        "abstain_reason": km.joined([r.abstain_reason for r in results]),
         MAX_PROB: least.max_prob,
         MARGIN: least.margin,
         ENTROPY: least.entropy,

@@ -1,5 +1,5 @@
 """The edge agent's Prometheus metrics: the common ones (`shared.metrics.DaemonMetrics`), plus
-deferrals and fallbacks by reason, and the breaker, pressure, threshold, deferral ratio and
+deferrals, fallbacks and abstentions by reason, and the breaker, pressure, threshold, deferral ratio and
 model version, read from the live `Cascade` when /metrics is scraped."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from edge_agent.cascade import Cascade
 from shared.metrics import CallbackCollector, DaemonMetrics, RequestOutcome
 
-EDGE_ROUTES = ("edge", "cloud", "edge_fallback")
+EDGE_ROUTES = ("edge", "cloud", "edge_fallback", "abstain")
 BREAKER_STATES = ("closed", "open", "half_open")
 
 
@@ -31,6 +31,12 @@ class AgentMetrics(DaemonMetrics):
             ["reason"],
             registry=self.registry,
         )
+        self.abstentions = Counter(
+            "edgecascade_abstentions",
+            "Requests answered as out of scope (route abstain), by reason (edge_low_confidence, cloud_low_confidence, ...).",
+            ["reason"],
+            registry=self.registry,
+        )
         CallbackCollector(lambda: _agent_state(cascade), registry=self.registry)
 
     def record(self, api: str, outcome: RequestOutcome, duration_s: float) -> None:
@@ -39,6 +45,8 @@ class AgentMetrics(DaemonMetrics):
             self._child(self.deferrals, (outcome.defer_reason,)).inc()
         if outcome.fallback_reason:
             self._child(self.fallbacks, (outcome.fallback_reason,)).inc()
+        if outcome.abstain_reason:
+            self._child(self.abstentions, (outcome.abstain_reason,)).inc()
 
 
 def _agent_state(cascade: "Cascade") -> list[Metric]:
@@ -57,6 +65,8 @@ def _agent_state(cascade: "Cascade") -> list[Metric]:
     answered = sum(counts.values())
     # answers the edge gave because of cloud pressure were never sent to the cloud
     deferred = counts.get("cloud", 0) + counts.get("edge_fallback", 0) - cascade.fallback_counts.get("pressure", 0)
+    # out-of-scope answers the cloud decided were deferred; those the edge decided were not
+    deferred += sum(n for reason, n in cascade.abstain_counts.items() if reason.startswith("cloud_"))
     return [
         version,
         breaker,

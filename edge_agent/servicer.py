@@ -49,6 +49,7 @@ class EdgeAgentServicer(pb_grpc.EdgeAgentServicer):
             cloud_ms=result.cloud_ms,
             defer_reason=result.defer_reason,
             fallback_reason=result.fallback_reason,
+            abstain_reason=result.abstain_reason,
         )
 
     @grpc_errors

@@ -13,7 +13,7 @@ import sys
 from shared.errors import EdgecascadeError
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("edge", "cloud", "demo", "train", "calibrate", "bench", "update", "fleet", "certs")
+COMMANDS = ("edge", "cloud", "demo", "data", "train", "calibrate", "bench", "update", "fleet", "certs")
 
 
 def package_version() -> str:

@@ -107,7 +107,7 @@ def run_demo(out_dir: Path, *, cache_dir: Optional[Path] = None, agents: int = 2
         "latency_ms": {route: {"p50": percentile_ms(latency[route], 50), "p99": percentile_ms(latency[route], 99)} for route in ROUTES},
         "threshold": policy.threshold,
         "signal": policy.signal,
-        "apgr": round(report.apgr, 4),
+        "apgr": None if report.apgr is None else round(report.apgr, 4),
         "curve": [[round(float(a), 4), round(float(b), 4)] for a, b in report.curve[:: max(1, len(report.curve) // 200)]],
     }
     out_dir = Path(out_dir)

@@ -20,14 +20,59 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared.errors import UnavailableError
+from shared.errors import ConfigError, UnavailableError
 from shared.tls import ClientSecurity, open_channel
+
+#: "LO-HI": the ports `free_port` may hand out, for hosts where only some are open.
+PORT_RANGE_ENV = "EDGECASCADE_PORT_RANGE"
+_port_range: Optional[tuple[int, int]] = None
+_handed_out: set[int] = set()
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """"LO-HI" (inclusive, 1024..65535) -> (LO, HI); a ConfigError naming the problem otherwise."""
+    low, sep, high = str(text).strip().partition("-")
+    try:
+        bounds = (int(low), int(high)) if sep else None
+    except ValueError:
+        bounds = None
+    if bounds is None:
+        raise ConfigError(f"port range {text!r} is not LO-HI, e.g. 20000-20100")
+    if not (1024 <= bounds[0] <= bounds[1] <= 65535):
+        raise ConfigError(f"port range {text!r} must satisfy 1024 <= LO <= HI <= 65535")
+    return bounds
+
+
+def set_port_range(port_range: Optional[str | tuple[int, int]]) -> None:
+    """Make `free_port` pick from this range from now on (None: the OS's ephemeral ports, or
+    $EDGECASCADE_PORT_RANGE when set)."""
+    global _port_range
+    _port_range = parse_port_range(port_range) if isinstance(port_range, str) else port_range
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback TCP port that is free now: from the configured range (`set_port_range`, else
+    $EDGECASCADE_PORT_RANGE) when there is one, never the same one twice in this process."""
+    port_range = _port_range
+    if port_range is None and os.environ.get(PORT_RANGE_ENV):
+        port_range = parse_port_range(os.environ[PORT_RANGE_ENV])
+    if port_range is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    low, high = port_range
+    for port in range(low, high + 1):
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise UnavailableError(f"no free port left in the range {low}-{high} ({len(_handed_out)} handed out by this "
+                           "process, the rest in use); give a wider --port-range")
 
 
 def wait_serving(target: str, timeout_s: float = 30.0, process: Optional[subprocess.Popen] = None,

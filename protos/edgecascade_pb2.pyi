@@ -13,10 +13,12 @@ class Route(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EDGE: _ClassVar[Route]
     CLOUD: _ClassVar[Route]
     EDGE_FALLBACK: _ClassVar[Route]
+    ABSTAIN: _ClassVar[Route]
 ROUTE_UNSPECIFIED: Route
 EDGE: Route
 CLOUD: Route
 EDGE_FALLBACK: Route
+ABSTAIN: Route
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data")
@@ -55,7 +57,7 @@ class InferRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., text: _Optional[str] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[float] = ...) -> None: ...
 
 class InferResponse(_message.Message):
-    __slots__ = ("request_id", "served_by", "label", "label_name", "probabilities", "signals", "model_name", "model_version", "edge_ms", "cloud_ms", "defer_reason", "fallback_reason")
+    __slots__ = ("request_id", "served_by", "label", "label_name", "probabilities", "signals", "model_name", "model_version", "edge_ms", "cloud_ms", "defer_reason", "fallback_reason", "abstain_reason")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SERVED_BY_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +70,7 @@ class InferResponse(_message.Message):
     CLOUD_MS_FIELD_NUMBER: _ClassVar[int]
     DEFER_REASON_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    ABSTAIN_REASON_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     served_by: Route
     label: int
@@ -80,14 +83,15 @@ class InferResponse(_message.Message):
     cloud_ms: float
     defer_reason: str
     fallback_reason: str
-    def __init__(self, request_id: _Optional[str] = ..., served_by: _Optional[_Union[Route, str]] = ..., label: _Optional[int] = ..., label_name: _Optional[str] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., signals: _Optional[_Union[Signals, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., edge_ms: _Optional[float] = ..., cloud_ms: _Optional[float] = ..., defer_reason: _Optional[str] = ..., fallback_reason: _Optional[str] = ...) -> None: ...
+    abstain_reason: str
+    def __init__(self, request_id: _Optional[str] = ..., served_by: _Optional[_Union[Route, str]] = ..., label: _Optional[int] = ..., label_name: _Optional[str] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., signals: _Optional[_Union[Signals, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., edge_ms: _Optional[float] = ..., cloud_ms: _Optional[float] = ..., defer_reason: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., abstain_reason: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("agent_id", "model_name", "model_version", "breaker_state", "route_counts", "threshold", "cloud_pressure", "policy_signal", "base_threshold", "min_threshold", "fallback_counts", "cloud_model")
+    __slots__ = ("agent_id", "model_name", "model_version", "breaker_state", "route_counts", "threshold", "cloud_pressure", "policy_signal", "base_threshold", "min_threshold", "fallback_counts", "cloud_model", "abstain_threshold", "cloud_abstain_threshold", "out_of_scope_label")
     class RouteCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +118,9 @@ class AgentStatus(_message.Message):
     MIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_COUNTS_FIELD_NUMBER: _ClassVar[int]
     CLOUD_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ABSTAIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_ABSTAIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_SCOPE_LABEL_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     model_name: str
     model_version: str
@@ -126,7 +133,10 @@ class AgentStatus(_message.Message):
     min_threshold: float
     fallback_counts: _containers.ScalarMap[str, int]
     cloud_model: str
-    def __init__(self, agent_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., breaker_state: _Optional[str] = ..., route_counts: _Optional[_Mapping[str, int]] = ..., threshold: _Optional[float] = ..., cloud_pressure: _Optional[float] = ..., policy_signal: _Optional[str] = ..., base_threshold: _Optional[float] = ..., min_threshold: _Optional[float] = ..., fallback_counts: _Optional[_Mapping[str, int]] = ..., cloud_model: _Optional[str] = ...) -> None: ...
+    abstain_threshold: float
+    cloud_abstain_threshold: float
+    out_of_scope_label: str
+    def __init__(self, agent_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., breaker_state: _Optional[str] = ..., route_counts: _Optional[_Mapping[str, int]] = ..., threshold: _Optional[float] = ..., cloud_pressure: _Optional[float] = ..., policy_signal: _Optional[str] = ..., base_threshold: _Optional[float] = ..., min_threshold: _Optional[float] = ..., fallback_counts: _Optional[_Mapping[str, int]] = ..., cloud_model: _Optional[str] = ..., abstain_threshold: _Optional[float] = ..., cloud_abstain_threshold: _Optional[float] = ..., out_of_scope_label: _Optional[str] = ...) -> None: ...
 
 class RouterStatus(_message.Message):
     __slots__ = ("router_id", "models", "queue_depth", "pressure")

@@ -12,6 +12,7 @@ nothing on the hot path.
     edgecascade_request_duration_seconds{api,route}  (same)
     edgecascade_deferrals_total{reason}          edgecascade_batch_size{model}
     edgecascade_fallbacks_total{reason}          edgecascade_batch_duration_seconds{model}
+    edgecascade_abstentions_total{reason}
     edgecascade_deferral_ratio                   edgecascade_queue_depth{model}
     edgecascade_deferral_threshold               edgecascade_pressure{model}
     edgecascade_breaker_state{state}             edgecascade_model_version{model}
@@ -63,6 +64,7 @@ class RequestOutcome:
     status: str = "OK"
     defer_reason: str = ""
     fallback_reason: str = ""
+    abstain_reason: str = ""
 
 
 class DaemonMetrics:
@@ -222,7 +224,8 @@ def counted(api: str) -> Callable[[F], F]:
                 self.metrics.record(api, RequestOutcome(status=_status_of(exc)), time.perf_counter() - started)
                 raise
             self.metrics.record(api, RequestOutcome(ROUTE_FROM_PROTO.get(response.served_by, NO_ROUTE), "OK",
-                                                    response.defer_reason, response.fallback_reason),
+                                                    response.defer_reason, response.fallback_reason,
+                                                    response.abstain_reason),
                                 time.perf_counter() - started)
             return response
 

@@ -5,6 +5,8 @@
       model.onnx    (runtime "onnx": input "input" [N, ...], output "probs" [N, C] softmax)
       policy.json   the deferral policy that belongs to this model (edge bundles)
 
+A card may declare `out_of_scope_label`: what the cascade answers when it abstains.
+
 Both daemons, the updater and `edgecascade train` read and write bundles through this module.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -20,6 +22,8 @@ from shared.errors import ConfigError
 
 CARD_FILE = "model.json"
 POLICY_FILE = "policy.json"
+#: What an abstention answers when the bundle declares no `out_of_scope_label`.
+OUT_OF_SCOPE = "out_of_scope"
 
 
 class InputSpec(BaseModel):
@@ -49,6 +53,18 @@ class ModelCard(BaseModel):
     """Weights file, relative to the bundle directory."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Runtime-specific settings (featurizer, layer sizes, service time...)."""
+    out_of_scope_label: Optional[str] = Field(default=None, min_length=1)
+    """The label an abstention answers with (a query that matches no label). It may be one of
+    `labels` (a class trained on out-of-scope examples: predicting it is an abstention too) or
+    a name of its own. None: `OUT_OF_SCOPE` is answered when the policy abstains."""
+
+    @property
+    def abstain_label(self) -> tuple[int, str]:
+        """(index, name) of an abstention's answer: the index is -1 unless the declared label is a class."""
+        name = self.out_of_scope_label
+        if name is None:
+            return -1, OUT_OF_SCOPE
+        return (self.labels.index(name) if name in self.labels else -1), name
 
     @field_validator("labels")
     @classmethod

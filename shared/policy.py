@@ -1,9 +1,18 @@
-"""The deferral policy: which requests the edge answers and which go to the cloud.
+"""The deferral policy: which requests the edge answers, which go to the cloud, which are out of scope.
 
 The policy file (`policy.json` in an edge bundle) is written by `edgecascade calibrate` or by
-hand. The edge accepts a request when its confidence score (max_prob, margin, or -entropy)
-is at least the threshold, and no rule forces a deferral. Cloud pressure lowers the threshold
-toward `min_threshold`, so a saturated cloud receives less.
+hand. The edge accepts a request when its confidence score (max_prob, margin, or negated
+entropy: higher is always more confident) is at least the threshold, and no rule forces a
+deferral. Cloud pressure lowers the threshold toward `min_threshold`, so a saturated cloud
+receives less.
+
+Out of scope: with `abstain_threshold` set, a request whose edge score is below it matches no
+label; the cascade answers it as out of scope (route `abstain`) without asking the cloud.
+With `cloud_abstain_threshold` set, a deferred request whose cloud answer scores below it (the
+same signal, on the cloud's probabilities) is out of scope too. So the scores split in three:
+
+    score < abstain_threshold  ->  abstain     abstain_threshold <= score < threshold  ->  cloud
+    score >= threshold         ->  edge
 """
 
 from __future__ import annotations
@@ -37,6 +46,13 @@ class PolicyFile(BaseModel):
     """Rule: inputs longer than this (words for text, elements for tensors) always defer."""
     guarantee: dict[str, Any] = Field(default_factory=dict)
     """What calibration certified (method, epsilon, delta, n), for humans and `fleet status`."""
+    abstain_threshold: Optional[float] = None
+    """Edge score below this: out of scope, answered without the cloud (None: never abstain).
+    At most `min_threshold` (or `threshold`): pressure never moves it."""
+    cloud_abstain_threshold: Optional[float] = None
+    """The cloud answer's score (same signal) below this: out of scope (None: never)."""
+    abstain_guarantee: dict[str, Any] = Field(default_factory=dict)
+    """What abstain calibration measured (in-scope accuracy cost, out-of-scope recall, n)."""
 
     @classmethod
     def for_card(cls, card: ModelCard, **fields: Any) -> "PolicyFile":
@@ -47,14 +63,21 @@ class PolicyFile(BaseModel):
     def _bounds(self) -> "PolicyFile":
         if self.min_threshold is not None and self.min_threshold > self.threshold:
             raise ValueError(f"min_threshold {self.min_threshold} is above threshold {self.threshold}")
+        lowest = self.threshold if self.min_threshold is None else self.min_threshold
+        if self.abstain_threshold is not None and self.abstain_threshold > lowest:
+            which = "threshold" if self.min_threshold is None else "min_threshold"
+            raise ValueError(f"abstain_threshold {self.abstain_threshold} is above {which} {lowest}: "
+                             "the edge would abstain on requests it accepts")
         return self
 
 
 @dataclass(frozen=True)
 class Decision:
     accept: bool
-    reason: str  # "" when accepted; "low_confidence", "input_too_long"
+    reason: str  # "" when accepted; "low_confidence", "input_too_long", "out_of_scope"
     threshold: float
+    abstain: bool = False
+    """The edge's score is below the abstain threshold: answer out of scope, do not defer."""
 
 
 class DeferralPolicy:
@@ -77,9 +100,16 @@ class DeferralPolicy:
         threshold = self.threshold_at(pressure)
         if self.spec.max_input_tokens is not None and input_length > self.spec.max_input_tokens:
             return Decision(False, "input_too_long", threshold)
-        if self.score(signals) >= threshold:
+        score = self.score(signals)
+        if score >= threshold:
             return Decision(True, "", threshold)
+        if self.spec.abstain_threshold is not None and score < self.spec.abstain_threshold:
+            return Decision(False, "out_of_scope", threshold, abstain=True)
         return Decision(False, "low_confidence", threshold)
+
+    def cloud_abstains(self, cloud_signals: Signals) -> bool:
+        """Whether a cloud answer with these signals (of the cloud's probabilities) is out of scope."""
+        return self.spec.cloud_abstain_threshold is not None and self.score(cloud_signals) < self.spec.cloud_abstain_threshold
 
     def check_matches(self, card: ModelCard) -> None:
         """Refuse a policy calibrated for another model, naming both."""

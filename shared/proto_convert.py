@@ -11,7 +11,7 @@ from shared.prediction import Prediction
 from shared.signals import Signals
 from shared.tensor_codec import to_proto
 
-ROUTE_TO_PROTO = {"edge": pb.EDGE, "cloud": pb.CLOUD, "edge_fallback": pb.EDGE_FALLBACK}
+ROUTE_TO_PROTO = {"edge": pb.EDGE, "cloud": pb.CLOUD, "edge_fallback": pb.EDGE_FALLBACK, "abstain": pb.ABSTAIN}
 ROUTE_FROM_PROTO = {v: k for k, v in ROUTE_TO_PROTO.items()}
 
 
@@ -32,6 +32,7 @@ def response_of(
     cloud_ms: float = 0.0,
     defer_reason: str = "",
     fallback_reason: str = "",
+    abstain_reason: str = "",
 ) -> pb.InferResponse:
     return pb.InferResponse(
         request_id=request_id,
@@ -45,6 +46,7 @@ def response_of(
         cloud_ms=cloud_ms,
         defer_reason=defer_reason,
         fallback_reason=fallback_reason,
+        abstain_reason=abstain_reason,
         signals=None if signals is None else pb.Signals(max_prob=signals.max_prob, margin=signals.margin,
                                                         entropy=signals.entropy),
     )

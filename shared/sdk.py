@@ -37,7 +37,7 @@ class InferResult:
     label: int
     label_name: str
     probabilities: np.ndarray
-    served_by: str             # edge, cloud, edge_fallback
+    served_by: str             # edge, cloud, edge_fallback, abstain (out of scope: label_name is the out-of-scope label)
     max_prob: float
     margin: float
     entropy: float
@@ -47,6 +47,12 @@ class InferResult:
     cloud_ms: float
     defer_reason: str
     fallback_reason: str
+    abstain_reason: str = ""   # why the answer is out of scope (served_by "abstain"); "" otherwise
+
+    @property
+    def out_of_scope(self) -> bool:
+        """The cascade abstained: the query matches none of the model's labels."""
+        return self.served_by == "abstain"
 
     @classmethod
     def from_proto(cls, r: pb.InferResponse) -> "InferResult":
@@ -56,7 +62,7 @@ class InferResult:
             probabilities=from_proto(r.probabilities), served_by=ROUTE_FROM_PROTO.get(r.served_by, "unspecified"),
             max_prob=signals.max_prob, margin=signals.margin, entropy=signals.entropy,
             model_name=r.model_name, model_version=r.model_version, edge_ms=r.edge_ms, cloud_ms=r.cloud_ms,
-            defer_reason=r.defer_reason, fallback_reason=r.fallback_reason,
+            defer_reason=r.defer_reason, fallback_reason=r.fallback_reason, abstain_reason=r.abstain_reason,
         )
 
 

@@ -39,6 +39,11 @@ def signals_of(probs: np.ndarray) -> Signals:
     return Signals(first, first - second, entropy)
 
 
+def score_name(signal: str) -> str:
+    """What a policy's threshold is compared with, for messages: entropy's score is its negation."""
+    return "-entropy (negated entropy)" if signal == "entropy" else signal
+
+
 def confidence_scores(probs: np.ndarray, signal: str) -> np.ndarray:
     """Higher means more confident, for every signal: entropy is negated."""
     values = signal_matrix(probs)[signal]

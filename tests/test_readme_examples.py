@@ -73,12 +73,16 @@ def test_every_python_block_that_is_not_run_says_why():
 @pytest.fixture(scope="module")
 def demo_served(tmp_path_factory, demo_cache):
     """`edgecascade demo --serve` on free ports; (router target, agent target, env)."""
+    from shared.delta.signing import keygen
+
     work = tmp_path_factory.mktemp("readme-serve")
     router, agent = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     env = {**os.environ, "EDGECASCADE_CACHE_DIR": str(demo_cache)}
+    keygen(work / "update_key.pem", work / "update_key.pub.pem")
     log = open(work / "serve.log", "w+")
     process = subprocess.Popen([sys.executable, "-m", "edgecascade.cli", "demo", "--serve", "--out", str(work),
-                                "--router-listen", router, "--agent-listen", agent],
+                                "--router-listen", router, "--agent-listen", agent,
+                                "--update-key", str(work / "update_key.pub.pem")],
                                stdout=log, stderr=subprocess.STDOUT, env=env, text=True)
     try:
         deadline = time.monotonic() + 600  # the first use builds the demo pair
@@ -86,7 +90,7 @@ def demo_served(tmp_path_factory, demo_cache):
             assert process.poll() is None, (work / "serve.log").read_text()
             assert time.monotonic() < deadline, "demo --serve did not come up"
             time.sleep(0.2)
-        yield router, agent, env
+        yield router, agent, env, work
     finally:
         process.terminate()
         process.wait(60)
@@ -98,9 +102,28 @@ def demo_served(tmp_path_factory, demo_cache):
 @pytest.mark.parametrize("block", [b for b in python_blocks() if b.not_run_reason is None],
                          ids=lambda b: f"README-line-{b.line}")
 def test_readme_python_block_runs(block, demo_served, tmp_path):
-    router, agent, env = demo_served
+    router, agent, env, _ = demo_served
     code = block.code.replace("127.0.0.1:50051", router).replace("127.0.0.1:50061", agent)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
                           cwd=tmp_path)
     assert done.returncode == 0, f"README line {block.line}:\n{done.stderr[-3000:]}"
     assert done.stdout.strip(), f"README line {block.line} printed nothing"
+
+
+def test_the_documented_v2_reaches_the_demo_agent(demo_served, tmp_path):
+    """README, "Model updates": `demo --make-v2` and the `update push` command it prints."""
+    from edgecascade.update_client import rollout_status
+
+    router, agent, env, work = demo_served
+    made = subprocess.run([sys.executable, "-m", "edgecascade.cli", "demo", "--make-v2", str(tmp_path / "demo-v2")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert made.returncode == 0, made.stderr[-3000:]
+    (push,) = [line.strip() for line in made.stdout.splitlines() if line.strip().startswith("edgecascade update push")]
+    args = push.split()[1:]
+    args[args.index("--key") + 1] = str(work / "update_key.pem")
+    args[args.index("--router") + 1] = router
+    pushed = subprocess.run([sys.executable, "-m", "edgecascade.cli", *args, "--wait-s", "120"], capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert pushed.returncode == 0 and "rollout done" in pushed.stdout, pushed.stdout + pushed.stderr[-3000:]
+    (record,) = rollout_status(router).agents
+    assert (record.agent_id, record.active_version, record.state) == ("demo-edge", 2, "healthy")

@@ -1,7 +1,9 @@
 """Text models: featurizer, edge ONNX bundle (torch-free), MiniLM cloud bundle, `edgecascade train`.
 
-A real build on a small BANKING77 subset (20 intents x 15 training texts), once per module,
-with the real all-MiniLM-L6-v2 encoder and a private embedding cache.
+A real build on a small generated intent data set (`edgecascade.offline.synthetic_intents`: 8 intents
+x 30 training texts), once per module, with the real all-MiniLM-L6-v2 encoder and a private
+embedding cache. Only the test marked `needs_banking77` reads BANKING77; it is skipped, with
+the reason, when `$EDGECASCADE_DATA_DIR` (or ../shared/data/banking77) does not hold it.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import numpy as np
 import pytest
 
 from edgecascade.cli import main as cli_main
+from edgecascade.offline.synthetic_intents import generate
 from edgecascade.offline.text_data import DATA_DIR_ENV, LabelledTexts, data_files, default_data_dir, read_labelled_csv
 from shared.errors import ConfigError, InvalidInputError
 from shared.model_loader import load_model
 from shared.text_features import featurizer_from_options
 
 REPO = Path(__file__).resolve().parents[1]
-NUM_CLASSES, TRAIN_PER_CLASS, EVAL_PER_CLASS = 20, 15, 5
+NUM_CLASSES, TRAIN_PER_CLASS, EVAL_PER_CLASS = 8, 30, 10
 SAMPLE_TEXTS = ["I am still waiting on my card?", "How do I top up by cheque?", "Ünïcode façade — 42 €!", "x"]
 
 
@@ -42,17 +45,26 @@ def banking_subset(full: LabelledTexts, per_class: int, classes: list[str]) -> l
     return rows
 
 
+def banking77_files() -> tuple[Path, Path]:
+    """BANKING77's train.csv and test.csv, or skip the test with the reason."""
+    try:
+        return data_files(None)
+    except ConfigError:
+        pytest.skip(f"BANKING77 not found in {default_data_dir()}: set {DATA_DIR_ENV} to a folder with its "
+                    "train.csv and test.csv (README, 'Text cascade')")
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict:
-    """`edgecascade train` on the subset, through the CLI: the bundles and the data it used."""
+    """`edgecascade train` on generated data, through the CLI: the bundles and the data it used."""
     root = tmp_path_factory.mktemp("text-build")
-    train_full, test_full = (read_labelled_csv(p) for p in data_files(None))
-    classes = sorted(set(train_full.labels))[:NUM_CLASSES]
-    train_csv = write_csv(root / "train.csv", banking_subset(train_full, TRAIN_PER_CLASS, classes))
-    eval_csv = write_csv(root / "eval.csv", banking_subset(test_full, EVAL_PER_CLASS, classes))
+    train_rows, eval_rows = generate(intents=NUM_CLASSES, train_per_intent=TRAIN_PER_CLASS,
+                                     test_per_intent=EVAL_PER_CLASS, seed=7)
+    train_csv = write_csv(root / "train.csv", train_rows)
+    eval_csv = write_csv(root / "eval.csv", eval_rows)
     out = root / "out"
     code = cli_main(["train", "--data", str(train_csv), "--eval", str(eval_csv), "--out", str(out),
-                     "--cache-dir", str(root / "cache"), "--name", "tiny", "--num-features", "4096", "--no-progress"])
+                     "--cache-dir", str(root / "cache"), "--name", "tiny", "--edge-max-mb", "0.06", "--no-progress"])
     assert code == 0
     return {"out": out, "cache": root / "cache", "train": read_labelled_csv(train_csv), "eval": read_labelled_csv(eval_csv),
             "facts": json.loads((out / "build.json").read_text())}
@@ -108,7 +120,10 @@ def test_build_writes_both_bundles_and_facts(built):
         assert (out / name).is_file(), name
     assert facts["num_labels"] == NUM_CLASSES and facts["train_size"] == NUM_CLASSES * TRAIN_PER_CLASS
     assert facts["edge_size_bytes"] < facts["cloud_size_bytes"] / 10
-    # Far above chance (5 %) even on 15 texts per intent; the full-data numbers live in the benchmark.
+    # the buckets come from the size budget: 4096 x 8 labels is the most that fits 60 kB
+    assert facts["edge_buckets"] == 4096 and facts["edge_max_bytes"] == 60_000
+    assert facts["edge_size_bytes"] <= 60_000
+    # Far above chance (12.5 %); the real-data numbers live in the benchmark.
     assert facts["eval"]["edge_accuracy"] > 0.5 and facts["eval"]["cloud_accuracy"] > 0.7
     edge_card = json.loads((out / "edge/model.json").read_text())
     assert edge_card["runtime"] == "onnx" and edge_card["input"]["kind"] == "text" and edge_card["name"] == "tiny-edge"
@@ -261,7 +276,7 @@ def test_data_dir_default_and_env(tmp_path, monkeypatch):
 
 
 def test_cascade_bench_measures_on_built_bundles(built):
-    """`measure` on the tiny pair (epsilon 0.1: 50 calibration examples cannot certify less)."""
+    """`measure` on the tiny pair (epsilon 0.1: 40 calibration examples cannot certify less)."""
     from benchmarks.cascade import check_targets, measure
 
     labels = json.loads((built["out"] / "edge/model.json").read_text())["labels"]
@@ -273,7 +288,8 @@ def test_cascade_bench_measures_on_built_bundles(built):
     assert r["oracle_accuracy"] >= max(r["edge_only_accuracy"], r["cloud_only_accuracy"])
     assert r["curve"][0] == [0.0, pytest.approx(r["edge_only_accuracy"], abs=1e-5)]
     assert r["curve"][-1] == [1.0, pytest.approx(r["cloud_only_accuracy"], abs=1e-5)]
-    assert set(r["cpt"]) == {"50", "80", "95"}
+    # APGR and CPT need a gap between the two accuracies; small data may have none
+    assert set(r["cpt"]) == ({"50", "80", "95"} if r["apgr"] is not None else set())
     assert r["guarantee"]["n_splits"] >= 100 and 0.0 <= r["guarantee_violation_rate"] <= 1.0
     calibrated = r["calibrated"]
     assert {"epsilon", "delta", "deferral_rate", "accuracy"} <= set(calibrated) and calibrated["epsilon"] == 0.1
@@ -288,6 +304,37 @@ def test_train_command_refuses_bad_featurizer_size(tmp_path, capsys):
     code = cli_main(["train", "--data", str(train), "--out", str(tmp_path / "out"), "--num-features", "3", "--no-progress"])
     assert code == 2
     assert "num_features" in capsys.readouterr().err
+
+
+@pytest.mark.needs_banking77
+def test_edge_model_learns_a_banking77_subset(tmp_path):
+    """The edge pipeline on real text: 20 BANKING77 intents x 15 training texts, 5 test texts each."""
+    from edgecascade.offline.text_build import build_edge_bundle
+
+    train_path, test_path = banking77_files()
+    train_full, test_full = read_labelled_csv(train_path), read_labelled_csv(test_path)
+    assert len(set(train_full.labels)) == 77 and len(train_full) == 10003 and len(test_full) == 3080
+    classes = sorted(set(train_full.labels))[:20]
+    train = read_labelled_csv(write_csv(tmp_path / "train.csv", banking_subset(train_full, 15, classes)))
+    test = read_labelled_csv(write_csv(tmp_path / "test.csv", banking_subset(test_full, 5, classes)))
+    card = build_edge_bundle(tmp_path / "edge", train.texts, train.label_ids(classes), classes, name="b77-edge",
+                             version=1, featurizer_options={"num_features": 4096})
+    model = load_model(tmp_path / "edge", edge=True)
+    model.load()
+    accuracy = float((model.predict(test.texts).argmax(1) == test.label_ids(card.labels)).mean())
+    assert accuracy > 0.5  # chance is 5 %
+
+
+def test_edge_buckets_follow_the_label_count_and_budget():
+    from edgecascade.offline.text_edge_build import DEFAULT_EDGE_MAX_BYTES, buckets_for_budget, edge_model_bytes
+
+    assert buckets_for_budget(77, DEFAULT_EDGE_MAX_BYTES) == 65536    # BANKING77: 5.3 MB, as before
+    assert buckets_for_budget(150, DEFAULT_EDGE_MAX_BYTES) == 32768   # 150 intents: 5.0 MB instead of 10.1 MB
+    assert buckets_for_budget(2, DEFAULT_EDGE_MAX_BYTES) == 65536     # never more than the default
+    assert buckets_for_budget(10_000, DEFAULT_EDGE_MAX_BYTES) == 1024 # the floor, even over budget
+    for labels in (2, 77, 150, 1000):
+        buckets = buckets_for_budget(labels, DEFAULT_EDGE_MAX_BYTES)
+        assert edge_model_bytes(buckets, labels) <= DEFAULT_EDGE_MAX_BYTES or buckets == 1024
 
 
 def test_train_ends_with_a_short_summary_not_the_build_record(built):

@@ -24,15 +24,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="run a benchmark and write its JSON to benchmarks/results/")
     bench_sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
 
-    cascade = bench_sub.add_parser("cascade", help="BANKING77 text cascade: accuracy, deferral curve, calibration guarantee")
-    cascade.add_argument("--data-dir", type=Path, default=None, help="directory with train.csv and test.csv (default: ../shared/data/banking77)")
+    cascade = bench_sub.add_parser(
+        "cascade", help="text cascade on an intent data set (BANKING77 by default): accuracy, deferral curve, "
+        "calibration guarantee, out-of-scope queries",
+        description="Writes cascade_<name>.json and .png, <name> being --name or the data folder's name. "
+        "BANKING77's targets are checked only on BANKING77. A test set with an out-of-scope label adds "
+        "in-scope accuracy, out-of-scope recall and cloud share on mixed traffic for edge, cloud and cascade.")
+    cascade.add_argument("--data-dir", type=Path, default=None,
+                         help="directory with train.csv and test.csv (default: $EDGECASCADE_DATA_DIR or ../shared/data/banking77)")
+    cascade.add_argument("--name", default=None, help="the data set's name in the result file and plot (default: the folder's name)")
+    cascade.add_argument("--models", type=Path, default=None, metavar="DIR",
+                         help="measure the pair `edgecascade train --out DIR` built instead of building one "
+                         "(test data from --data-dir)")
+    cascade.add_argument("--oos-label", default=None, metavar="LABEL",
+                         help="label of out-of-scope test queries (default: out_of_scope or oos when present)")
+    cascade.add_argument("--abstain-cost", type=float, default=0.01, metavar="C",
+                         help="in-scope accuracy the abstain thresholds may cost on the calibration half (default 0.01)")
+    cascade.add_argument("--epsilon", type=float, default=None,
+                         help="accuracy drop vs cloud the calibrated threshold may cost (Learn then Test, delta 0.05; "
+                         "default 0.01, 0.05 with --quick); small data sets cannot certify 0.01")
     cascade.add_argument("--e2e", action="store_true", help="also send the test set through SDK -> edge agent -> cloud router")
     cascade.add_argument("--quick", action="store_true",
-                         help="smoke test: trains a fresh pair on 12 of the 77 intents (25 texts each, 4,096 hash "
-                         "buckets), calibrates at epsilon 0.05, checks no targets; a minute or two. Writes to --out "
-                         "like a full run")
+                         help="smoke test: trains a fresh pair on at most 12 intents (25 texts each, 4,096 hash "
+                         "buckets), calibrates at epsilon 0.05, checks no targets; a minute or two. Writes "
+                         "cascade_<name>_quick.json and .png")
     cascade.add_argument("--out", type=Path, default=RESULTS_DIR,
-                         help="output directory for cascade_banking77.json and .png (default: benchmarks/results)")
+                         help="output directory for cascade_<name>.json and .png (default: benchmarks/results)")
+    cascade.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _port_range_option(cascade)
     cascade.set_defaults(func=_cascade)
 
     delta = bench_sub.add_parser("delta", help="delta updates: patch size, diff/apply time and memory, swap under load")
@@ -43,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="run the hot-swap part N times (about a minute each) and report the median run (default 3)")
     delta.add_argument("--out", type=Path, default=RESULTS_DIR / "delta.json",
                        help="output JSON file (default: benchmarks/results/delta.json)")
+    _port_range_option(delta)
     delta.set_defaults(func=_delta)
 
     scale = bench_sub.add_parser("scale", help="Redis scheduling: throughput and latency for 1, 2 and 4 workers")
@@ -51,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "of 10 of 150; writes to --out like a full run")
     scale.add_argument("--out", type=Path, default=RESULTS_DIR / "scale.json",
                        help="output JSON file (default: benchmarks/results/scale.json)")
+    _port_range_option(scale)
     scale.set_defaults(func=_scale)
 
     serve = bench_sub.add_parser("serve", help="serving overhead against the bare model and a raw gRPC echo")
@@ -60,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "nothing on that pair. Writes to --out like a full run")
     serve.add_argument("--out", type=Path, default=RESULTS_DIR / "serve.json",
                        help="output JSON file (default: benchmarks/results/serve.json)")
+    _port_range_option(serve)
     serve.set_defaults(func=_serve)
 
     soak = bench_sub.add_parser("soak", help="soak and chaos: many SDK clients against agent + routers + Redis; "
@@ -70,7 +92,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     soak.add_argument("--no-chaos", action="store_true", help="skip the chaos steps after the steady part")
     soak.add_argument("--step-s", type=float, default=10.0, help="seconds of load per chaos step (default 10)")
     soak.add_argument("--out", type=Path, default=RESULTS_DIR / "soak.json", help="output JSON file")
+    _port_range_option(soak)
     soak.set_defaults(func=_soak)
+
+
+def _port_range_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port-range", metavar="LO-HI", default=None,
+                        help="loopback ports the daemons may listen on, e.g. 20000-20100 (default: any free port; "
+                        "also $EDGECASCADE_PORT_RANGE)")
+
+
+def _apply_port_range(args: argparse.Namespace) -> None:
+    if getattr(args, "port_range", None) is not None:
+        from edgecascade.processes import set_port_range
+
+        set_port_range(args.port_range)
 
 
 def _positive_int(text: str) -> int:
@@ -84,15 +120,33 @@ def _positive_int(text: str) -> int:
 
 
 def _cascade(args: argparse.Namespace) -> int:
+    from shared.errors import InvalidInputError
+
+    if not 0 <= args.abstain_cost < 1:
+        raise InvalidInputError(f"--abstain-cost must be in [0, 1), got {args.abstain_cost}")
+    if args.epsilon is not None and not 0 < args.epsilon < 1:
+        raise InvalidInputError(f"--epsilon must be in (0, 1), got {args.epsilon}")
+    _apply_port_range(args)
     module = _benchmark("cascade")
     prepare_output_dir(args.out, "--out")
-    result = module.run_cascade_bench(args.data_dir, args.out, e2e=args.e2e, quick=args.quick)
+    result = module.run_cascade_bench(
+        args.data_dir, args.out, e2e=args.e2e, quick=args.quick, name=args.name, models_dir=args.models,
+        oos_label=args.oos_label, abstain_cost=args.abstain_cost, epsilon=args.epsilon, progress=not args.no_progress)
     print(summary(result, CASCADE_FIELDS))
-    print(f"full results: {args.out / module.RESULT_FILE} (plot: {args.out / module.PLOT_FILE})")
+    if "targets_note" in result:
+        print(result["targets_note"])
+    mixed = result.get("out_of_scope")
+    if mixed:
+        for system in ("edge_only", "cloud_only", "cascade", "cascade_abstain"):
+            row = mixed[system]
+            print(f"{system} (mixed traffic): in-scope accuracy {row['in_scope_accuracy']:.4f}, out-of-scope recall "
+                  f"{row['out_of_scope_recall']:.4f}, sent to the cloud {row['deferral_rate']:.4f}")
+    print(f"full results: {result['files']['json']} (plot: {result['files']['png']})")
     return 0
 
 
 def _delta(args: argparse.Namespace) -> int:
+    _apply_port_range(args)
     module = _benchmark("delta")
     prepare_output_dir(args.out.parent, "--out")
     result = module.run_delta_bench(args.out, quick=args.quick, swap_runs=args.swap_runs)
@@ -106,6 +160,7 @@ def _delta(args: argparse.Namespace) -> int:
 
 
 def _scale(args: argparse.Namespace) -> int:
+    _apply_port_range(args)
     module = _benchmark("scale")
     prepare_output_dir(args.out.parent, "--out")
     result = module.run_scale_bench(args.out, quick=args.quick)
@@ -115,6 +170,7 @@ def _scale(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    _apply_port_range(args)
     module = _benchmark("serve")
     prepare_output_dir(args.out.parent, "--out")
     result = module.run_serve_bench(args.out, quick=args.quick)
@@ -124,6 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _soak(args: argparse.Namespace) -> int:
+    _apply_port_range(args)
     result = _benchmark("soak").run_soak(args.out, duration_s=args.duration, clients=args.clients,
                                          deadline_ms=args.deadline_ms, chaos=not args.no_chaos, step_s=args.step_s,
                                          progress=print)

@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: 8)")
     parser.add_argument("--limit", type=int, default=None, help="replay only the first N test inputs (default: all 450)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--port-range", metavar="LO-HI", default=None,
+                        help="loopback ports the daemons may listen on, e.g. 20000-20100 (default: any free port; "
+                        "also $EDGECASCADE_PORT_RANGE)")
     serve = parser.add_argument_group("serving the demo pair")
     serve.add_argument("--serve", action="store_true",
                        help="start a cloud router and an edge agent on the demo pair and keep them up until Ctrl-C "
@@ -43,8 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from edgecascade.demo import format_table, run_demo
+    from edgecascade.processes import set_port_range
     from shared.errors import InvalidInputError
 
+    if args.port_range is not None:
+        set_port_range(args.port_range)
     if args.agents < 1 or args.concurrency < 1 or (args.limit is not None and args.limit < 1):
         raise InvalidInputError("--agents, --concurrency and --limit must be positive")
     if args.serve and args.make_v2 is not None:

@@ -89,7 +89,7 @@ def format_table(rows: list[dict[str, Any]], now_s: float | None = None) -> str:
         lines.append((
             agent["agent_id"],
             f"{agent.get('model_name', '')} v{agent.get('model_version', '')}",
-            agent.get("policy_signal", ""),
+            "-entropy" if agent.get("policy_signal") == "entropy" else agent.get("policy_signal", ""),
             threshold,
             str(routes.get("edge", 0)),
             str(routes.get("cloud", 0)),

@@ -34,8 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory for edge/ and cloud/")
     parser.add_argument("--name", default=None, help="model name prefix (default: the data directory's name)")
     parser.add_argument("--version", type=int, default=1, help="version written to both model cards (default 1)")
-    parser.add_argument("--num-features", type=int, default=65536, metavar="F",
-                        help="hash buckets of the edge featurizer; the edge model holds F x labels INT8 weights (default 65536)")
+    parser.add_argument("--num-features", type=int, default=None, metavar="F",
+                        help="hash buckets of the edge featurizer; the edge model holds F x labels INT8 weights "
+                        "(default: the most, up to 65536, that fit --edge-max-mb)")
+    parser.add_argument("--edge-max-mb", type=float, default=6.0, metavar="MB",
+                        help="size budget of the edge model file; sets the buckets from the label count (default 6)")
+    parser.add_argument("--oos-label", default=None, metavar="LABEL",
+                        help="label of out-of-scope examples (default: out_of_scope or oos when the data has one); the "
+                        "edge card declares it and eval_predictions.npz marks those examples for calibrate --abstain-cost")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="embedding cache (default: $EDGECASCADE_CACHE_DIR or ~/.cache/edgecascade)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -44,12 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgecascade.offline.text_build import build_text_models
-    from edgecascade.offline.text_data import data_files, read_labelled_csv
+    from edgecascade.offline.text_data import data_files, find_out_of_scope_label, read_labelled_csv
     from edgecascade.output_paths import prepare_output_dir
     from shared.errors import InvalidInputError
 
     if args.version < 1:
         raise InvalidInputError(f"--version must be >= 1, got {args.version}")
+    if not args.edge_max_mb > 0:
+        raise InvalidInputError(f"--edge-max-mb must be positive, got {args.edge_max_mb}")
     if args.data is not None:
         train_path, eval_path = args.data, args.eval
     else:
@@ -59,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
     prepare_output_dir(args.out, "--out")  # before hours of training, not after
     train = read_labelled_csv(train_path)
     eval_set = read_labelled_csv(eval_path) if eval_path is not None else None
+    oos_label = find_out_of_scope_label(train, *([eval_set] if eval_set is not None else []), named=args.oos_label)
     facts = build_text_models(train, args.out, eval_set=eval_set, name=name, version=args.version,
                               cache_dir=args.cache_dir, progress_bars=not args.no_progress,
-                              featurizer_options={"num_features": args.num_features})
+                              featurizer_options={} if args.num_features is None else {"num_features": args.num_features},
+                              edge_max_bytes=int(args.edge_max_mb * 1e6), out_of_scope_label=oos_label)
     print(summary(facts, Path(args.out)))
     return 0
 
@@ -72,13 +82,18 @@ def summary(facts: dict, out: Path) -> str:
     lines = [
         f"trained {facts['name']} v{facts['version']} on {facts['train_size']} texts, {facts['num_labels']} labels "
         f"in {facts['build_s']['total_s']:.0f} s",
-        f"  edge  {out / 'edge'}  ({facts['edge_size_bytes'] / mb:.1f} MB)",
+        f"  edge  {out / 'edge'}  ({facts['edge_size_bytes'] / mb:.1f} MB"
+        + (f": {facts['edge_buckets']} hash buckets x {facts['num_labels']} labels, budget "
+           f"{facts['edge_max_bytes'] / 1e6:g} MB" if "edge_buckets" in facts else "") + ")",
         f"  cloud {out / 'cloud'}  ({facts['cloud_size_bytes'] / mb:.1f} MB)",
     ]
     evaluated = facts.get("eval")
     if evaluated:
         lines.append(f"  eval ({evaluated['size']} texts): edge accuracy {evaluated['edge_accuracy']:.4f}, "
                      f"cloud {evaluated['cloud_accuracy']:.4f}, agreement {evaluated['agreement']:.4f}")
+    if facts.get("out_of_scope_label"):
+        lines.append(f"  out-of-scope label {facts['out_of_scope_label']!r}: declared by the edge model; "
+                     "calibrate --abstain-cost sets the abstain thresholds")
     policy = facts["policy"]
     certified = policy.get("method") not in (None, "none")
     lines.append(f"  policy: accept {policy['signal']} >= {policy['threshold']:.4f}"

@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         cmd.add_argument("--golden", type=int, default=8, help="golden inputs the agents check the new model on (0: none)")
         cmd.add_argument("--wait", action="store_true", help="follow the rollout until every agent reports; exit 0 only when all are healthy")
         cmd.add_argument("--wait-s", type=float, default=600.0, help="how long --wait follows the rollout")
+        cmd.add_argument("--no-progress", action="store_true", help="no upload progress bar")
         add_client_security_options(cmd)
         cmd.set_defaults(func=_push, rollback=name == "rollback")
 
@@ -86,11 +87,12 @@ def _push(args: argparse.Namespace) -> int:
     manifest = package.manifest
     print(f"built {'rollback' if args.rollback else 'update'} {manifest.model_name} v{manifest.version} "
           f"({manifest.patch_format} patch) in {time.perf_counter() - started:.1f} s")
-    bar = ProgressBar("uploading")
+    bar = None if args.no_progress else ProgressBar("uploading")
     try:
         reply = publish(args.router, package, canary_percent=args.canary, progress=bar, security=security)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     share = reply.payload_bytes / reply.target_bytes if reply.target_bytes else 0.0
     print(f"published update {reply.update_id}: patch {human_bytes(reply.payload_bytes)} "
           f"vs full model {human_bytes(reply.target_bytes)} ({share:.1%})")

@@ -37,9 +37,10 @@ class CascadeReport:
     edge_accuracy: float
     cloud_accuracy: float
     oracle_accuracy: float
-    apgr: float
+    apgr: Optional[float]
+    """None when edge and cloud accuracy are equal: there is no gap to recover."""
     cpt: dict[int, float]
-    """Percent of the gap -> smallest deferral rate that recovers it."""
+    """Percent of the gap -> smallest deferral rate that recovers it (empty when there is no gap)."""
     curve: np.ndarray = field(repr=False)
     """[N+1, 2] rows of (deferral_rate, accuracy)."""
     reference: str
@@ -146,15 +147,17 @@ def cascade_report(
     gold: Any = None,
     cpt_percents: Sequence[int] = CPT_PERCENTS,
 ) -> CascadeReport:
-    """Endpoint accuracies, the deferral-accuracy curve, APGR and CPT in one pass."""
+    """Endpoint accuracies, the deferral-accuracy curve, APGR and CPT in one pass (APGR None and
+    CPT empty when the two accuracies are equal)."""
     curve = deferral_accuracy_curve(scores, edge_pred, cloud_pred, gold)
     edge_acc, cloud_acc, oracle_acc = endpoint_accuracies(edge_pred, cloud_pred, gold)
+    no_gap = abs(cloud_acc - edge_acc) < 1e-12  # possible on small or easy data sets
     return CascadeReport(
         edge_accuracy=edge_acc,
         cloud_accuracy=cloud_acc,
         oracle_accuracy=oracle_acc,
-        apgr=apgr(curve, edge_acc, cloud_acc),
-        cpt={int(p): cpt(curve, edge_acc, cloud_acc, p) for p in cpt_percents},
+        apgr=None if no_gap else apgr(curve, edge_acc, cloud_acc),
+        cpt={} if no_gap else {int(p): cpt(curve, edge_acc, cloud_acc, p) for p in cpt_percents},
         curve=curve,
         reference="cloud" if gold is None else "gold",
     )

@@ -48,25 +48,45 @@ Say = Callable[[str], None]
 def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Optional[LabelledTexts] = None,
                       name: str = "text", version: int = 1, cache_dir: Optional[Path] = None,
                       say: Say = print, progress_bars: bool = True,
-                      featurizer_options: Optional[dict] = None) -> dict[str, Any]:
-    """Train both models on `train`, write edge/ and cloud/ under `out_dir`, and return the build facts."""
+                      featurizer_options: Optional[dict] = None, edge_max_bytes: Optional[int] = None,
+                      out_of_scope_label: Optional[str] = None) -> dict[str, Any]:
+    """Train both models on `train`, write edge/ and cloud/ under `out_dir`, and return the build facts.
+
+    Without `num_features` in `featurizer_options`, the edge's hash buckets are the most that
+    fit `edge_max_bytes` (default DEFAULT_EDGE_MAX_BYTES) at this label count. With
+    `out_of_scope_label`, the edge card declares it; eval rows with that label are out-of-scope
+    examples (gold -1 unless training has the label as a class)."""
     from edgecascade.offline.demo_models import default_cache_root
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    from edgecascade.offline.text_edge_build import DEFAULT_EDGE_MAX_BYTES, buckets_for_budget, edge_model_bytes
+
     labels = label_names(train)
     y = train.label_ids(labels)
-    eval_y = eval_set.label_ids(labels) if eval_set is not None else None  # fail early on unknown labels
+    # fail early on unknown labels
+    eval_y = eval_set.label_ids(labels, out_of_scope_label) if eval_set is not None else None
     timings: dict[str, float] = {}
     edge_dir, cloud_dir = out_dir / "edge", out_dir / "cloud"
+    featurizer_options = dict(featurizer_options or {})
+    max_bytes = DEFAULT_EDGE_MAX_BYTES if edge_max_bytes is None else int(edge_max_bytes)
+    by_budget = "num_features" not in featurizer_options
+    if by_budget:
+        featurizer_options["num_features"] = buckets_for_budget(len(labels), max_bytes)
+    buckets = int(featurizer_options["num_features"])
 
-    say(f"[1/4] edge: hashed n-grams + logistic regression on {len(train)} texts, {len(labels)} labels")
+    say(f"[1/4] edge: hashed n-grams + logistic regression on {len(train)} texts, {len(labels)} labels, "
+        f"{buckets} buckets (about {edge_model_bytes(buckets, len(labels)) / 1e6:.2f} MB; budget {max_bytes / 1e6:g} MB)")
     t = time.perf_counter()
     with Elapsed("featurizing and fitting", show=progress_bars):
         edge_card = build_edge_bundle(edge_dir, train.texts, y, labels, name=f"{name}-edge", version=version,
-                                      featurizer_options=featurizer_options)
+                                      featurizer_options=featurizer_options, out_of_scope_label=out_of_scope_label)
     timings["edge_train_s"] = time.perf_counter() - t
     say(f"      done in {timings['edge_train_s']:.1f} s")
+    edge_bytes = (edge_dir / edge_card.file).stat().st_size
+    if edge_bytes > max_bytes:
+        why = f"even {buckets} buckets do not fit {len(labels)} labels" if by_budget else "num_features was given"
+        say(f"      the edge model is {edge_bytes / 1e6:.2f} MB, over the {max_bytes / 1e6:g} MB budget ({why})")
 
     say("[2/4] cloud: all-MiniLM-L6-v2 sentence embeddings (cached after the first run)")
     t = time.perf_counter()
@@ -94,8 +114,11 @@ def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Op
         "train_source": train.source,
         "train_size": len(train),
         "num_labels": len(labels),
-        "edge_size_bytes": (edge_dir / edge_card.file).stat().st_size,
+        "edge_size_bytes": edge_bytes,
+        "edge_max_bytes": max_bytes,
+        "edge_buckets": buckets,
         "cloud_size_bytes": cloud_size_bytes(cloud_dir),
+        "out_of_scope_label": out_of_scope_label,
     }
     say("[4/4] policy" + (" and eval-set accuracy" if eval_set is not None else ""))
     t = time.perf_counter()
@@ -104,8 +127,14 @@ def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Op
     if eval_set is not None:
         edge_probs = _edge_probs(edge_dir, eval_set.texts)
         cloud_probs = head_probs(embedder.embed(eval_set.texts, desc="embedding eval"), weight, bias)
-        np.savez(out_dir / EVAL_PREDICTIONS_FILE, edge_probs=edge_probs, cloud_pred=cloud_probs.argmax(1), gold=eval_y)
-        facts["eval"] = eval_facts(edge_probs, cloud_probs, eval_y, source=eval_set.source)
+        oos = eval_set.out_of_scope(out_of_scope_label)
+        extra = {"out_of_scope": oos} if oos.any() else {}
+        np.savez(out_dir / EVAL_PREDICTIONS_FILE, edge_probs=edge_probs, cloud_pred=cloud_probs.argmax(1),
+                 cloud_probs=cloud_probs, gold=eval_y, **extra)
+        facts["eval"] = eval_facts(edge_probs[~oos], cloud_probs[~oos], eval_y[~oos], source=eval_set.source)
+        if oos.any():
+            facts["eval"]["out_of_scope_examples"] = int(oos.sum())
+            facts["eval"]["note"] = "accuracies over in-scope examples"
         policy = certified_policy(policy, edge_probs, cloud_probs.argmax(1), say)
     save_policy(edge_dir, policy)
     timings["eval_and_policy_s"] = time.perf_counter() - t
@@ -117,7 +146,8 @@ def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Op
 
 
 def build_edge_bundle(edge_dir: Path, texts: Sequence[str], y: np.ndarray, labels: Sequence[str], *, name: str,
-                      version: int, featurizer_options: Optional[dict] = None) -> ModelCard:
+                      version: int, featurizer_options: Optional[dict] = None,
+                      out_of_scope_label: Optional[str] = None) -> ModelCard:
     """Train the linear model, write the INT8 model.onnx and model.json (no policy) to `edge_dir`."""
     from edgecascade.offline.text_edge_build import train_linear, write_sparse_int8_onnx
     from shared.text_features import featurizer_from_options, parse_featurizer_options
@@ -128,7 +158,8 @@ def build_edge_bundle(edge_dir: Path, texts: Sequence[str], y: np.ndarray, label
     linear = train_linear(featurizer, texts, y, len(labels))
     write_sparse_int8_onnx(edge_dir / "model.onnx", linear, name)
     card = ModelCard(name=name, version=version, labels=list(labels), runtime="onnx", file="model.onnx",
-                     input=InputSpec(kind="text"), options={"featurizer": options, "intra_op_threads": 1})
+                     input=InputSpec(kind="text"), options={"featurizer": options, "intra_op_threads": 1},
+                     out_of_scope_label=out_of_scope_label)
     save_card(edge_dir, card)
     return card
 

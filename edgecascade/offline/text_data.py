@@ -25,6 +25,8 @@ TEXT_COLUMN = "text"
 LABEL_COLUMNS = ("category", "label")
 TRAIN_FILE = "train.csv"
 TEST_FILE = "test.csv"
+#: Label names taken as "out of scope" when a data set has one and none is named.
+OUT_OF_SCOPE_NAMES = ("out_of_scope", "oos")
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,12 @@ class LabelledTexts:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def label_ids(self, label_names: Sequence[str]) -> np.ndarray:
-        """int64 [N] indices into `label_names`; an unknown label is an InvalidInputError naming it."""
+    def label_ids(self, label_names: Sequence[str], out_of_scope_label: Optional[str] = None) -> np.ndarray:
+        """int64 [N] indices into `label_names`; an unknown label is an InvalidInputError naming it,
+        except `out_of_scope_label`, which is -1 when it is not one of `label_names`."""
         index = {name: i for i, name in enumerate(label_names)}
+        if out_of_scope_label is not None and out_of_scope_label not in index:
+            index[out_of_scope_label] = -1
         ids = np.empty(len(self.labels), dtype=np.int64)
         for row, label in enumerate(self.labels):
             if label not in index:
@@ -50,6 +55,10 @@ class LabelledTexts:
                 )
             ids[row] = index[label]
         return ids
+
+    def out_of_scope(self, out_of_scope_label: Optional[str]) -> np.ndarray:
+        """bool [N]: rows labelled `out_of_scope_label` (all False for None)."""
+        return np.array([label == out_of_scope_label for label in self.labels], dtype=bool)
 
     def subset(self, rows: Sequence[int]) -> "LabelledTexts":
         return LabelledTexts([self.texts[i] for i in rows], [self.labels[i] for i in rows], self.source)
@@ -125,6 +134,17 @@ def _column_positions(path: Path, columns: list[str]) -> tuple[int, int]:
     if label_name is None:
         raise InvalidInputError(f"{path}: no label column ({' or '.join(map(repr, LABEL_COLUMNS))}); the header has {columns}")
     return columns.index(TEXT_COLUMN), columns.index(label_name)
+
+
+def find_out_of_scope_label(*sets: LabelledTexts, named: Optional[str] = None) -> Optional[str]:
+    """The out-of-scope label: `named` (it must occur in one of the sets), else the first of
+    OUT_OF_SCOPE_NAMES that occurs, else None."""
+    present = set().union(*(set(s.labels) for s in sets))
+    if named is not None:
+        if named not in present:
+            raise InvalidInputError(f"out-of-scope label {named!r} occurs in none of {', '.join(s.source for s in sets)}")
+        return named
+    return next((name for name in OUT_OF_SCOPE_NAMES if name in present), None)
 
 
 def label_names(train: LabelledTexts) -> list[str]:

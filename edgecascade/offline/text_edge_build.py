@@ -41,6 +41,26 @@ ONNX_IR_VERSION = 8  # readable by onnxruntime >= 1.14 on older boards
 #: moved by less than 0.3 points between C = 10 and 100.
 DEFAULT_C = 30.0
 DEFAULT_MAX_ITER = 300
+#: Default size budget of the edge model file: 65,536 buckets up to 87 labels, 32,768 up to 178.
+DEFAULT_EDGE_MAX_BYTES = 6_000_000
+#: The budget only ever lowers the default 65,536 buckets (more did not help on BANKING77).
+MIN_BUCKETS, MAX_BUCKETS = 1024, 1 << 16
+#: Bytes of the graph besides the per-bucket and per-label tensors (nodes, names, headers).
+GRAPH_OVERHEAD_BYTES = 4096
+
+
+def edge_model_bytes(num_features: int, num_labels: int) -> int:
+    """Size of the sparse INT8 graph: int8 weights F x C, float32 idf F, scale and bias C, overhead."""
+    return num_features * num_labels + 4 * num_features + 8 * num_labels + GRAPH_OVERHEAD_BYTES
+
+
+def buckets_for_budget(num_labels: int, max_bytes: int) -> int:
+    """Most hash buckets (a power of two, MIN_BUCKETS..MAX_BUCKETS) whose model fits `max_bytes`;
+    MIN_BUCKETS when even those do not fit (the caller reports the overrun)."""
+    buckets = MAX_BUCKETS
+    while buckets > MIN_BUCKETS and edge_model_bytes(buckets, num_labels) > max_bytes:
+        buckets //= 2
+    return buckets
 
 
 @dataclass(frozen=True)

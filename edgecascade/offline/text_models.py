@@ -112,9 +112,12 @@ def _build_into(root: Path, train_path: Path, test_path: Path, cache_root: Path,
         raise ConfigError(f"cannot create the text model cache in {root.parent}: {exc}") from None
     log.info("building the text models for %s in %s (first run only)", train_path.parent, root)
     try:
-        build_text_models(read_labelled_csv(train_path), building, eval_set=read_labelled_csv(test_path),
-                          name=train_path.resolve().parent.name or "text", cache_dir=cache_root,
-                          say=log.info, progress_bars=progress_bars)
+        from edgecascade.offline.text_data import find_out_of_scope_label
+
+        train, test = read_labelled_csv(train_path), read_labelled_csv(test_path)
+        build_text_models(train, building, eval_set=test, name=train_path.resolve().parent.name or "text",
+                          cache_dir=cache_root, say=log.info, progress_bars=progress_bars,
+                          out_of_scope_label=find_out_of_scope_label(train, test))
         old = None
         if replace and root.exists():
             old = root.parent / f".{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
