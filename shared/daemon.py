@@ -21,7 +21,7 @@ import grpc
 from shared.auth import server_interceptors
 from shared.errors import UnavailableError
 from shared.event_loop import EventLoopName, run_on_loop
-from shared.grpc_server import add_health_and_reflection, bind, create_server, set_serving
+from shared.grpc_server import add_health_and_reflection, bind, create_server, set_serving, start_health_port
 from shared.metrics import DaemonMetrics, MetricsEndpoint, serve_metrics
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class GrpcDaemon(abc.ABC):
         self._server: Optional[grpc.aio.Server] = None
         self._health: Any = None
         self._metrics_endpoint: Optional[MetricsEndpoint] = None
+        self._health_server: Optional[grpc.aio.Server] = None
         self._stopped: Optional[asyncio.Event] = None
         self._stopping: Optional[asyncio.Future] = None
 
@@ -84,9 +85,12 @@ class GrpcDaemon(abc.ABC):
             self._metrics_endpoint = serve_metrics(metrics, self.settings.listen, self.settings.metrics_port)
             await server.start()
             await set_serving(self._health, self.service_names, True)
+            self._health_server = await start_health_port(self._health, self.settings.health_listen)
         except BaseException:
             if server is not None:
                 await server.stop(0)
+            if self._health_server is not None:
+                await self._health_server.stop(0)
             await self._close()
             if self._metrics_endpoint is not None:
                 self._metrics_endpoint.close()
@@ -121,6 +125,8 @@ class GrpcDaemon(abc.ABC):
                 await set_serving(self._health, self.service_names, False)
             await self._server.stop(grace_s)
             await self._close()
+            if self._health_server is not None:
+                await self._health_server.stop(0)
         finally:
             if self._metrics_endpoint is not None:
                 await asyncio.to_thread(self._metrics_endpoint.close)

@@ -73,6 +73,24 @@ def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[s
     return health_servicer
 
 
+async def start_health_port(health_servicer: health.aio.HealthServicer, listen: Optional[str]) -> Optional[grpc.aio.Server]:
+    """A plaintext port serving only grpc.health.v1, with the same statuses as the main port, for
+    probes that cannot speak TLS (Kubernetes' built-in gRPC probes); None when `listen` is unset.
+    It carries no request data and no credentials: a status is all it tells anyone."""
+    if not listen:
+        return None
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        from shared.errors import ConfigError
+
+        raise ConfigError(f"setting 'health_listen': cannot listen on {listen!r} (in use or not a valid host:port)")
+    await server.start()
+    log.info("health checks only, in plaintext, on port %d", port)
+    return server
+
+
 async def set_serving(health_servicer: health.aio.HealthServicer, service_names: Iterable[str], serving: bool) -> None:
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ["", *service_names]:

@@ -30,6 +30,9 @@ class ServerSecuritySettings(BaseSettings):
     """YAML file listing the SHA-256 of each accepted bearer token with its name and roles
     (`edgecascade token add`). Reloaded when it changes. With it or tls_client_ca_file set, every
     RPC except health checks needs credentials with the right role (shared/auth.py)."""
+    health_listen: Optional[str] = None
+    """host:port of an extra plaintext port that serves only grpc.health.v1 (same statuses as the
+    main port), for probes that cannot speak TLS, such as Kubernetes' gRPC probes. None: none."""
     max_concurrent_rpcs: Optional[int] = Field(default=4096, ge=1)
     """RPCs served at once on the gRPC port; more are refused with RESOURCE_EXHAUSTED by gRPC, so
     overload cannot grow memory without bound. None: no limit."""

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from edgecascade import dev_pki
-from edgecascade.processes import Daemon
+from edgecascade.processes import Daemon, free_port
 from edgecascade.update_client import publish, rollout_status
 from edgecascade.update_package import package_from_bundles
 from protos import edgecascade_pb2 as pb
@@ -49,7 +49,8 @@ def secure(tmp_path_factory):
     cloud = make_softmax_bundle(tmp / "cloud", name="toy-cloud", scale=10.0, permute=True)
     router_settings = {"model_dirs": [str(cloud)], "tls_cert_file": str(pki / "router.pem"),
                        "tls_key_file": str(pki / "router.key"), "tls_client_ca_file": str(pki / "ca.pem"),
-                       "auth_tokens_file": str(router_tokens), "update_public_key": str(public)}
+                       "auth_tokens_file": str(router_tokens), "update_public_key": str(public),
+                       "health_listen": f"127.0.0.1:{free_port()}"}
     admin_tls = ClientSecurity(ca_file=pki / "ca.pem", cert_file=pki / "admin.pem", key_file=pki / "admin.key")
     with Daemon("cloud", router_settings, tmp, name="router", client_security=admin_tls) as router:
         agent_settings = {"bundle_dir": str(versions[1]), "cloud_target": router.target, "agent_id": "secure-agent",
@@ -130,6 +131,17 @@ def test_router_refuses_callers_without_a_client_certificate(secure):
         with open_channel(target, security) as channel:
             code = code_of(lambda: pb_grpc.CloudRouterStub(channel).GetFleet(pb.FleetRequest(), timeout=3))
         assert code == grpc.StatusCode.UNAVAILABLE, security
+
+
+def test_plaintext_health_port_answers_health_and_nothing_else(secure):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    target = secure["router"].settings["health_listen"]
+    with open_channel(target, None) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        assert code_of(lambda: pb_grpc.CloudRouterStub(channel).GetFleet(pb.FleetRequest(), timeout=5)) == \
+            grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_certificate_from_another_ca_is_refused(secure, tmp_path):
