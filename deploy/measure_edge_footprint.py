@@ -97,7 +97,9 @@ def measure_agent(venv: Path, bundle: Path, inputs: np.ndarray, requests: int, w
 
     port = free_port()
     config = work / "edge.yaml"
-    config.write_text(yaml.safe_dump({"listen": f"127.0.0.1:{port}", "bundle_dir": str(bundle), "cloud_target": None}))
+    # Loopback only, edge-only: plaintext is explicit, as the daemons require since TLS became the default.
+    config.write_text(yaml.safe_dump({"listen": f"127.0.0.1:{port}", "bundle_dir": str(bundle), "cloud_target": None,
+                                      "plaintext": True}))
     log = open(work / "edge.log", "wb")
     process = subprocess.Popen([str(venv / "bin" / "edgecascade"), "edge", "run", "--config", str(config)],
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
