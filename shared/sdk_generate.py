@@ -104,8 +104,8 @@ class _Assembly:
         raise error_for_code(exc.code(), exc.details() or exc.code().name) from None
 
 
-class GenerationStream:
-    """Iterate for chunks (blocking); `cancel()` stops generation on every side."""
+class _Stream:
+    """What both stream kinds share: the call, the text so far, the summary, cancel."""
 
     def __init__(self, call, request_id: str) -> None:
         self._call = call
@@ -121,6 +121,10 @@ class GenerationStream:
 
     def cancel(self) -> None:
         self._call.cancel()
+
+
+class GenerationStream(_Stream):
+    """Iterate for chunks (blocking); `cancel()` stops generation on every side."""
 
     def __iter__(self) -> Iterator[GenerationChunk]:
         try:
@@ -134,23 +138,8 @@ class GenerationStream:
             self._assembly.failed(exc)
 
 
-class AsyncGenerationStream:
+class AsyncGenerationStream(_Stream):
     """`async for` for chunks; `cancel()` stops generation on every side."""
-
-    def __init__(self, call, request_id: str) -> None:
-        self._call = call
-        self._assembly = _Assembly(request_id)
-
-    @property
-    def text(self) -> str:
-        return self._assembly.text
-
-    @property
-    def summary(self) -> Optional[GenerationSummary]:
-        return self._assembly.summary
-
-    def cancel(self) -> None:
-        self._call.cancel()
 
     async def __aiter__(self) -> AsyncIterator[GenerationChunk]:
         try:
