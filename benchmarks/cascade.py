@@ -40,8 +40,8 @@ import logging
 import platform
 import re
 import tempfile
-from collections import Counter
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -386,8 +386,8 @@ def live_cascade(edge_dir: Path, cloud_dir: Path, labels: Sequence[str], texts: 
     """The held-out half through SDK -> edge agent -> cloud router, with `policy` (threshold and,
     for data with out-of-scope queries, the abstain thresholds)."""
     from edgecascade.demo import percentile_ms, replay
-    from edgecascade.processes import Daemon
     from edgecascade.offline.calibration import calibration_masks
+    from edgecascade.processes import Daemon
     from shared.model_card import load_card
     from shared.policy import PolicyFile
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import copy
+import importlib
 import json
 import multiprocessing
 import os
@@ -51,7 +52,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from benchmarks.common import mlp_to_onnx
+from edgecascade.offline.onnx_mlp import save_mlp_onnx
 from shared.errors import InvalidInputError, ResultHashMismatchError
 
 METHODS = ("tensor", "bsdiff4", "zstd")
@@ -114,10 +115,8 @@ class _Peak:
 
 
 def _child_baseline() -> float:
-    import bsdiff4  # noqa: F401  - same imports as the measuring children
-    import zstandard  # noqa: F401
-
-    import shared.delta.payload  # noqa: F401
+    for name in ("bsdiff4", "zstandard", "shared.delta.payload"):   # what the measuring children import
+        importlib.import_module(name)
 
     return _peak_rss_mb()
 
@@ -250,7 +249,7 @@ def build_int8_pair(workdir: Path, quick: bool) -> tuple[Path, Path, dict[str, A
         target.fit(x_train, y_train)
     paths = []
     for tag, clf in (("base", base), ("target", target)):
-        float_path = mlp_to_onnx(clf.coefs_, clf.intercepts_, workdir / f"digits_{tag}.f32.onnx")
+        float_path = save_mlp_onnx(workdir / f"digits_{tag}.f32.onnx", clf.coefs_, clf.intercepts_)
         int8_path = workdir / f"digits_{tag}.int8.onnx"
         quantize_dynamic(str(float_path), str(int8_path), weight_type=QuantType.QInt8)
         float_path.unlink()
@@ -302,10 +301,10 @@ def build_full_finetune_pair(workdir: Path, quick: bool) -> tuple[Path, Path, di
     sizes = (784, 512, 512, 10) if quick else (784, 1024, 1024, 10)
     coefs = [(rng.standard_normal((a, b)) * np.sqrt(2.0 / a)).astype(np.float32) for a, b in zip(sizes, sizes[1:])]
     intercepts = [(rng.standard_normal(b) * 0.01).astype(np.float32) for b in sizes[1:]]
-    base = mlp_to_onnx(coefs, intercepts, workdir / "finetune_base.onnx")
+    base = save_mlp_onnx(workdir / "finetune_base.onnx", coefs, intercepts)
     new_coefs = [(w + rng.standard_normal(w.shape) * 1e-4).astype(np.float32) for w in coefs]
     new_intercepts = [(b + rng.standard_normal(b.shape) * 1e-4).astype(np.float32) for b in intercepts]
-    target = mlp_to_onnx(new_coefs, new_intercepts, workdir / "finetune_target.onnx")
+    target = save_mlp_onnx(workdir / "finetune_target.onnx", new_coefs, new_intercepts)
     return base, target, {"layer_sizes": list(sizes), "update_std": 1e-4}
 
 

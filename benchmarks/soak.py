@@ -243,10 +243,10 @@ class Cluster:
 
 
 def start_cluster(work: Path, *, claim_idle_ms: int) -> Cluster:
-    from cloud_router.sleep_model import write_sleep_bundle
     from benchmarks.chaos_proxy import ChaosProxy
-    from edgecascade.processes import Daemon
     from benchmarks.redis_process import RedisServer
+    from cloud_router.sleep_model import write_sleep_bundle
+    from edgecascade.processes import Daemon
     from shared.delta.signing import keygen, load_private_key
     from shared.model_card import InputSpec
 

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import mlp_to_onnx
+from edgecascade.offline.onnx_mlp import save_mlp_onnx
 
 SWAP_TAIL_S = 0.1
 WARM_UP_S = 2.0
@@ -66,7 +66,7 @@ def _write_bundle(directory: Path, version: int, weights: list[np.ndarray]) -> P
 
     directory.mkdir(parents=True)
     labels = [f"c{i}" for i in range(weights[-1].shape[0])]
-    mlp_to_onnx(weights[0::2], weights[1::2], directory / "model.onnx")
+    save_mlp_onnx(directory / "model.onnx", weights[0::2], weights[1::2])
     save_card(directory, ModelCard(name="swap-mlp", version=version, labels=labels, runtime="onnx",
                                    input=InputSpec(kind="tensor", dtype="float32", shape=[INPUT_DIM])))
     save_policy(directory, PolicyFile(model_name="swap-mlp", model_version=version, labels=labels, threshold=0.0))

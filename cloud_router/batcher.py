@@ -30,9 +30,9 @@ PredictFn = Callable[[Sequence[Any]], np.ndarray]
 class WorkItem:
     sort_key: tuple[int, int]                     # (-priority, arrival sequence)
     payload: Any = field(compare=False)
-    deadline_s: float = field(compare=False)     # absolute, time.time() clock
+    deadline_s: float = field(compare=False)     # absolute, time.monotonic() clock (shared.deadlines)
     future: asyncio.Future = field(compare=False)
-    enqueued_s: float = field(compare=False, default_factory=time.time)
+    enqueued_s: float = field(compare=False, default_factory=time.monotonic)
 
 
 def take_batch(heap: list[WorkItem], max_batch_size: int, now_s: float) -> tuple[list[WorkItem], list[WorkItem]]:
@@ -81,7 +81,7 @@ class DynamicBatcher:
         self.batch_sizes: list[int] = []   # recent batch sizes, for tests and metrics
         self.expired_count = 0
         self.busy_s = 0.0                   # time spent inside the model
-        self._free_since_s = 0.0            # when the model last finished a batch (time.time())
+        self._free_since_s = 0.0            # when the model last finished a batch (time.monotonic())
 
     @property
     def queue_depth(self) -> int:
@@ -92,7 +92,7 @@ class DynamicBatcher:
             if not self._heap:
                 return 0.0
             oldest_s = min(item.enqueued_s for item in self._heap)
-        now_s = time.time() if now_s is None else now_s
+        now_s = time.monotonic() if now_s is None else now_s
         return max(0.0, now_s - oldest_s)
 
     def start(self, prepare: Callable[[], None] | None = None) -> asyncio.Future:
@@ -128,7 +128,7 @@ class DynamicBatcher:
     async def submit(self, payload: Any, deadline_s: float, priority: int = 0) -> np.ndarray:
         if len(self._heap) >= self.max_queue:
             raise OverloadedError(f"queue is full ({self.max_queue} requests waiting); retry later")
-        if deadline_s <= time.time():
+        if deadline_s <= time.monotonic():
             raise DeadlineError("deadline passed before the request was queued")
         if self._thread is None:
             raise ModelError("the batcher is not running")
@@ -152,11 +152,11 @@ class DynamicBatcher:
             # CPU, this short wait lets them join instead of leaving a small batch to run alone.
             fill_until = max(min(item.enqueued_s for item in self._heap), self._free_since_s) + self.max_delay_s
             while len(self._heap) < self.max_batch_size and not self._stopping:
-                remaining_s = fill_until - time.time()
+                remaining_s = fill_until - time.monotonic()
                 if remaining_s <= 0:
                     break
                 self._ready.wait(remaining_s)
-            return take_batch(self._heap, self.max_batch_size, time.time())
+            return take_batch(self._heap, self.max_batch_size, time.monotonic())
 
     def _work(self, prepare: Callable[[], None] | None, ready: asyncio.Future) -> None:
         try:
@@ -184,7 +184,7 @@ class DynamicBatcher:
                 except Exception as exc:
                     error = exc if isinstance(exc, ModelError) else ModelError(f"model failed on a batch of {len(batch)}: {exc}")
             elapsed_s = time.perf_counter() - started
-            self._free_since_s = time.time()
+            self._free_since_s = time.monotonic()
             try:
                 self._loop.call_soon_threadsafe(self._deliver, batch, dropped, outputs, error, elapsed_s)
             except RuntimeError:  # the loop is closed: nobody is waiting any more

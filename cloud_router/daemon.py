@@ -1,9 +1,12 @@
-"""`edgecascade cloud run`: build the router from settings and serve until SIGTERM."""
+"""The cloud router daemon (`RouterDaemon`): build the router from settings and serve.
+`run` is `edgecascade cloud run`: the daemon until SIGTERM."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any, Optional
+
+import grpc
 
 from cloud_router.budget import CloudBudget, MemoryBuckets, RedisBuckets
 from cloud_router.fleet import MemoryFleetRegistry, RedisFleetRegistry
@@ -18,14 +21,11 @@ from cloud_router.settings import RouterSettings
 from cloud_router.updates import UpdateService
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
+from shared.daemon import GrpcDaemon, run_until_signal
 from shared.errors import ConfigError
-from shared.auth import server_interceptors
 from shared.event_loop import run_on_loop
-from shared.grpc_server import (add_health_and_reflection, bind, create_server, run_until_signal, set_serving,
-                                start_health_port)
 from shared.kserve_service import SERVICE_NAME as KSERVE_SERVICE_NAME
 from shared.kserve_service import add_kserve_servicer
-from shared.metrics import serve_metrics
 from shared.model_loader import load_model
 
 log = logging.getLogger(__name__)
@@ -108,68 +108,76 @@ async def load_llm_hosts(settings: RouterSettings) -> dict:
     return hosts
 
 
-async def serve(settings: RouterSettings, ready_callback=None) -> None:
-    metrics = RouterMetrics(settings.router_id)
-    updates = UpdateService(public_key_path=settings.update_public_key, check_uploads=settings.update_check_uploads,
-                            agent_ttl_s=settings.update_agent_ttl_s, max_chunk_bytes=settings.max_message_bytes - 1024,
-                            store_dir=settings.update_store_dir, announce_memory=not settings.update_state_in_redis)
-    redis_client = None
-    if settings.redis_url:
-        from cloud_router.redis_connection import connect, redact_url
+class RouterDaemon(GrpcDaemon):
+    """The cloud router: models, scheduler (in memory or on Redis), Redis worker and update
+    service behind the CloudRouter and KServe gRPC APIs. `start()`, `port`,
+    `serve_forever()`, `stop()` (see `GrpcDaemon`)."""
 
-        redis_client = await connect(settings.redis_url, startup_wait_s=settings.redis_startup_wait_s)
-        if settings.update_state_in_redis:
-            from cloud_router.redis_updates import RedisUpdateService
+    service_names = SERVICE_NAMES
+    daemon_name = "cloud router"
 
-            updates = RedisUpdateService(updates, redis_client, RedisKeys(settings.redis_prefix),
-                                         where=redact_url(settings.redis_url))
-    router = build_router(settings, redis_client, on_batch=metrics.observe_batch)
-    metrics.watch(router)
-    await router.start()
-    worker = None
-    if redis_client is not None and settings.role in ("all", "worker"):
-        worker = build_worker(settings, router, redis_client, on_batch=metrics.observe_batch)
-        await worker.start()
+    def __init__(self, settings: RouterSettings) -> None:
+        super().__init__(settings)
+        self.router: Optional[Router] = None
+        self.metrics: Optional[RouterMetrics] = None
+        self._updates: Any = None
+        self._redis_client: Any = None
+        self._worker: Any = None
+        self.llm_hosts: dict = {}
 
-    llm_hosts = await load_llm_hosts(settings)
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """Credentials and roles, then the per-client limits (`cloud_router.limits`)."""
+        return [*super()._interceptors(), *limits_interceptors(self.settings)]
 
-    async def stopped() -> None:
-        for host in llm_hosts.values():
+    async def _open(self, server: grpc.aio.Server) -> RouterMetrics:
+        settings = self.settings
+        metrics = self.metrics = RouterMetrics(settings.router_id)
+        updates = self._updates = UpdateService(
+            public_key_path=settings.update_public_key, check_uploads=settings.update_check_uploads,
+            agent_ttl_s=settings.update_agent_ttl_s, max_chunk_bytes=settings.max_message_bytes - 1024,
+            store_dir=settings.update_store_dir, announce_memory=not settings.update_state_in_redis)
+        if settings.redis_url:
+            from cloud_router.redis_connection import connect, redact_url
+
+            self._redis_client = await connect(settings.redis_url, startup_wait_s=settings.redis_startup_wait_s)
+            if settings.update_state_in_redis:
+                from cloud_router.redis_updates import RedisUpdateService
+
+                updates = self._updates = RedisUpdateService(updates, self._redis_client, RedisKeys(settings.redis_prefix),
+                                                             where=redact_url(settings.redis_url))
+        router = self.router = build_router(settings, self._redis_client, on_batch=metrics.observe_batch)
+        metrics.watch(router)
+        await router.start()
+        if self._redis_client is not None and settings.role in ("all", "worker"):
+            self._worker = build_worker(settings, router, self._redis_client, on_batch=metrics.observe_batch)
+            await self._worker.start()
+        self.llm_hosts = await load_llm_hosts(settings)
+        servicer = CloudRouterServicer(router, settings, metrics, updates)
+        servicer.llm_hosts, servicer.llm_default_max_new_tokens = self.llm_hosts, settings.llm_max_new_tokens
+        pb_grpc.add_CloudRouterServicer_to_server(servicer, server)
+        add_kserve_servicer(server, RouterKServeBackend(router, settings, metrics), metrics)
+        return metrics
+
+    async def _serving(self) -> None:
+        assert self.router is not None
+        log.info("cloud router %s (%s) serving %s on port %d, scheduler: %s", self.settings.router_id, self.settings.role,
+                 sorted(self.router.models), self.port, "Redis" if self._redis_client is not None else "in-memory")
+
+    async def _close(self) -> None:
+        for host in self.llm_hosts.values():
             await host.close()
-        await updates.aclose()  # no RPC is left to change the state: write it once more, then let go of the store
-        await router.stop()
-        if worker is not None:
-            await worker.stop(grace_s=settings.shutdown_grace_s)
-        if redis_client is not None:
+        if self._updates is not None:
+            await self._updates.aclose()  # no RPC is left to change the state: write it once more, then let go of the store
+        if self.router is not None:
+            await self.router.stop()
+        if self._worker is not None:
+            await self._worker.stop(grace_s=self.settings.shutdown_grace_s)
+        if self._redis_client is not None:
             from cloud_router.redis_connection import close_quietly
 
-            await close_quietly(redis_client)
-        if health_server is not None:
-            await health_server.stop(0)
-
-    interceptors = [*server_interceptors(settings, daemon="cloud router"), *limits_interceptors(settings)]
-    server = create_server(settings.max_message_bytes, interceptors=interceptors, max_concurrent_rpcs=settings.max_concurrent_rpcs)
-    servicer = CloudRouterServicer(router, settings, metrics, updates)
-    servicer.llm_hosts, servicer.llm_default_max_new_tokens = llm_hosts, settings.llm_max_new_tokens
-    pb_grpc.add_CloudRouterServicer_to_server(servicer, server)
-    add_kserve_servicer(server, RouterKServeBackend(router, settings, metrics), metrics)
-    health = add_health_and_reflection(server, SERVICE_NAMES)
-    port = bind(server, settings.listen, settings.server_security(), daemon="cloud router")
-    serve_metrics(metrics, settings.listen, settings.metrics_port)
-    await server.start()
-    health_server = await start_health_port(health, settings.health_listen)
-    await set_serving(health, SERVICE_NAMES, True)
-    log.info("cloud router %s (%s) serving %s on port %d, scheduler: %s", settings.router_id, settings.role,
-             sorted(router.models), port, "Redis" if redis_client is not None else "in-memory")
-    if ready_callback:
-        ready_callback(port)
-    await run_until_signal(
-        server,
-        grace_s=settings.shutdown_grace_s,
-        on_draining=lambda: set_serving(health, SERVICE_NAMES, False),
-        on_stopped=stopped,
-    )
+            await close_quietly(self._redis_client)
 
 
 def run(settings: RouterSettings) -> None:
-    run_on_loop(serve(settings), settings.event_loop)
+    """`edgecascade cloud run`: serve until SIGTERM or SIGINT, then drain."""
+    run_on_loop(run_until_signal(RouterDaemon(settings)), settings.event_loop)

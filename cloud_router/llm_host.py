@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Optional, Union
 
 from cloud_router.llm_checkpoint import CheckpointInfo, inspect_checkpoint
-from shared.llm_sequence import LiveSequence, TokenEvent
 from shared.errors import ConfigError, DeadlineError, ModelError, OverloadedError, UnavailableError
 from shared.llm_decoding import DEFAULT_SIGNAL_QUANTILE
 from shared.llm_events import EventPipe
-from shared.llm_request import (MAX_NEW_TOKENS_LIMIT, GenerationRequest, GenerationResult, check_prompt_fits,
-                                validated)
+from shared.llm_request import MAX_NEW_TOKENS_LIMIT, GenerationRequest, GenerationResult, check_prompt_fits, validated
+from shared.llm_sequence import LiveSequence, TokenEvent
 
 log = logging.getLogger(__name__)
 Event = Union[TokenEvent, GenerationResult]
@@ -166,7 +165,7 @@ class CausalLMHost:
             del self.stats.batch_sizes[:-1000]
             try:
                 decode_batch(self._model, batch, self._pad_id)
-            except Exception as exc:  # noqa: BLE001 - every unfinished request of the batch gets the error
+            except Exception as exc:
                 log.exception("causal LM %s failed on a batch of %d", self.name, len(batch))
                 for sequence in batch:
                     if not sequence.done:

@@ -41,7 +41,7 @@ class GenerateRpcs:
         host = self.llm_host(request.model)
         generation = generation_request_of(request, default_max_new_tokens=self.llm_default_max_new_tokens,
                                            max_new_tokens_limit=host.max_new_tokens_limit)
-        budget_s = generation_budget_s(deadline_s - time.time())
+        budget_s = generation_budget_s(deadline_s - time.monotonic())
         if budget_s <= 0:
             raise DeadlineError("deadline passed before generation started")
         started = time.perf_counter()

@@ -16,8 +16,7 @@ import time
 from typing import Any, AsyncIterator, Optional, Union
 
 from shared.errors import DeadlineError, InvalidInputError, ModelError, UnavailableError
-from shared.llm_request import (FINISH_DEADLINE, FINISH_EOS, FINISH_LENGTH, MAX_NEW_TOKENS_LIMIT, GenerationRequest,
-                                GenerationResult, SequenceSignals, validated)
+from shared.llm_request import FINISH_DEADLINE, FINISH_EOS, FINISH_LENGTH, MAX_NEW_TOKENS_LIMIT, GenerationRequest, GenerationResult, SequenceSignals, validated
 from shared.llm_sequence import TokenEvent
 
 Event = Union[TokenEvent, GenerationResult]

@@ -28,6 +28,7 @@ from cloud_router.pressure import PressureReading, pressure_of
 from cloud_router.redis_connection import Backoff, is_connection_error
 from cloud_router.redis_keys import WORK_GROUP, RedisKeys
 from cloud_router.work_codec import decode_reply, encode_work, reply_result
+from shared.deadlines import to_unix_s
 from shared.errors import DeadlineError, EdgecascadeError, OverloadedError, UnavailableError
 from shared.model import Model
 
@@ -114,18 +115,19 @@ class RedisScheduler:
     # -- requests ------------------------------------------------------------------------
 
     async def submit(self, model: Model, payload: Any, deadline_s: float, priority: int, request_id: str) -> np.ndarray:
-        if deadline_s <= time.time():
+        if deadline_s <= time.monotonic():
             raise DeadlineError("deadline passed before the request was queued")
         reading = self.readings[model.name]
         if reading.queue_depth >= self.max_queue:
             raise OverloadedError(f"queue for {model.name!r} is full ({reading.queue_depth} requests waiting); retry later")
         ticket = f"{next(self._tickets):x}"
-        fields = encode_work(ticket=ticket, reply_to=self.reply_key, deadline_s=deadline_s, request_id=request_id, payload=payload)
+        fields = encode_work(ticket=ticket, reply_to=self.reply_key, deadline_unix_s=to_unix_s(deadline_s), request_id=request_id,
+                             payload=payload)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._waiting[ticket] = future
         # a timer, not wait_for: no extra task per request on the hot path
-        timer = loop.call_later(max(0.0, deadline_s - time.time()), _expire, future, model.name)
+        timer = loop.call_later(max(0.0, deadline_s - time.monotonic()), _expire, future, model.name)
         try:
             try:
                 await self.client.xadd(self.keys.work_stream(model.name), fields, maxlen=self.stream_max_len, approximate=True)

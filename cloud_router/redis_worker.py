@@ -212,7 +212,7 @@ class RedisWorker:
     async def _process(self, model: Model, stream: str, entries: list, read_next: bool = False) -> list:
         """Answer one batch; with `read_next`, return the next batch (possibly empty), read
         without blocking in the same round trip as the acknowledgement."""
-        now_s = time.time()
+        now_unix_s = time.time()   # entries carry Unix deadlines: they come from other processes
         live: list[tuple[bytes, Any]] = []
         replies: list[tuple[str, bytes]] = []
         dead: list[tuple[bytes, dict, str]] = []
@@ -230,7 +230,7 @@ class RedisWorker:
                 if target:
                     replies.append((target[0], encode_reply(target[1], worker_id=self.worker_id, model_ms=0.0, error=exc)))
                 continue
-            if entry.deadline_s <= now_s:
+            if entry.deadline_unix_s <= now_unix_s:
                 self.expired += 1
                 continue
             live.append((entry, payload))

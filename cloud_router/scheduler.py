@@ -76,6 +76,6 @@ class InMemoryScheduler:
 
     def pressure(self, model_name: str) -> float:
         batcher = self.batchers[model_name]
-        return pressure_of(queue_depth=batcher.queue_depth, oldest_age_s=batcher.oldest_age_s(time.time()),
+        return pressure_of(queue_depth=batcher.queue_depth, oldest_age_s=batcher.oldest_age_s(time.monotonic()),
                            capacity_rps=self.capacity[model_name].rows_per_s, max_queue=batcher.max_queue,
                            saturation_wait_s=self.saturation_wait_s)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from cloud_router.metrics import RouterMetrics
 from cloud_router.llm_servicer import GenerateRpcs
+from cloud_router.metrics import RouterMetrics
 from cloud_router.router import Router
 from cloud_router.settings import RouterSettings
 from cloud_router.update_servicer import UpdateRpcs

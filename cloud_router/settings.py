@@ -10,14 +10,15 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from cloud_router.limits import ClientLimitSettings
-from shared.event_loop import EventLoopName
 from shared.listen import ListenAddress
 from shared.security_settings import ServerSecuritySettings
+from shared.settings import DaemonSettings
 
 
-class RouterSettings(ServerSecuritySettings, ClientLimitSettings):
-    """Security fields (TLS, tokens, plaintext, max_concurrent_rpcs): shared/security_settings.py;
-    per-client limits (client_*): cloud_router/limits.py."""
+class RouterSettings(DaemonSettings, ServerSecuritySettings, ClientLimitSettings):
+    """Fields both daemons share: shared/settings.py. Security fields (TLS, tokens, plaintext,
+    max_concurrent_rpcs): shared/security_settings.py; per-client limits (client_*):
+    cloud_router/limits.py."""
 
     model_config = SettingsConfigDict(env_prefix="EDGECASCADE_ROUTER_", extra="forbid")
 
@@ -54,10 +55,6 @@ class RouterSettings(ServerSecuritySettings, ClientLimitSettings):
     """New tokens for a Generate request that asks for none."""
     default_timeout_ms: float = Field(default=5_000.0, gt=0)
     """Deadline for a request that carries none."""
-    max_timeout_ms: float = Field(default=600_000.0, gt=0)
-    """Longer deadlines are refused as absurd (INVALID_ARGUMENT)."""
-    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-    """Largest gRPC message accepted or sent; larger requests get RESOURCE_EXHAUSTED."""
     redis_url: Optional[str] = None
     """None: the in-memory scheduler (single node). Set it to scale out over Redis Streams
     (redis://, rediss://, unix://, redis+cluster://, redis+sentinel://; see
@@ -117,12 +114,6 @@ class RouterSettings(ServerSecuritySettings, ClientLimitSettings):
     `redis_prefix`), shared by every replica using that Redis and prefix, so an agent or operator
     may reach any replica. Needs `redis_url` (one server or Sentinel, not Cluster); excludes
     `update_store_dir`."""
-    metrics_port: Optional[int] = None
-    """Port of the Prometheus /metrics endpoint; None disables it."""
-    shutdown_grace_s: float = Field(default=10.0, ge=0)
-    """On SIGTERM, how long in-flight requests may take to finish."""
-    event_loop: EventLoopName = "auto"
-    """asyncio loop to serve on: `auto` (uvloop when installed, else asyncio's), `uvloop`, `asyncio`."""
 
     @model_validator(mode="after")
     def _role_needs_redis(self) -> "RouterSettings":

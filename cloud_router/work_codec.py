@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 from protos import edgecascade_pb2 as pb
 from shared.errors import EdgecascadeError, InvalidInputError, error_named
 from shared.model import ModelInput
+from shared.proto_convert import infer_request
 from shared.request_parsing import decode_input
 from shared.tensor_codec import from_proto, to_proto
 
@@ -31,21 +32,17 @@ from shared.tensor_codec import from_proto, to_proto
 class WorkEntry:
     ticket: str
     reply_to: str
-    deadline_s: float
+    deadline_unix_s: float
     request_id: str
     payload: ModelInput
 
 
-def encode_work(*, ticket: str, reply_to: str, deadline_s: float, request_id: str, payload: ModelInput) -> dict[str, bytes]:
-    request = pb.InferRequest(request_id=request_id)
-    if isinstance(payload, str):
-        request.text = payload
-    else:
-        request.tensor.CopyFrom(to_proto(payload))
+def encode_work(*, ticket: str, reply_to: str, deadline_unix_s: float, request_id: str, payload: ModelInput) -> dict[str, bytes]:
+    request = infer_request(payload, request_id=request_id)
     return {
         "t": ticket.encode(),
         "r": reply_to.encode(),
-        "d": str(int(deadline_s * 1000)).encode(),
+        "d": str(int(deadline_unix_s * 1000)).encode(),
         "i": request_id.encode(),
         "q": request.SerializeToString(),
     }
@@ -79,7 +76,7 @@ def decode_work(fields: Mapping[bytes, bytes], reply_prefix: str) -> WorkEntry:
         raise InvalidInputError(f"stream entry's reply key {reply_to!r} is not under {reply_prefix!r}")
     deadline_text = _text_field(fields, b"d", "deadline")
     try:
-        deadline_s = int(deadline_text) / 1000.0
+        deadline_unix_s = int(deadline_text) / 1000.0
     except ValueError:
         raise InvalidInputError(f"stream entry's deadline {deadline_text!r} is not an integer of milliseconds") from None
     request_id = fields.get(b"i", b"").decode("utf-8", "replace")
@@ -90,7 +87,7 @@ def decode_work(fields: Mapping[bytes, bytes], reply_prefix: str) -> WorkEntry:
         request = pb.InferRequest.FromString(raw)
     except DecodeError as exc:
         raise InvalidInputError(f"stream entry's request is not an InferRequest: {exc}") from None
-    return WorkEntry(ticket, reply_to, deadline_s, request_id, decode_input(request))
+    return WorkEntry(ticket, reply_to, deadline_unix_s, request_id, decode_input(request))
 
 
 def encode_reply(ticket: str, *, worker_id: str, model_ms: float, probabilities: np.ndarray | None = None,

@@ -115,7 +115,7 @@ class Cascade:
         decided = self._decide(active, payload, probs, (time.perf_counter() - started) * 1000.0)
         if isinstance(decided, CascadeResult):
             return decided
-        timeout_s = deadline_s - time.time() - self.fallback_reserve_s
+        timeout_s = deadline_s - time.monotonic() - self.fallback_reserve_s
         return await self._ask_cloud(payload, decided, timeout_s=timeout_s, request_id=request_id, priority=priority)
 
     async def infer_rows(self, payloads: Sequence[ModelInput], *, deadline_s: float, request_ids: Sequence[str],
@@ -216,8 +216,8 @@ class Cascade:
         async def lane() -> None:
             for index, payload, deferred in queue:
                 # the call's own limit is the request's deadline: the cutoff below cancels it first
-                timeout_s = deadline_s - time.time()
-                if time.time() >= cutoff_s:
+                timeout_s = deadline_s - time.monotonic()
+                if time.monotonic() >= cutoff_s:
                     return
                 results[index] = await self._ask_cloud(payload, deferred, timeout_s=timeout_s,
                                                        request_id=request_ids[index], priority=priority)
@@ -225,7 +225,7 @@ class Cascade:
 
         lanes = [asyncio.ensure_future(lane()) for _ in range(min(max_in_flight, len(rows)))]
         try:
-            await asyncio.wait(lanes, timeout=max(0.0, cutoff_s - time.time()))
+            await asyncio.wait(lanes, timeout=max(0.0, cutoff_s - time.monotonic()))
         finally:
             for task in lanes:   # their calls end (abandoned) after this request is answered
                 task.cancel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Optional
 
 import grpc
 
@@ -11,9 +12,10 @@ from edge_agent.breaker import CircuitBreaker
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import ERROR_CLASS_KEY, CloudBudgetError, RateLimitedError
+from shared.grpc_options import channel_options
 from shared.model import ModelInput
+from shared.proto_convert import infer_request
 from shared.request_parsing import AGENT_ID_KEY
-from shared.tensor_codec import to_proto
 from shared.tls import ClientSecurity, open_aio_channel
 
 log = logging.getLogger(__name__)
@@ -36,18 +38,6 @@ class CloudUnavailable(Exception):
         self.reason = reason
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """Reconnect quickly after the cloud comes back (gRPC's default backoff grows to 120 s)."""
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 1000),
-        ("grpc.enable_retries", 0),
-    ]
-
-
 class CloudLink:
     def __init__(self, target: str, *, model: str = "", breaker: CircuitBreaker, max_message_bytes: int,
                  agent_id: str = "", security: Optional[ClientSecurity] = None) -> None:
@@ -56,7 +46,7 @@ class CloudLink:
         self.breaker = breaker
         self.agent_id = agent_id
         self._metadata = ((AGENT_ID_KEY, agent_id),) if agent_id else None
-        self._channel = open_aio_channel(target, security, options=channel_options(max_message_bytes))
+        self._channel = open_aio_channel(target, security, options=channel_options(max_message_bytes, fail_fast=True))
         self._stub = pb_grpc.CloudRouterStub(self._channel)
 
     async def close(self) -> None:
@@ -70,11 +60,7 @@ class CloudLink:
         unexpected) as abandoned, which frees a half-open trial for the next call."""
         if timeout_s <= 0:  # no time left to ask: not the cloud's fault, the breaker is not touched
             raise CloudUnavailable("deadline")
-        request = pb.InferRequest(model=self.model, request_id=request_id, priority=priority, timeout_ms=timeout_s * 1000.0)
-        if isinstance(payload, str):
-            request.text = payload
-        else:
-            request.tensor.CopyFrom(to_proto(payload))
+        request = infer_request(payload, model=self.model, request_id=request_id, priority=priority, timeout_ms=timeout_s * 1000.0)
         if not self.breaker.allow():
             raise CloudUnavailable("breaker_open")
         call = self._stub.Infer(request, timeout=timeout_s, metadata=self._metadata)

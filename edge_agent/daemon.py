@@ -1,4 +1,5 @@
-"""`edgecascade edge run`: load the edge bundle, connect to the cloud, serve until SIGTERM."""
+"""The edge agent daemon (`EdgeAgentDaemon`): load the edge bundle, connect to the cloud, serve.
+`run` is `edgecascade edge run`: the daemon until SIGTERM."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+import grpc
+
 from edge_agent.breaker import CircuitBreaker
 from edge_agent.cascade import ActiveModel, Cascade
 from edge_agent.cloud_link import CloudLink
 from edge_agent.cloud_reachability import BreakerLog
 from edge_agent.heartbeat import Heartbeat
 from edge_agent.kserve_backend import EdgeKServeBackend
-from edge_agent.metrics import AgentMetrics
 from edge_agent.llm_cascade import build_llm_cascade
+from edge_agent.metrics import AgentMetrics
 from edge_agent.model_slot import load_slot
 from edge_agent.servicer import EdgeAgentServicer
 from edge_agent.settings import EdgeSettings
@@ -22,14 +25,11 @@ from edge_agent.systemd_notify import SystemdNotifier
 from edge_agent.updater import open_version_store, start_updater
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
-from shared.auth import server_interceptors
+from shared.daemon import GrpcDaemon, run_until_signal
 from shared.errors import ConfigError
 from shared.event_loop import run_on_loop
-from shared.grpc_server import (add_health_and_reflection, bind, create_server, run_until_signal, set_serving,
-                                start_health_port)
 from shared.kserve_service import SERVICE_NAME as KSERVE_SERVICE_NAME
 from shared.kserve_service import add_kserve_servicer
-from shared.metrics import serve_metrics
 from shared.model_card import POLICY_FILE
 from shared.model_loader import load_model
 from shared.policy import load_policy
@@ -85,65 +85,71 @@ async def start_openai_endpoint(settings: EdgeSettings, llm):
     return runner
 
 
-async def serve(settings: EdgeSettings, ready_callback=None) -> None:
-    store = open_version_store(settings)
-    cascade = build_cascade(settings, store.current_dir() if store else None)
-    metrics = AgentMetrics(cascade, settings.agent_id)
-    server = create_server(settings.max_message_bytes, interceptors=server_interceptors(settings, daemon="edge agent"),
-                           max_concurrent_rpcs=settings.max_concurrent_rpcs)
-    llm = build_llm_cascade(settings, cascade.cloud.breaker if cascade.cloud else None)
-    servicer = EdgeAgentServicer(cascade, settings, metrics)
-    servicer.llm, servicer.llm_default_max_new_tokens = llm, settings.llm_max_new_tokens
-    pb_grpc.add_EdgeAgentServicer_to_server(servicer, server)
-    add_kserve_servicer(server, EdgeKServeBackend(cascade, settings, metrics), metrics)
-    health = add_health_and_reflection(server, SERVICE_NAMES)
-    openai_runner = await start_openai_endpoint(settings, llm)
-    port = bind(server, settings.listen, settings.server_security(), daemon="edge agent")
-    serve_metrics(metrics, settings.listen, settings.metrics_port)
-    await server.start()
-    health_server = await start_health_port(health, settings.health_listen)
-    await set_serving(health, SERVICE_NAMES, True)
-    log.info("edge agent %s serving %s v%d on port %d (cloud: %s)", settings.agent_id,
-             cascade.active.model.name, cascade.active.model.version, port, settings.cloud_target or "none")
-    heartbeat = None
-    if cascade.cloud is not None:
-        heartbeat = Heartbeat(cascade, settings.agent_id, interval_s=settings.heartbeat_interval_s,
-                              pressure_stale_s=settings.pressure_stale_s)
-        heartbeat.start()
-    updater = start_updater(cascade, store, metrics, settings)
-    gc.freeze()  # start-up objects leave the collector's view: no 20 ms full collections mid-swap
-    if ready_callback:
-        ready_callback(port)
-    systemd = SystemdNotifier.from_environment()  # no-op outside a Type=notify unit
-    systemd.ready(f"serving {cascade.active.model.name} v{cascade.active.model.version} on port {port}")
-    systemd.start_watchdog()
+class EdgeAgentDaemon(GrpcDaemon):
+    """The edge agent: cascade, cloud link, heartbeat and updater behind the EdgeAgent and
+    KServe gRPC APIs. `start()`, `port`, `serve_forever()`, `stop()` (see `GrpcDaemon`)."""
 
-    async def draining() -> None:
-        systemd.stopping()
-        await set_serving(health, SERVICE_NAMES, False)
+    service_names = SERVICE_NAMES
+    daemon_name = "edge agent"
 
-    async def stopped() -> None:
-        if heartbeat is not None:
-            await heartbeat.stop()
-        if updater is not None:
-            await updater.stop()
-        if cascade.cloud:
-            await cascade.cloud.close()
-        if openai_runner is not None:
-            await openai_runner.cleanup()
-        if llm is not None:
-            await llm.close()
-        await systemd.close()
-        if health_server is not None:
-            await health_server.stop(0)
+    def __init__(self, settings: EdgeSettings) -> None:
+        super().__init__(settings)
+        self.cascade: Optional[Cascade] = None
+        self.metrics: Optional[AgentMetrics] = None
+        self._store = None
+        self._heartbeat: Optional[Heartbeat] = None
+        self._updater = None
+        self._systemd: Optional[SystemdNotifier] = None
+        self.llm = None
+        self._openai_runner = None
 
-    await run_until_signal(
-        server,
-        grace_s=settings.shutdown_grace_s,
-        on_draining=draining,
-        on_stopped=stopped,
-    )
+    async def _open(self, server: grpc.aio.Server) -> AgentMetrics:
+        settings = self.settings
+        self._store = open_version_store(settings)
+        cascade = self.cascade = build_cascade(settings, self._store.current_dir() if self._store else None)
+        metrics = self.metrics = AgentMetrics(cascade, settings.agent_id)
+        llm = self.llm = build_llm_cascade(settings, cascade.cloud.breaker if cascade.cloud else None)
+        servicer = EdgeAgentServicer(cascade, settings, metrics)
+        servicer.llm, servicer.llm_default_max_new_tokens = llm, settings.llm_max_new_tokens
+        pb_grpc.add_EdgeAgentServicer_to_server(servicer, server)
+        add_kserve_servicer(server, EdgeKServeBackend(cascade, settings, metrics), metrics)
+        self._openai_runner = await start_openai_endpoint(settings, llm)
+        return metrics
+
+    async def _serving(self) -> None:
+        settings, cascade = self.settings, self.cascade
+        assert cascade is not None and self.metrics is not None
+        log.info("edge agent %s serving %s v%d on port %d (cloud: %s)", settings.agent_id,
+                 cascade.active.model.name, cascade.active.model.version, self.port, settings.cloud_target or "none")
+        if cascade.cloud is not None:
+            self._heartbeat = Heartbeat(cascade, settings.agent_id, interval_s=settings.heartbeat_interval_s,
+                                        pressure_stale_s=settings.pressure_stale_s)
+            self._heartbeat.start()
+        self._updater = start_updater(cascade, self._store, self.metrics, settings)
+        gc.freeze()  # start-up objects leave the collector's view: no 20 ms full collections mid-swap
+        self._systemd = SystemdNotifier.from_environment()  # no-op outside a Type=notify unit
+        self._systemd.ready(f"serving {cascade.active.model.name} v{cascade.active.model.version} on port {self.port}")
+        self._systemd.start_watchdog()
+
+    async def _draining(self) -> None:
+        if self._systemd is not None:
+            self._systemd.stopping()
+
+    async def _close(self) -> None:
+        if self._heartbeat is not None:
+            await self._heartbeat.stop()
+        if self._updater is not None:
+            await self._updater.stop()
+        if self.cascade is not None and self.cascade.cloud:
+            await self.cascade.cloud.close()
+        if self._openai_runner is not None:
+            await self._openai_runner.cleanup()
+        if self.llm is not None:
+            await self.llm.close()
+        if self._systemd is not None:
+            await self._systemd.close()
 
 
 def run(settings: EdgeSettings) -> None:
-    run_on_loop(serve(settings), settings.event_loop)
+    """`edgecascade edge run`: serve until SIGTERM or SIGINT, then drain."""
+    run_on_loop(run_until_signal(EdgeAgentDaemon(settings)), settings.event_loop)

@@ -46,8 +46,8 @@ class LLMCascade:
         return result.finish_reason not in (FINISH_DEADLINE, FINISH_CANCELLED) and not self.policy.accepts_final(result.signals)
 
     async def stream(self, request: GenerationRequest, *, deadline_s: float, request_id: str) -> AsyncIterator[pb.GenerateChunk]:
-        """Chunks as produced; the last one holds the summary. `deadline_s` is on the time.time() clock."""
-        budget_s = generation_budget_s(deadline_s - time.time())
+        """Chunks as produced; the last one holds the summary. `deadline_s` is on the monotonic clock (`shared.deadlines`)."""
+        budget_s = generation_budget_s(deadline_s - time.monotonic())
         if budget_s <= 0:
             raise DeadlineError("deadline passed before generation started")
         should_defer = self.policy.should_defer if (self.policy is not None and self.cloud is not None) else None
@@ -72,7 +72,7 @@ class LLMCascade:
         summary.defer_reason = "low_confidence"
         cloud_started, cloud_tokens, restarted = time.perf_counter(), 0, False
         try:
-            async for chunk in self.cloud.stream(request, timeout_s=deadline_s - time.time(), request_id=request_id):
+            async for chunk in self.cloud.stream(request, timeout_s=deadline_s - time.monotonic(), request_id=request_id):
                 if chunk.HasField("summary"):
                     summary.finish_reason, summary.status = chunk.summary.finish_reason, chunk.summary.status
                     cloud_tokens = max(cloud_tokens, chunk.summary.cloud_tokens)
@@ -103,7 +103,7 @@ class LLMCascade:
                               summary: pb.GenerateSummary) -> AsyncIterator[pb.GenerateChunk]:
         """Generate the whole answer again on the edge without deferral, streaming only what goes
         beyond the text the caller already has."""
-        budget_s = generation_budget_s(deadline_s - time.time())
+        budget_s = generation_budget_s(deadline_s - time.monotonic())
         if budget_s <= 0:
             summary.finish_reason = FINISH_DEADLINE
             summary.status = status_of(FINISH_DEADLINE, summary.edge_tokens)

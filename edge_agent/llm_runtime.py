@@ -22,8 +22,7 @@ from shared.errors import ConfigError, DeadlineError, ModelError, UnavailableErr
 from shared.llm_card import LLMCard, load_llm_card
 from shared.llm_decoding import DEFAULT_SIGNAL_QUANTILE
 from shared.llm_events import EventPipe
-from shared.llm_request import (MAX_NEW_TOKENS_LIMIT, GenerationRequest, GenerationResult, SequenceSignals,
-                                check_prompt_fits, validated)
+from shared.llm_request import MAX_NEW_TOKENS_LIMIT, GenerationRequest, GenerationResult, SequenceSignals, check_prompt_fits, validated
 from shared.llm_sequence import LiveSequence
 from shared.onnx_model import resolve_providers
 
@@ -68,7 +67,7 @@ class OnnxCausalLM:
             self.session = ort.InferenceSession(str(self.model_dir / self.card.file), sess_options=options,
                                                 providers=resolve_providers(self.providers))
             self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        except Exception as exc:
             raise ConfigError(f"edge LM directory {self.model_dir}: cannot load: {exc}") from None
         inputs = {i.name for i in self.session.get_inputs()}
         self._past_names = [f"past_key_values.{layer}.{kind}" for layer in range(self.card.num_layers)
@@ -121,7 +120,7 @@ class OnnxCausalLM:
     def _run(self, sequence: LiveSequence, pipe: EventPipe) -> None:
         try:
             self.decode_sequence(sequence)
-        except Exception as exc:  # noqa: BLE001 - the caller gets a typed error, the log the trace
+        except Exception as exc:
             log.exception("edge LM %s failed while generating", self.name)
             if not sequence.done:
                 sequence.finish_reason = "error"

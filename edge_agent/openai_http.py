@@ -95,7 +95,7 @@ class OpenAIEndpoint:
         generation = validated(_generation_request(body, prompt, self.default_max_tokens),
                                max_new_tokens_limit=self.llm.model.max_new_tokens_limit)
         request_id = ("chatcmpl-" if chat else "cmpl-") + os.urandom(12).hex()
-        deadline_s = time.time() + self.default_timeout_s
+        deadline_s = time.monotonic() + self.default_timeout_s
         chunks = self.llm.stream(generation, deadline_s=deadline_s, request_id=request_id)
         if body.get("stream"):
             return await self._stream(request, chunks, request_id, chat)

@@ -10,13 +10,14 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared.event_loop import EventLoopName
 from shared.listen import ListenAddress
 from shared.security_settings import CloudLinkSecuritySettings, ServerSecuritySettings
+from shared.settings import DaemonSettings
 
 
-class EdgeSettings(ServerSecuritySettings, CloudLinkSecuritySettings):
-    """Security fields (TLS, tokens, plaintext, max_concurrent_rpcs, cloud_tls_*): shared/security_settings.py."""
+class EdgeSettings(DaemonSettings, ServerSecuritySettings, CloudLinkSecuritySettings):
+    """Fields both daemons share: shared/settings.py. Security fields (TLS, tokens, plaintext,
+    max_concurrent_rpcs, cloud_tls_*): shared/security_settings.py."""
 
     model_config = SettingsConfigDict(env_prefix="EDGECASCADE_EDGE_", extra="forbid")
 
@@ -50,16 +51,12 @@ class EdgeSettings(ServerSecuritySettings, CloudLinkSecuritySettings):
     """Model name to ask the router for; empty means the router's default model."""
     default_timeout_ms: float = Field(default=2_000.0, gt=0)
     """Deadline for a request that carries none."""
-    max_timeout_ms: float = Field(default=600_000.0, gt=0)
-    """Longer deadlines are refused as absurd (INVALID_ARGUMENT)."""
     fallback_reserve_ms: float = Field(default=15.0, ge=0)
     """Time kept back from the cloud call so the fallback answer still meets the deadline."""
     breaker_failure_threshold: int = Field(default=5, ge=1)
     """Consecutive cloud failures that open the circuit breaker."""
     breaker_cooldown_s: float = Field(default=2.0, gt=0)
     """How long the breaker stays open before it lets one trial request through."""
-    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-    """Largest gRPC message accepted or sent; larger requests get RESOURCE_EXHAUSTED."""
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
     """How often the agent reports its status to the router (fleet registry) and reads the
     cloud's pressure back. Only with a cloud_target."""
@@ -90,12 +87,6 @@ class EdgeSettings(ServerSecuritySettings, CloudLinkSecuritySettings):
     45 MB resident here; no Python start-up while an update runs beside serving). `per_update`:
     a new child for each update (no memory held between updates; each update pays a Python
     start-up, about 0.4 s of CPU, which showed up as a p99 tail during swaps)."""
-    metrics_port: Optional[int] = None
-    """Port of the Prometheus /metrics endpoint; None disables it."""
-    shutdown_grace_s: float = Field(default=10.0, ge=0)
-    """On SIGTERM, how long in-flight requests may take to finish."""
-    event_loop: EventLoopName = "auto"
-    """asyncio loop to serve on: `auto` (uvloop when installed, else asyncio's), `uvloop`, `asyncio`."""
 
     @model_validator(mode="after")
     def _updates_need_state_dir(self) -> "EdgeSettings":

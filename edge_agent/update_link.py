@@ -15,10 +15,10 @@ from typing import Optional
 
 import grpc
 
-from edge_agent.cloud_link import channel_options
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import TruncatedPatchError, UnavailableError
+from shared.grpc_options import channel_options
 from shared.tls import ClientSecurity, open_aio_channel
 from shared.update_states import supersedes
 
@@ -36,7 +36,7 @@ class UpdateLink:
         self.target = target
         self.agent_id = agent_id
         self.timeout_s = timeout_s
-        self._channel = open_aio_channel(target, security, options=channel_options(max_message_bytes))
+        self._channel = open_aio_channel(target, security, options=channel_options(max_message_bytes, fail_fast=True))
         self._stub = pb_grpc.CloudRouterStub(self._channel)
         self.pending_report: Optional[pb.UpdateStateReport] = None
         """The newest state report the router has not taken yet (`resend_report` tries again)."""

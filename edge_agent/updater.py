@@ -228,11 +228,12 @@ class Updater:
         await asyncio.to_thread(self.store.write_journal, journal)
         await asyncio.to_thread(self.store.switch_to, name)
         old, self.cascade.active = self.cascade.active, candidate
+        counts_at_swap = (candidate.requests, candidate.errors)   # the window counts from the swap on
         log.info("update %s: now serving %s v%d (was v%d)", update_id, manifest.model_name, manifest.version,
                  old.model.version)
         await pause_point("swap")
         await self._report(update_id, manifest.version, "active")
-        return await self._probation(update_id, manifest.version, name, previous, old)
+        return await self._probation(update_id, manifest.version, name, previous, old, counts_at_swap)
 
     # --- health window and rollback -----------------------------------------------------------
 
@@ -249,8 +250,8 @@ class Updater:
         return await self._probation(entry["update_id"], int(entry["version"]), entry["name"], entry.get("previous"), None)
 
     async def _probation(self, update_id: str, version: int, name: str, previous: Optional[str],
-                         old: Optional[ActiveModel]) -> str:
-        failure = await self.watch_health(self.cascade.active)
+                         old: Optional[ActiveModel], counts_at_swap: Optional[tuple[int, int]] = None) -> str:
+        failure = await self.watch_health(self.cascade.active, counts_at_swap)
         if failure is None:
             await asyncio.to_thread(self.store.clear_journal)
             await asyncio.to_thread(self.store.prune, {previous} if previous else set())
@@ -276,11 +277,13 @@ class Updater:
         await self._report(update_id, version, "rolled_back", HEALTH_WINDOW_REASON, failure)
         return "rolled_back"
 
-    async def watch_health(self, active: ActiveModel) -> Optional[str]:
+    async def watch_health(self, active: ActiveModel, since: Optional[tuple[int, int]] = None) -> Optional[str]:
         """None once the model served `health_requests` requests or `health_window_s` passed
-        without an error; otherwise what went wrong."""
+        without an error; otherwise what went wrong. Requests and errors count from `since`
+        (the model's (requests, errors) at the swap, so none served while the swap was being
+        reported go unseen), or from now."""
         deadline = time.monotonic() + self.health_window_s
-        requests, errors = active.requests, active.errors
+        requests, errors = since if since is not None else (active.requests, active.errors)
         while True:
             if active.errors > errors:
                 return f"{active.errors - errors} model error(s) in the first {active.requests - requests} requests"

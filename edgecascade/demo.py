@@ -133,9 +133,12 @@ def format_table(summary: dict) -> str:
     for route in ROUTES:
         count = summary["routes"][route]
         lat = summary["latency_ms"][route]
-        fmt = lambda v: f"{v:>10.2f}" if v is not None else f"{'-':>10}"  # noqa: E731
-        lines.append(f"{route:<16}{count / summary['n']:>8.1%}{count:>8}{fmt(lat['p50'])}{fmt(lat['p99'])}")
+        lines.append(f"{route:<16}{count / summary['n']:>8.1%}{count:>8}{_ms_cell(lat['p50'])}{_ms_cell(lat['p99'])}")
     return "\n".join(lines)
+
+
+def _ms_cell(value) -> str:
+    return f"{value:>10.2f}" if value is not None else f"{'-':>10}"
 
 
 DEFAULT_ROUTER_LISTEN = "127.0.0.1:50051"

@@ -1,11 +1,12 @@
-"""Start daemons as child processes on loopback and wait until their health check says SERVING.
-
-Used by `edgecascade demo`, the benchmarks and the tests, so all of them exercise the real
-daemons over real gRPC.
+"""Start daemons on loopback and wait until they serve: as child processes (`Daemon`, what
+`edgecascade demo`, the benchmarks and the kill and signal tests use) or in this process on a
+thread of their own (`InProcessDaemon`, what most tests use: the same daemon classes and real
+gRPC, without a process start).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -21,7 +22,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.errors import ConfigError, UnavailableError
 from shared.tls import ClientSecurity, open_channel
-
 
 #: "LO-HI": the ports `free_port` may hand out, for hosts where only some are open.
 PORT_RANGE_ENV = "EDGECASCADE_PORT_RANGE"
@@ -93,6 +93,11 @@ def wait_serving(target: str, timeout_s: float = 30.0, process: Optional[subproc
     raise UnavailableError(f"daemon at {target} did not become ready within {timeout_s} s")
 
 
+def _write_config(path: Path, settings: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()}))
+
+
 class Daemon:
     """One `edgecascade edge|cloud run` child process with a YAML config it writes itself.
 
@@ -122,8 +127,7 @@ class Daemon:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 60.0) -> "Daemon":
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump({k: (str(v) if isinstance(v, Path) else v) for k, v in self.settings.items()}))
+        _write_config(self.config_path, self.settings)
         out = open(self.log_path, "ab") if self.log_to_file else subprocess.DEVNULL
         env = {**os.environ, **(self.env or {})}
         self.process = subprocess.Popen(
@@ -164,3 +168,99 @@ class Daemon:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class InProcessDaemon:
+    """An edge agent or cloud router in this process, on an event loop in a background thread,
+    with the same settings dict and `target`/`start`/`stop`/`logs` as `Daemon` (no `kill`, no
+    environment of its own: use `Daemon` for those). Without `listen` it binds a free port
+    and reads it back. `logs()` holds the INFO and higher records logged on its thread."""
+
+    def __init__(self, kind: str, settings: dict[str, Any], work_dir: Path, *, name: str = "") -> None:
+        if kind not in ("edge", "cloud"):
+            raise ValueError(kind)
+        self.kind = kind
+        self.name = name or kind
+        self.settings = {"listen": "127.0.0.1:0", **settings}
+        if "tls_cert_file" not in settings:
+            self.settings.setdefault("plaintext", True)  # loopback, like `Daemon`
+        self.work_dir = Path(work_dir)
+        self.config_path = self.work_dir / f"{self.name}.yaml"
+        self.port: Optional[int] = None
+        self._thread: Any = None
+        self._log = _ThreadLog(f"{self.name}-{id(self):x}-loop")
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def logs(self) -> str:
+        return self._log.text()
+
+    def start(self, timeout_s: float = 60.0) -> "InProcessDaemon":
+        from shared.daemon import DaemonThread
+        from shared.settings import load_settings
+
+        if self.kind == "edge":
+            from edge_agent.daemon import EdgeAgentDaemon as daemon_class
+            from edge_agent.settings import EdgeSettings as settings_class
+        else:
+            from cloud_router.daemon import RouterDaemon as daemon_class
+            from cloud_router.settings import RouterSettings as settings_class
+        _write_config(self.config_path, self.settings)   # read back as `edgecascade edge|cloud run --config` would
+        settings = load_settings(settings_class, self.config_path)
+        self._thread = DaemonThread(daemon_class(settings), settings.event_loop, thread_name=self._log.thread_name)
+        self._log.attach()
+        try:
+            self.port = self._thread.start(timeout_s)
+        except BaseException:
+            self._log.detach()
+            raise
+        return self
+
+    def stop(self, timeout_s: float = 60.0) -> Optional[int]:
+        """Drain (the daemon's `shutdown_grace_s`) and wait for its thread; 0 like a clean exit."""
+        if self._thread is None:
+            return None
+        try:
+            self._thread.stop(timeout_s=timeout_s)
+        finally:
+            self._log.detach()
+        return 0
+
+    def __enter__(self) -> "InProcessDaemon":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+#: Packages whose INFO records an in-process daemon's `logs()` shows.
+_DAEMON_LOGGERS = ("edge_agent", "cloud_router", "shared")
+
+
+class _ThreadLog(logging.Handler):
+    """Keeps the records logged on one thread, formatted like the daemons' own log lines."""
+
+    def __init__(self, thread_name: str) -> None:
+        super().__init__(logging.INFO)
+        self.thread_name = thread_name
+        self._lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.addFilter(lambda record: record.threadName == self.thread_name)
+
+    def attach(self) -> None:
+        for name in _DAEMON_LOGGERS:
+            logger = logging.getLogger(name)
+            if logger.getEffectiveLevel() > logging.INFO:
+                logger.setLevel(logging.INFO)
+        logging.getLogger().addHandler(self)
+
+    def detach(self) -> None:
+        logging.getLogger().removeHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._lines.append(self.format(record))
+
+    def text(self) -> str:
+        return "\n".join(self._lines) + ("\n" if self._lines else "")

@@ -13,6 +13,7 @@ from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.delta.package import DeltaPackage
 from shared.errors import EdgecascadeError
+from shared.grpc_options import message_limits
 from shared.tls import ClientSecurity, open_channel
 from shared.update_states import FAILED_STATES, HEALTHY
 
@@ -24,8 +25,7 @@ def router_channel(target: str, security: Optional[ClientSecurity] = None) -> gr
     """A channel to a router with message limits fit for uploads (TLS and token per `security`);
     pass it as `channel=` to reuse one connection for many calls."""
     limit = 2 * UPLOAD_MESSAGE_BYTES + (1 << 20)
-    return open_channel(target, security, options=[("grpc.max_send_message_length", limit),
-                                                   ("grpc.max_receive_message_length", 64 << 20)])
+    return open_channel(target, security, options=message_limits(64 << 20, max_send_bytes=limit))
 
 
 def _channel(target: str, channel: Optional[grpc.Channel], security: Optional[ClientSecurity] = None):

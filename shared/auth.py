@@ -41,8 +41,8 @@ import yaml
 
 from shared.errors import ConfigError
 from shared.interceptors import guarded
-from shared.undecodable_requests import RateLimitedLog
 from shared.tls import AUTHORIZATION_KEY
+from shared.undecodable_requests import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 `auto` (the default) takes uvloop where it is installed (the `edge` and `cloud` extras
 install it on Linux and macOS) and asyncio's own loop otherwise; `uvloop` insists on it.
 gRPC's asyncio stack runs on any asyncio loop. `edgecascade bench serve` measures what each
-loop gives (its transport variants; README, "Serving overhead").
+loop gives (its transport variants; docs/benchmarks.md, "Serving overhead").
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def grpc_stream_errors(method: Callable[..., AsyncIterator[Any]]) -> Callable[..
             await context.abort(exc.code, clipped(str(exc)), trailing_metadata=((ERROR_CLASS_KEY, type(exc).__name__),))
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the boundary: never leak a trace to a caller
+        except Exception as exc:
             log.exception("unexpected error in %s", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, clipped(f"internal error: {type(exc).__name__}: {exc}"))
 

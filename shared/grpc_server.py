@@ -1,11 +1,9 @@
-"""What both daemons' gRPC servers share: message limits, health, reflection, SIGTERM drain."""
+"""What both daemons' gRPC servers share: message limits, health, reflection, binding."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
-from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -14,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from protos import edgecascade_pb2, grpc_service_pb2
+from shared.grpc_options import server_options
 from shared.undecodable_requests import UndecodableRequests
 
 if TYPE_CHECKING:
@@ -28,15 +27,8 @@ def create_server(max_message_bytes: int, *, interceptors: Sequence[grpc.aio.Ser
     refused with RESOURCE_EXHAUSTED by gRPC, and requests that do not decode with INVALID_ARGUMENT
     on every service (`UndecodableRequests`). `interceptors` (credentials, limits) run first, in
     order, the first outermost."""
-    return grpc.aio.server(
-        interceptors=[*interceptors, UndecodableRequests()],
-        maximum_concurrent_rpcs=max_concurrent_rpcs,
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
+    return grpc.aio.server(interceptors=[*interceptors, UndecodableRequests()], maximum_concurrent_rpcs=max_concurrent_rpcs,
+                           options=server_options(max_message_bytes))
 
 
 #: Every proto file a daemon serves. The KServe file lives in a private descriptor pool (so
@@ -123,24 +115,3 @@ def bind(server: grpc.aio.Server, listen: str, security: Optional["ServerSecurit
     if port == 0:
         raise ConfigError(bind_failure(listen))
     return port
-
-
-async def run_until_signal(
-    server: grpc.aio.Server,
-    *,
-    grace_s: float,
-    on_draining: Callable[[], Awaitable[None]],
-    on_stopped: Callable[[], Awaitable[None]],
-) -> None:
-    """Serve until SIGTERM or SIGINT, then drain: report NOT_SERVING, let in-flight RPCs finish
-    for up to `grace_s`, and only then stop the model side."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("signal received: draining for up to %.1f s", grace_s)
-    await on_draining()
-    await server.stop(grace_s)
-    await on_stopped()
-    log.info("stopped")

@@ -116,15 +116,15 @@ def request_rows(request: InferenceRequest, model: Model) -> list[ModelInput]:
 
 
 def absolute_deadline_s(request: InferenceRequest, *, default_timeout_ms: float, max_timeout_ms: float) -> float:
-    """The request's deadline on the time.time() clock the cascade uses (KServe's is monotonic)."""
+    """The request's deadline on the monotonic clock (`shared.deadlines`)."""
     time_left_s = request.time_left_s()
     if time_left_s is None:
-        return time.time() + default_timeout_ms / 1000.0
+        return time.monotonic() + default_timeout_ms / 1000.0
     if time_left_s * 1000.0 > max_timeout_ms:
         raise InvalidInputError(
             f"the request's timeout ({time_left_s:.0f} s) is beyond the limit of {max_timeout_ms / 1000.0:g} s"
         )
-    return time.time() + time_left_s
+    return time.monotonic() + time_left_s
 
 
 def batch_priority(kserve_priority: int) -> int:

@@ -11,8 +11,7 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from shared.llm_decoding import SignalTracker, TextAssembler, TokenChooser
-from shared.llm_request import (FINISH_CANCELLED, FINISH_DEADLINE, FINISH_DEFERRED, FINISH_EOS, FINISH_LENGTH,
-                                FINISH_STOP, GenerationRequest, GenerationResult, SequenceSignals)
+from shared.llm_request import FINISH_CANCELLED, FINISH_DEADLINE, FINISH_DEFERRED, FINISH_EOS, FINISH_LENGTH, FINISH_STOP, GenerationRequest, GenerationResult, SequenceSignals
 
 
 @dataclasses.dataclass(frozen=True)

@@ -54,6 +54,11 @@ class PolicyFile(BaseModel):
     abstain_guarantee: dict[str, Any] = Field(default_factory=dict)
     """What abstain calibration measured (in-scope accuracy cost, out-of-scope recall, n)."""
 
+    @classmethod
+    def for_card(cls, card: ModelCard, **fields: Any) -> "PolicyFile":
+        """A policy for the model `card` describes (its name, version and labels), with `fields`."""
+        return cls(model_name=card.name, model_version=card.version, labels=card.labels, **fields)
+
     @model_validator(mode="after")
     def _bounds(self) -> "PolicyFile":
         if self.min_threshold is not None and self.min_threshold > self.threshold:

@@ -1,14 +1,25 @@
-"""Internal results -> `InferResponse`, for both servicers."""
+"""Internal values <-> edgecascade.v1 messages: `infer_request` for every client (SDK, cloud
+link, Redis work entries, benchmarks), `response_of` for both servicers."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from protos import edgecascade_pb2 as pb
+from shared.model import ModelInput
 from shared.prediction import Prediction
 from shared.signals import Signals
 from shared.tensor_codec import to_proto
 
 ROUTE_TO_PROTO = {"edge": pb.EDGE, "cloud": pb.CLOUD, "edge_fallback": pb.EDGE_FALLBACK, "abstain": pb.ABSTAIN}
 ROUTE_FROM_PROTO = {v: k for k, v in ROUTE_TO_PROTO.items()}
+
+
+def infer_request(payload: ModelInput, **fields: Any) -> pb.InferRequest:
+    """An `InferRequest` carrying `payload` (text, or a tensor) and the other `fields` as given."""
+    if isinstance(payload, str):
+        return pb.InferRequest(text=payload, **fields)
+    return pb.InferRequest(tensor=to_proto(payload), **fields)
 
 
 def response_of(

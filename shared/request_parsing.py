@@ -34,9 +34,9 @@ def request_deadline_s(
     max_timeout_ms: float,
     now_s: Optional[float] = None,
 ) -> float:
-    """Absolute deadline (time.time() clock): the earlier of the request's `timeout_ms` and the
+    """Absolute deadline (`shared.deadlines`: the monotonic clock): the earlier of the request's `timeout_ms` and the
     gRPC deadline, or the default. Negative, NaN or absurdly long budgets are refused."""
-    now_s = time.time() if now_s is None else now_s
+    now_s = time.monotonic() if now_s is None else now_s
     if timeout_ms != timeout_ms or timeout_ms < 0:  # NaN or negative
         raise InvalidInputError(f"timeout_ms must be >= 0, got {timeout_ms}")
     if timeout_ms > max_timeout_ms:

@@ -22,11 +22,11 @@ import numpy as np
 
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
-from shared.errors import (ERROR_CLASS_KEY, RETRY_AFTER_MS_KEY, DeadlineError, InvalidInputError, RateLimitedError,
-                           error_for_code, error_named)
-from shared.proto_convert import ROUTE_FROM_PROTO
+from shared.errors import ERROR_CLASS_KEY, RETRY_AFTER_MS_KEY, DeadlineError, InvalidInputError, RateLimitedError, error_for_code, error_named
+from shared.grpc_options import channel_options
+from shared.proto_convert import ROUTE_FROM_PROTO, infer_request
 from shared.sdk_generate import AsyncGenerationStream, GenerationStream, generate_request
-from shared.tensor_codec import from_proto, to_proto
+from shared.tensor_codec import from_proto
 from shared.tls import ClientSecurity, open_aio_channel, open_channel
 
 Input = Union[np.ndarray, str]
@@ -84,21 +84,32 @@ def _checked_timeout_s(timeout_s: float) -> float:
     return timeout_s
 
 
+class _Attempts:
+    """The retry schedule of one call, shared by `Client` and `AsyncClient`: `remaining_s()`
+    before each attempt (DeadlineError once the deadline has passed), `pause_s(exc)` after a
+    failed one (the typed error unless it is UNAVAILABLE with attempts and time left)."""
+
+    def __init__(self, timeout_s: float, retry: RetryPolicy) -> None:
+        self.timeout_s = _checked_timeout_s(timeout_s)
+        self.retry = retry
+        self.deadline_s = time.monotonic() + timeout_s
+        self.attempt = 0
+
+    def remaining_s(self) -> float:
+        remaining_s = self.deadline_s - time.monotonic()
+        if remaining_s <= 0:
+            raise DeadlineError(f"no answer within {self.timeout_s} s")
+        return remaining_s
+
+    def pause_s(self, exc: grpc.RpcError) -> float:
+        self.attempt += 1
+        if exc.code() != grpc.StatusCode.UNAVAILABLE or self.attempt >= self.retry.max_attempts:
+            raise _typed(exc) from None
+        return min(self.retry.backoff_s(self.attempt), max(0.0, self.deadline_s - time.monotonic()))
+
+
 def build_request(value: Input, *, model: str, request_id: str, priority: int, timeout_s: float) -> pb.InferRequest:
-    if isinstance(value, str):
-        return pb.InferRequest(model=model, request_id=request_id, priority=priority, timeout_ms=timeout_s * 1000.0,
-                               text=value)
-    return pb.InferRequest(model=model, request_id=request_id, priority=priority, timeout_ms=timeout_s * 1000.0,
-                           tensor=to_proto(value))
-
-
-def _options(max_message_bytes: int) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 1000),
-    ]
+    return infer_request(value, model=model, request_id=request_id, priority=priority, timeout_ms=timeout_s * 1000.0)
 
 
 def _typed(exc: grpc.RpcError) -> Exception:
@@ -125,26 +136,19 @@ class Client:
                  security: Optional[ClientSecurity] = None) -> None:
         self.timeout_s = timeout_s
         self.retry = retry
-        self._channel = open_channel(target, security, options=_options(max_message_bytes))
+        self._channel = open_channel(target, security, options=channel_options(max_message_bytes))
         self._stub = pb_grpc.EdgeAgentStub(self._channel) if service == "agent" else pb_grpc.CloudRouterStub(self._channel)
 
     def infer(self, value: Input, *, model: str = "", timeout_s: Optional[float] = None,
               request_id: str = "", priority: int = 0) -> InferResult:
-        timeout_s = _checked_timeout_s(self.timeout_s if timeout_s is None else timeout_s)
-        deadline_s = time.monotonic() + timeout_s
-        attempt = 0
+        attempts = _Attempts(self.timeout_s if timeout_s is None else timeout_s, self.retry)
         while True:
-            remaining_s = deadline_s - time.monotonic()
-            if remaining_s <= 0:
-                raise DeadlineError(f"no answer within {timeout_s} s")
+            remaining_s = attempts.remaining_s()
             request = build_request(value, model=model, request_id=request_id, priority=priority, timeout_s=remaining_s)
             try:
                 return InferResult.from_proto(self._stub.Infer(request, timeout=remaining_s))
             except grpc.RpcError as exc:
-                attempt += 1
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self.retry.max_attempts:
-                    raise _typed(exc) from None
-                time.sleep(min(self.retry.backoff_s(attempt), max(0.0, deadline_s - time.monotonic())))
+                time.sleep(attempts.pause_s(exc))
 
     def generate(self, prompt: Union[str, bytes], *, max_new_tokens: int = 0, temperature: float = 0.0,
                  top_p: float = 0.0, seed: Optional[int] = None, stop: Sequence[str] = (), model: str = "",
@@ -180,26 +184,19 @@ class AsyncClient:
                  security: Optional[ClientSecurity] = None) -> None:
         self.timeout_s = timeout_s
         self.retry = retry
-        self._channel = open_aio_channel(target, security, options=_options(max_message_bytes))
+        self._channel = open_aio_channel(target, security, options=channel_options(max_message_bytes))
         self._stub = pb_grpc.EdgeAgentStub(self._channel) if service == "agent" else pb_grpc.CloudRouterStub(self._channel)
 
     async def infer(self, value: Input, *, model: str = "", timeout_s: Optional[float] = None,
                     request_id: str = "", priority: int = 0) -> InferResult:
-        timeout_s = _checked_timeout_s(self.timeout_s if timeout_s is None else timeout_s)
-        deadline_s = time.monotonic() + timeout_s
-        attempt = 0
+        attempts = _Attempts(self.timeout_s if timeout_s is None else timeout_s, self.retry)
         while True:
-            remaining_s = deadline_s - time.monotonic()
-            if remaining_s <= 0:
-                raise DeadlineError(f"no answer within {timeout_s} s")
+            remaining_s = attempts.remaining_s()
             request = build_request(value, model=model, request_id=request_id, priority=priority, timeout_s=remaining_s)
             try:
                 return InferResult.from_proto(await self._stub.Infer(request, timeout=remaining_s))
             except grpc.aio.AioRpcError as exc:
-                attempt += 1
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self.retry.max_attempts:
-                    raise _typed(exc) from None
-                await asyncio.sleep(min(self.retry.backoff_s(attempt), max(0.0, deadline_s - time.monotonic())))
+                await asyncio.sleep(attempts.pause_s(exc))
 
     def generate(self, prompt: Union[str, bytes], *, max_new_tokens: int = 0, temperature: float = 0.0,
                  top_p: float = 0.0, seed: Optional[int] = None, stop: Sequence[str] = (), model: str = "",

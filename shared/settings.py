@@ -17,13 +17,33 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, TypeVar
 
 import yaml
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from shared.errors import ConfigError
+from shared.event_loop import EventLoopName
 
 S = TypeVar("S", bound=BaseSettings)
+
+
+class DaemonSettings(BaseSettings):
+    """The settings both daemons have, with the same meaning and default. Each daemon's class
+    (`EdgeSettings`, `RouterSettings`) adds its env prefix and the rest, including `listen`,
+    `default_timeout_ms` and `update_public_key`, whose defaults or meaning differ per daemon."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    max_timeout_ms: float = Field(default=600_000.0, gt=0)
+    """Longer deadlines are refused as absurd (INVALID_ARGUMENT)."""
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """Largest gRPC message accepted or sent; larger requests get RESOURCE_EXHAUSTED."""
+    metrics_port: Optional[int] = None
+    """Port of the Prometheus /metrics endpoint; None disables it."""
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    """On SIGTERM, how long in-flight requests may take to finish."""
+    event_loop: EventLoopName = "auto"
+    """asyncio loop to serve on: `auto` (uvloop when installed, else asyncio's), `uvloop`, `asyncio`."""
 
 
 def closest_name(name: str, known: Iterable[str]) -> Optional[str]:

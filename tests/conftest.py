@@ -1,52 +1,19 @@
-"""Shared fixtures: tiny real ONNX model bundles and real daemon processes on loopback."""
+"""Fixtures for every test module: tiny model bundles, a cloud router and an edge agent (in this
+process by default), one demo-model build per session, Redis servers (`tests.helpers.redis_fixtures`)
+and the update tests' shared router. Helpers that are not fixtures live in `tests/helpers/`;
+test modules import those, never this file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
-from edgecascade.processes import Daemon
-from shared.model_card import InputSpec, ModelCard, save_card
-from shared.policy import PolicyFile, save_policy
+from edgecascade.processes import InProcessDaemon
+from tests.helpers.bundles import make_softmax_bundle
+from tests.helpers.updates import make_keys
 
-LABELS = ["a", "b", "c"]
-
-
-def make_softmax_bundle(bundle_dir: Path, *, name: str, scale: float, version: int = 1, threshold: float = 0.6,
-                        min_threshold: float | None = None, max_input_tokens: int | None = None,
-                        permute: bool = False, delay_loop: int = 0) -> Path:
-    """probs = softmax(scale * x @ P) for x float32 [3]; P is the identity or a label rotation.
-
-    A real ONNX graph with a real policy: confidence grows with |x| * scale.
-    """
-    bundle_dir.mkdir(parents=True, exist_ok=True)
-    weights = np.roll(np.eye(3, dtype=np.float32), 1, axis=1) if permute else np.eye(3, dtype=np.float32)
-    weights = weights * np.float32(scale)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "W"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probs"], axis=1)],
-        name,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, 3])],
-        initializer=[helper.make_tensor("W", TensorProto.FLOAT, [3, 3], weights.flatten().tolist())],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, bundle_dir / "model.onnx")
-    card = ModelCard(name=name, version=version, labels=LABELS, runtime="onnx",
-                     input=InputSpec(kind="tensor", dtype="float32", shape=[3]))
-    save_card(bundle_dir, card)
-    save_policy(bundle_dir, PolicyFile(model_name=name, model_version=version, labels=LABELS, threshold=threshold,
-                                       min_threshold=min_threshold, max_input_tokens=max_input_tokens))
-    return bundle_dir
-
-
-#: Inputs the edge answers (confident) and inputs it defers, for the bundles above.
-CONFIDENT = np.array([4.0, 0.0, 0.0], dtype=np.float32)
-UNSURE = np.array([0.2, 0.1, 0.0], dtype=np.float32)
+pytest_plugins = ["tests.helpers.redis_fixtures", "tests.helpers.llm_fixtures"]
 
 
 @pytest.fixture
@@ -59,7 +26,7 @@ def bundles(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.fixture
 def cloud_daemon(tmp_path: Path, bundles):
-    with Daemon("cloud", {"model_dirs": [str(bundles["cloud"])], "max_delay_ms": 2.0}, tmp_path, name="cloud") as daemon:
+    with InProcessDaemon("cloud", {"model_dirs": [str(bundles["cloud"])], "max_delay_ms": 2.0}, tmp_path, name="cloud") as daemon:
         yield daemon
 
 
@@ -67,7 +34,7 @@ def cloud_daemon(tmp_path: Path, bundles):
 def edge_daemon(tmp_path: Path, bundles, cloud_daemon):
     settings = {"bundle_dir": str(bundles["edge"]), "cloud_target": cloud_daemon.target,
                 "breaker_failure_threshold": 2, "breaker_cooldown_s": 0.5}
-    with Daemon("edge", settings, tmp_path, name="edge") as daemon:
+    with InProcessDaemon("edge", settings, tmp_path, name="edge") as daemon:
         yield daemon
 
 
@@ -75,3 +42,13 @@ def edge_daemon(tmp_path: Path, bundles, cloud_daemon):
 def demo_cache(tmp_path_factory):
     """One demo-model build per test session, in a private cache (never the user's)."""
     return tmp_path_factory.mktemp("demo-cache")
+
+
+@pytest.fixture(scope="session")
+def update_world(tmp_path_factory):
+    """One honest router (it checks uploads) and the signing keys, shared by the update tests."""
+    tmp = tmp_path_factory.mktemp("updates")
+    key, public = make_keys(tmp)
+    cloud = make_softmax_bundle(tmp / "cloud", name="toy-cloud", scale=10.0, permute=True)
+    with InProcessDaemon("cloud", {"model_dirs": [str(cloud)]}, tmp, name="router") as router:
+        yield {"router": router, "key": key, "public": public, "tmp": tmp}

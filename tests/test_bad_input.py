@@ -9,7 +9,7 @@ import pytest
 from edgecascade import Client
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
-from tests.conftest import CONFIDENT
+from tests.helpers.bundles import CONFIDENT
 
 TENSOR_OK = pb.Tensor(dtype="float32", shape=[3], data=CONFIDENT.tobytes())
 
@@ -51,9 +51,9 @@ def test_bad_requests_are_invalid_argument(edge_daemon, cloud_daemon, stub_name)
 
 
 def test_oversized_message_is_resource_exhausted(tmp_path, bundles):
-    from edgecascade.processes import Daemon
+    from edgecascade.processes import InProcessDaemon
 
-    with Daemon("edge", {"bundle_dir": str(bundles["edge"]), "cloud_target": None, "max_message_bytes": 4096}, tmp_path) as edge:
+    with InProcessDaemon("edge", {"bundle_dir": str(bundles["edge"]), "cloud_target": None, "max_message_bytes": 4096}, tmp_path) as edge:
         with grpc.insecure_channel(edge.target) as channel:
             stub = pb_grpc.EdgeAgentStub(channel)
             big = np.zeros(10_000, np.float32)

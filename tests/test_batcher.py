@@ -31,7 +31,7 @@ class CountingModel:
 def test_take_batch_is_pure_and_orders_by_priority():
     async def main():
         loop = asyncio.get_running_loop()
-        now = time.time()
+        now = time.monotonic()
         heap: list[WorkItem] = []
         import heapq
 
@@ -52,7 +52,7 @@ def test_batches_form_under_concurrency():
     async def main():
         batcher = DynamicBatcher(model, max_batch_size=8, max_delay_ms=50)
         batcher.start()
-        deadline = time.time() + 5
+        deadline = time.monotonic() + 5
         results = await asyncio.gather(*(batcher.submit(float(i), deadline) for i in range(32)))
         await batcher.stop()
         return results
@@ -70,7 +70,7 @@ def test_expired_requests_are_dropped_not_computed():
     async def main():
         batcher = DynamicBatcher(model, max_batch_size=1, max_delay_ms=0)
         batcher.start()
-        now = time.time()
+        now = time.monotonic()
         first = asyncio.ensure_future(batcher.submit(1.0, now + 5))       # occupies the model
         await asyncio.sleep(0.05)
         short = asyncio.ensure_future(batcher.submit(2.0, now + 0.1))     # expires while queued
@@ -96,7 +96,7 @@ def test_full_queue_is_rejected():
     async def main():
         batcher = DynamicBatcher(model, max_batch_size=1, max_delay_ms=0, max_queue=3)
         batcher.start()
-        deadline = time.time() + 5
+        deadline = time.monotonic() + 5
         running = asyncio.ensure_future(batcher.submit(0.0, deadline))
         await asyncio.sleep(0.05)                  # now inside the model, queue empty
         queued = [asyncio.ensure_future(batcher.submit(float(i), deadline)) for i in range(1, 4)]
@@ -119,7 +119,7 @@ def test_error_in_a_batch_reaches_every_request():
     async def main():
         batcher = DynamicBatcher(broken, max_batch_size=4, max_delay_ms=20)
         batcher.start()
-        deadline = time.time() + 5
+        deadline = time.monotonic() + 5
         outcomes = await asyncio.gather(*(batcher.submit(float(i), deadline) for i in range(4)), return_exceptions=True)
         # the batcher survives and serves the next batch
         batcher.predict = lambda inputs: np.ones(len(inputs), np.float32)

@@ -42,7 +42,7 @@ def test_models_sharing_a_lock_take_turns():
                     for i in range(2)]
         for batcher in batchers:
             batcher.start()
-        deadline = time.time() + 5
+        deadline = time.monotonic() + 5
         results = await asyncio.gather(*(b.submit(float(i), deadline) for i in range(6) for b in batchers))
         for batcher in batchers:
             await batcher.stop()
@@ -69,7 +69,7 @@ def test_loop_runs_while_a_batch_runs():
     async def main():
         batcher = DynamicBatcher(model, max_batch_size=1, max_delay_ms=0)
         batcher.start()
-        pending = asyncio.ensure_future(batcher.submit(1.0, time.time() + 10))
+        pending = asyncio.ensure_future(batcher.submit(1.0, time.monotonic() + 10))
         while not inside.is_set():
             await asyncio.sleep(0.001)
         released_by_loop.set()
@@ -85,7 +85,7 @@ def test_stop_fails_queued_requests_and_submit_after_stop_is_refused():
     async def main():
         batcher = DynamicBatcher(SlowModel(0.2), max_batch_size=1, max_delay_ms=0)
         batcher.start()
-        deadline = time.time() + 5
+        deadline = time.monotonic() + 5
         running = asyncio.ensure_future(batcher.submit(1.0, deadline))
         await asyncio.sleep(0.05)
         queued = asyncio.ensure_future(batcher.submit(2.0, deadline))
@@ -117,13 +117,13 @@ def test_prepare_runs_on_the_model_thread_and_its_error_reaches_start():
     async def main():
         batcher = DynamicBatcher(model, max_batch_size=1, max_delay_ms=0)
         await batcher.start(prepare=prepare)
-        await batcher.submit(1.0, time.time() + 5)
+        await batcher.submit(1.0, time.monotonic() + 5)
         await batcher.stop()
         failing = DynamicBatcher(model, max_batch_size=1, max_delay_ms=0)
         with pytest.raises(ModelError, match="weights unreadable"):
             await failing.start(prepare=broken_prepare)
         with pytest.raises(ModelError, match="not running"):
-            await failing.submit(1.0, time.time() + 5)
+            await failing.submit(1.0, time.monotonic() + 5)
 
     asyncio.run(main())
     assert threads["prepare"] == threads["predict"] != threading.get_ident()

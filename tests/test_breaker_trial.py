@@ -8,9 +8,9 @@ import time
 
 from cloud_router.sleep_model import write_sleep_bundle
 from edgecascade import AsyncClient, Client
-from edgecascade.processes import Daemon
+from edgecascade.processes import InProcessDaemon
 from shared.model_card import InputSpec
-from tests.conftest import LABELS, UNSURE
+from tests.helpers.bundles import LABELS, UNSURE
 
 CLOUD_SERVICE_MS = 800.0   # long enough that a trial is still in flight when the caller cancels it
 COOLDOWN_S = 0.2
@@ -30,10 +30,10 @@ async def _cancel_after(target: str, delay_s: float) -> None:
 def test_cancelled_half_open_trial_frees_the_breaker(tmp_path, bundles):
     slow = write_sleep_bundle(tmp_path / "slow", name="slow", labels=LABELS, batch_service_ms=CLOUD_SERVICE_MS,
                               input_spec=InputSpec(kind="tensor", dtype="float32", shape=[3]))
-    with Daemon("cloud", {"model_dirs": [str(slow)], "max_delay_ms": 0.0}, tmp_path, name="cloud") as cloud:
+    with InProcessDaemon("cloud", {"model_dirs": [str(slow)], "max_delay_ms": 0.0}, tmp_path, name="cloud") as cloud:
         settings = {"bundle_dir": str(bundles["edge"]), "cloud_target": cloud.target,
                     "breaker_failure_threshold": 1, "breaker_cooldown_s": COOLDOWN_S}
-        with Daemon("edge", settings, tmp_path, name="edge") as edge:
+        with InProcessDaemon("edge", settings, tmp_path, name="edge") as edge:
             with Client(edge.target) as client:
                 opened = client.infer(UNSURE, timeout_s=0.3, request_id="opens")   # the cloud is too slow: opens
                 assert (opened.served_by, opened.fallback_reason) == ("edge_fallback", "deadline")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgecascade import AsyncClient, Client
-from tests.conftest import CONFIDENT, UNSURE
+from tests.helpers.bundles import CONFIDENT, UNSURE
 
 
 def test_confident_input_is_served_by_edge(edge_daemon):

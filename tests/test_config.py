@@ -15,7 +15,7 @@ from shared.errors import ConfigError
 from shared.model_loader import load_model
 from shared.onnx_model import resolve_providers
 from shared.settings import load_settings
-from tests.conftest import make_softmax_bundle
+from tests.helpers.bundles import make_softmax_bundle
 
 
 def test_unknown_setting_is_named(tmp_path):

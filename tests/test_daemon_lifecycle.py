@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from edgecascade import Client
 from edgecascade.processes import Daemon
-from tests.conftest import CONFIDENT, UNSURE
+from tests.helpers.bundles import CONFIDENT, UNSURE
 
 
 def test_health_and_reflection(edge_daemon, cloud_daemon):

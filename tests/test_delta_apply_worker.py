@@ -8,10 +8,10 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from delta_helpers import mlp_weights, nudge, write_onnx_mlp
 
 from shared.delta import ResidentApplyWorker, apply_verified, build_package, file_sha256
 from shared.errors import ApplyFailedError, InvalidInputError, WrongBaseError
+from tests.helpers.delta import mlp_weights, nudge, write_onnx_mlp
 
 NOW = 1_700_000_000
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from delta_helpers import write_safetensors
 
 from benchmarks.delta import METHODS, measure_pair
+from tests.helpers.delta import write_safetensors
 
 
 def test_measure_pair_reports_every_method(tmp_path):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from delta_helpers import mlp_weights, nudge, write_onnx_mlp
 
 from shared.delta import PayloadAssembler, apply_verified, build_package, chunk_of, install_file, previous_path, verify_manifest
 from shared.delta.manifest import SignedManifest
 from shared.errors import CorruptPatchError, InvalidInputError, OversizedPatchError, TruncatedPatchError
+from tests.helpers.delta import mlp_weights, nudge, write_onnx_mlp
 
 CHUNK = 1024
 NOW = 1_700_000_000

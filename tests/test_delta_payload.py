@@ -10,13 +10,13 @@ import numpy as np
 import onnx
 import pytest
 import zstandard
-from delta_helpers import mlp_weights, nudge, write_onnx_mlp, write_safetensors
 
 from shared.delta.layout import detect_layout
 from shared.delta.package import payload_summary
 from shared.delta.payload import apply_payload, build_payload
 from shared.delta.tensor_diff import ZSTD_LEVEL
 from shared.errors import CorruptPatchError
+from tests.helpers.delta import mlp_weights, nudge, write_onnx_mlp, write_safetensors
 
 
 def roundtrip(base_path, target_path) -> bytes:

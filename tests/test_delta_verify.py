@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from delta_helpers import mlp_weights, nudge, write_onnx_mlp
 
 from shared.delta import (
     SignedManifest,
@@ -40,6 +39,7 @@ from shared.errors import (
     WrongBaseError,
     WrongModelError,
 )
+from tests.helpers.delta import mlp_weights, nudge, write_onnx_mlp
 
 NOW = 1_700_000_000
 

@@ -21,8 +21,8 @@ from edge_agent.settings import EdgeSettings
 from edgecascade import dev_pki
 from edgecascade.cli import build_parser
 from edgecascade.processes import Daemon, free_port
-from shared.tls import ClientSecurity
 from shared.settings import load_settings
+from shared.tls import ClientSecurity
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

@@ -22,7 +22,7 @@ from edgecascade.cli import build_parser
 from edgecascade.processes import Daemon, free_port
 from shared.settings import load_settings
 from shared.tls import ClientSecurity
-from tests.conftest import make_softmax_bundle
+from tests.helpers.bundles import make_softmax_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "deploy" / "k8s"

@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from edgecascade.processes import Daemon
+from edgecascade.processes import InProcessDaemon
 from shared.errors import ConfigError
 from shared.event_loop import resolve_event_loop, run_on_loop
 from shared.sdk import Client
-from tests.conftest import make_softmax_bundle
+from tests.helpers.bundles import make_softmax_bundle
 
 
 def test_asyncio_is_always_available():
@@ -48,7 +48,7 @@ def _loop_class_name():
 def test_agent_serves_on_each_loop(tmp_path, event_loop):
     bundle = make_softmax_bundle(tmp_path / "edge", name="edge", scale=4.0)
     config = {"bundle_dir": str(bundle), "cloud_target": None, "event_loop": event_loop}
-    with Daemon("edge", config, tmp_path, name=f"edge-{event_loop}") as agent, Client(agent.target) as client:
+    with InProcessDaemon("edge", config, tmp_path, name=f"edge-{event_loop}") as agent, Client(agent.target) as client:
         result = client.infer(np.array([4.0, 0.0, 0.0], dtype=np.float32))
         assert result.served_by == "edge" and result.label == 0
     assert f"event loop: {resolve_event_loop(event_loop)}" in agent.logs()

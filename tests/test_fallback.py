@@ -6,8 +6,8 @@ import threading
 import time
 
 from edgecascade import Client
-from edgecascade.processes import Daemon
-from tests.conftest import CONFIDENT, UNSURE
+from edgecascade.processes import Daemon, InProcessDaemon
+from tests.helpers.bundles import CONFIDENT, UNSURE
 
 
 def _load(target: str, stop: threading.Event, results: list, errors: list) -> None:
@@ -59,7 +59,7 @@ def test_cloud_killed_mid_run_then_revived(tmp_path, bundles):
 
 
 def test_no_cloud_configured_means_fallback(tmp_path, bundles):
-    with Daemon("edge", {"bundle_dir": str(bundles["edge"]), "cloud_target": None}, tmp_path) as edge:
+    with InProcessDaemon("edge", {"bundle_dir": str(bundles["edge"]), "cloud_target": None}, tmp_path) as edge:
         with Client(edge.target) as client:
             result = client.infer(UNSURE)
     assert result.served_by == "edge_fallback" and result.fallback_reason == "no_cloud"
@@ -70,9 +70,9 @@ def test_slow_cloud_answers_by_fallback_within_deadline(tmp_path, bundles):
     # a cloud whose batcher waits 3 s before computing: a 1 s deadline cannot wait for it, so
     # the answer can only come from the edge fallback (the cloud's would arrive after the
     # client's own deadline, which would fail the call instead)
-    with Daemon("cloud", {"model_dirs": [str(bundles["cloud"])], "max_delay_ms": 3000.0, "max_batch_size": 64},
-                tmp_path, name="slowcloud") as cloud:
-        with Daemon("edge", {"bundle_dir": str(bundles["edge"]), "cloud_target": cloud.target}, tmp_path) as edge:
+    with InProcessDaemon("cloud", {"model_dirs": [str(bundles["cloud"])], "max_delay_ms": 3000.0, "max_batch_size": 64},
+                         tmp_path, name="slowcloud") as cloud:
+        with InProcessDaemon("edge", {"bundle_dir": str(bundles["edge"]), "cloud_target": cloud.target}, tmp_path) as edge:
             with Client(edge.target) as client:
                 result = client.infer(UNSURE, timeout_s=1.0)
     assert result.served_by == "edge_fallback" and result.fallback_reason == "deadline"

@@ -23,13 +23,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgecascade.processes import Daemon
 from benchmarks.redis_process import RedisServer
+from edgecascade.processes import Daemon
 from protos import edgecascade_pb2 as pb
 from protos import grpc_service_pb2 as kserve_pb
 from shared.sdk import Client
-from tests.conftest import CONFIDENT, UNSURE, make_softmax_bundle
-from tests.fuzz_strategies import kserve_requests, random_bytes, tensor_requests, wire_messages, wrong_wire_types
+from tests.helpers.bundles import CONFIDENT, UNSURE, make_softmax_bundle
+from tests.helpers.fuzz_strategies import kserve_requests, random_bytes, tensor_requests, wire_messages, wrong_wire_types
 
 EXAMPLES = int(os.environ.get("EDGECASCADE_FUZZ_EXAMPLES", "15"))
 CALL_TIMEOUT_S = 5.0

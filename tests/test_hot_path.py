@@ -15,7 +15,7 @@ from shared.request_parsing import request_id_of
 from shared.sdk import InferResult, build_request
 from shared.signals import Signals, signal_matrix, signals_of
 from shared.tensor_codec import from_proto, to_proto
-from tests.conftest import make_softmax_bundle
+from tests.helpers.bundles import make_softmax_bundle
 
 
 @pytest.mark.parametrize("classes", [2, 3, 10, 77])

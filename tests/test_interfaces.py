@@ -24,7 +24,7 @@ from edge_agent.cascade import ActiveModel, Cascade
 from edge_agent.kserve_backend import EdgeKServeBackend
 from edge_agent.settings import EdgeSettings
 from edgecascade import Client
-from edgecascade.processes import Daemon, free_port
+from edgecascade.processes import InProcessDaemon, free_port
 from shared.errors import ConfigError, EdgecascadeError, InvalidInputError, UnavailableError
 from shared.kserve_backend import InferenceRequest
 from shared.kserve_models import absolute_deadline_s, batch_priority
@@ -32,7 +32,7 @@ from shared.metrics import MetricsEndpoint, listen_host
 from shared.model_card import InputSpec, ModelCard, save_card
 from shared.model_loader import load_model
 from shared.policy import PolicyFile, load_policy, save_policy
-from tests.conftest import CONFIDENT, UNSURE, make_softmax_bundle
+from tests.helpers.bundles import CONFIDENT, UNSURE, make_softmax_bundle
 
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -79,13 +79,13 @@ def daemons(tmp_path_factory):
         "text-cloud": make_text_bundle(work / "text-cloud", name="text-cloud", scale=4.0, permute=True),
     }
     ports = {name: free_port() for name in ("cloud", "edge", "text_edge")}
-    cloud = Daemon("cloud", {"model_dirs": [str(bundles["toy-cloud"]), str(bundles["text-cloud"])], "max_delay_ms": 2.0,
-                             "metrics_port": ports["cloud"]}, work, name="cloud")
-    edge = Daemon("edge", {"bundle_dir": str(bundles["toy-edge"]), "cloud_target": cloud.target, "cloud_model": "toy-cloud",
-                           "metrics_port": ports["edge"]}, work, name="edge")
-    text_edge = Daemon("edge", {"bundle_dir": str(bundles["text-edge"]), "cloud_target": cloud.target,
-                                "cloud_model": "text-cloud", "metrics_port": ports["text_edge"]}, work, name="text_edge")
-    with cloud, edge, text_edge:
+    cloud_settings = {"model_dirs": [str(bundles["toy-cloud"]), str(bundles["text-cloud"])], "max_delay_ms": 2.0,
+                      "metrics_port": ports["cloud"]}
+    with InProcessDaemon("cloud", cloud_settings, work, name="cloud") as cloud, \
+            InProcessDaemon("edge", {"bundle_dir": str(bundles["toy-edge"]), "cloud_target": cloud.target, "cloud_model": "toy-cloud",
+                                     "metrics_port": ports["edge"]}, work, name="edge") as edge, \
+            InProcessDaemon("edge", {"bundle_dir": str(bundles["text-edge"]), "cloud_target": cloud.target,
+                                     "cloud_model": "text-cloud", "metrics_port": ports["text_edge"]}, work, name="text_edge") as text_edge:
         yield {"cloud": cloud, "edge": edge, "text_edge": text_edge, "metrics_ports": ports, "bundles": bundles}
 
 
@@ -266,9 +266,9 @@ def test_edge_is_unavailable_until_its_model_is_loaded(daemons):
 def test_deadline_and_priority_mapping():
     assert [batch_priority(level) for level in (0, 1, 4, 5, 9)] == [0, 4, 1, 0, -4]
     request = InferenceRequest("m", "", "", {}, deadline_s=time.monotonic() + 2.0)
-    assert absolute_deadline_s(request, default_timeout_ms=100, max_timeout_ms=10_000) == pytest.approx(time.time() + 2.0, abs=0.05)
+    assert absolute_deadline_s(request, default_timeout_ms=100, max_timeout_ms=10_000) == pytest.approx(time.monotonic() + 2.0, abs=0.05)
     no_deadline = InferenceRequest("m", "", "", {})
-    assert absolute_deadline_s(no_deadline, default_timeout_ms=100, max_timeout_ms=10_000) == pytest.approx(time.time() + 0.1, abs=0.05)
+    assert absolute_deadline_s(no_deadline, default_timeout_ms=100, max_timeout_ms=10_000) == pytest.approx(time.monotonic() + 0.1, abs=0.05)
     with pytest.raises(InvalidInputError, match="beyond the limit"):
         absolute_deadline_s(request, default_timeout_ms=100, max_timeout_ms=1_000)
 

@@ -14,7 +14,7 @@ from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import RETRY_AFTER_MS_KEY, RateLimitedError
 from shared.sdk import Client
 from shared.tensor_codec import to_proto
-from tests.conftest import UNSURE, make_softmax_bundle
+from tests.helpers.bundles import UNSURE, make_softmax_bundle
 
 
 class FakeClock:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from benchmarks.llm import run_llm_bench
-from tests.llm_fixtures import long_cloud, tiny_edge, tiny_ernie  # noqa: F401 - fixtures
 
 
 def test_bench_llm_runs_every_part(tiny_ernie, tiny_edge, long_cloud, tmp_path):

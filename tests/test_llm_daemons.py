@@ -7,12 +7,11 @@ from __future__ import annotations
 import openai
 import pytest
 
-from edgecascade.processes import Daemon, free_port
+from edgecascade.processes import InProcessDaemon, free_port
 from shared.errors import InvalidInputError
 from shared.llm_policy import LLMPolicy, save_llm_policy
 from shared.sdk import Client
-from tests.conftest import make_softmax_bundle
-from tests.llm_fixtures import long_cloud, tiny_edge, tiny_ernie  # noqa: F401 - fixtures
+from tests.helpers.bundles import make_softmax_bundle
 
 
 def test_daemons_generate_over_grpc_and_openai(tmp_path, tiny_edge, long_cloud):
@@ -25,10 +24,10 @@ def test_daemons_generate_over_grpc_and_openai(tmp_path, tiny_edge, long_cloud):
                "cloud": make_softmax_bundle(tmp_path / "cloud", name="toy-cloud", scale=10.0)}
     http_port = free_port()
     cloud_settings = {"model_dirs": [str(bundles["cloud"])], "llm_dirs": [str(long_cloud)]}
-    with Daemon("cloud", cloud_settings, tmp_path, name="cloud") as cloud:
+    with InProcessDaemon("cloud", cloud_settings, tmp_path, name="cloud") as cloud:
         edge_settings = {"bundle_dir": str(bundles["edge"]), "cloud_target": cloud.target, "llm_dir": str(edge_lm),
                          "openai_listen": f"127.0.0.1:{http_port}"}
-        with Daemon("edge", edge_settings, tmp_path, name="edge") as edge:
+        with InProcessDaemon("edge", edge_settings, tmp_path, name="edge") as edge:
             with Client(edge.target, timeout_s=60) as client:
                 stream = client.generate("the cat sat", max_new_tokens=6)
                 chunks = list(stream)

@@ -16,7 +16,7 @@ from edgecascade.offline.llm_calibration import texts_agree
 from shared.llm_decoding import SignalTracker
 from shared.llm_policy import LLMPolicy, load_llm_policy
 from shared.llm_request import FINISH_DEFERRED, GenerationRequest
-from tests.llm_fixtures import make_tiny_ernie, tiny_edge, tiny_ernie  # noqa: F401 - fixtures
+from tests.helpers.llm_fixtures import make_tiny_ernie
 
 PROMPTS = ["the cat sat", "what is the balance", "how do I reset the card", "the dog", "edge models",
            "héllo", "the mat and", "my account today", "cloud answers", "reset the pin", "sat on the log",

@@ -17,7 +17,7 @@ from edgecascade.offline.llm_agreement import greedy_agreement
 from edgecascade.offline.llm_export import export_llm
 from shared.errors import ConfigError, InvalidInputError
 from shared.llm_request import FINISH_DEFERRED, FINISH_STOP, GenerationRequest, GenerationResult
-from tests.llm_fixtures import make_tiny_ernie, tiny_edge, tiny_ernie  # noqa: F401 - fixtures
+from tests.helpers.llm_fixtures import make_tiny_ernie
 
 PROMPTS = ["the cat sat", "what is the balance of my account", "héllo wörld", "how do I reset", "1 2 3"]
 

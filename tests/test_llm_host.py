@@ -13,7 +13,7 @@ from cloud_router.llm_checkpoint import inspect_checkpoint
 from cloud_router.llm_host import CausalLMHost
 from shared.errors import ConfigError, InvalidInputError
 from shared.llm_request import FINISH_DEADLINE, FINISH_LENGTH, FINISH_STOP, GenerationRequest, GenerationResult
-from tests.llm_fixtures import make_tiny_ernie, tiny_ernie  # noqa: F401 - fixture
+from tests.helpers.llm_fixtures import make_tiny_ernie
 
 PROMPTS = ["the cat sat", "what is the balance of my account", "héllo", "edge models answer easy questions and"]
 

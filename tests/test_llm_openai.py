@@ -17,11 +17,11 @@ from edge_agent.llm_cascade import LLMCascade
 from edge_agent.llm_cloud_link import LLMCloudLink
 from edge_agent.llm_runtime import OnnxCausalLM
 from edge_agent.openai_http import SERVED_BY_HEADER, OpenAIEndpoint
+from edgecascade.processes import free_port
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.llm_policy import LLMPolicy
 from shared.llm_request import GenerationRequest
-from tests.llm_fixtures import long_cloud, tiny_edge, tiny_ernie  # noqa: F401 - fixtures
-from tests.test_llm_streaming import CloudServicer, free_port
+from tests.helpers.llm_servicers import CloudServicer
 
 
 @contextlib.asynccontextmanager

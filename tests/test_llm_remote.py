@@ -18,12 +18,12 @@ from edge_agent.breaker import CircuitBreaker
 from edge_agent.llm_cascade import LLMCascade
 from edge_agent.llm_cloud_link import LLMCloudLink
 from edge_agent.llm_runtime import OnnxCausalLM
+from edgecascade.processes import free_port
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.llm_policy import LLMPolicy
 from shared.llm_request import GenerationRequest, GenerationResult
 from shared.sdk import AsyncClient
-from tests.llm_fixtures import tiny_edge, tiny_ernie  # noqa: F401 - fixtures
-from tests.test_llm_streaming import CloudServicer, EdgeServicer, free_port
+from tests.helpers.llm_servicers import CloudServicer, EdgeServicer
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")

@@ -7,46 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 
 import grpc
 import pytest
 
 from cloud_router.llm_host import CausalLMHost
-from cloud_router.llm_servicer import GenerateRpcs as CloudGenerateRpcs
-from cloud_router.settings import RouterSettings
 from edge_agent.breaker import CircuitBreaker
 from edge_agent.llm_cascade import LLMCascade
 from edge_agent.llm_cloud_link import LLMCloudLink
 from edge_agent.llm_runtime import OnnxCausalLM
-from edge_agent.llm_servicer import GenerateRpcs as EdgeGenerateRpcs
-from edge_agent.settings import EdgeSettings
+from edgecascade.processes import free_port
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import InvalidInputError
 from shared.llm_policy import LLMPolicy
 from shared.llm_request import GenerationRequest
 from shared.sdk import AsyncClient
-from tests.llm_fixtures import long_cloud, tiny_edge, tiny_ernie  # noqa: F401 - fixtures
+from tests.helpers.llm_servicers import CloudServicer, EdgeServicer
 
 ALWAYS_DEFER = LLMPolicy(model_name="tiny", threshold=1.0, min_tokens=2)
-
-
-class CloudServicer(CloudGenerateRpcs, pb_grpc.CloudRouterServicer):
-    def __init__(self, hosts):
-        self.settings = RouterSettings()
-        self.llm_hosts = hosts
-
-
-class EdgeServicer(EdgeGenerateRpcs, pb_grpc.EdgeAgentServicer):
-    def __init__(self, llm):
-        self.settings = EdgeSettings(bundle_dir="unused", default_timeout_ms=30_000)
-        self.llm = llm
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.asynccontextmanager

@@ -199,7 +199,7 @@ def test_sleep_runtime_loads_without_torch(tmp_path):
 def test_load_cloud_model_dispatches_onnx_too(tmp_path):
     import onnx
 
-    from edgecascade.offline.demo_build import mlp_onnx_graph
+    from edgecascade.offline.onnx_mlp import mlp_onnx_graph
 
     rng = np.random.default_rng(0)
     weights = [rng.standard_normal((4, 3)).astype(np.float32)]

@@ -10,7 +10,7 @@ from edge_agent.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from edge_agent.cloud_reachability import BreakerLog, HeartbeatLog
 from edgecascade import Client
 from edgecascade.processes import Daemon
-from tests.conftest import UNSURE
+from tests.helpers.bundles import UNSURE
 
 
 class Clock:

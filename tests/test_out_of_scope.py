@@ -14,11 +14,11 @@ from edge_agent.cascade import ActiveModel, Cascade
 from edgecascade import Client
 from edgecascade.processes import Daemon, free_port
 from shared.errors import ConfigError
-from shared.model_loader import load_model
 from shared.model_card import OUT_OF_SCOPE, load_card, save_card
+from shared.model_loader import load_model
 from shared.policy import DeferralPolicy, PolicyFile, load_policy, save_policy
 from shared.signals import Signals, signals_of
-from tests.conftest import CONFIDENT, LABELS, make_softmax_bundle
+from tests.helpers.bundles import CONFIDENT, LABELS, make_softmax_bundle
 
 
 def scrape(port: int) -> dict[tuple[str, frozenset], float]:
@@ -202,9 +202,11 @@ def cascade_by_hand(edge_scores, edge_pred, cloud_scores, cloud_pred, threshold,
     labels, deferred = [], []
     for s, e, sc, c in zip(edge_scores, edge_pred, cloud_scores, cloud_pred):
         if s >= threshold:
-            labels.append(e); deferred.append(False)
+            labels.append(e)
+            deferred.append(False)
         elif abstain is not None and s < abstain:
-            labels.append(None); deferred.append(False)
+            labels.append(None)
+            deferred.append(False)
         else:
             deferred.append(True)
             labels.append(None if cloud_abstain is not None and sc < cloud_abstain else c)
@@ -241,8 +243,8 @@ def test_abstain_calibration_keeps_the_in_scope_cost_and_matches_the_cascade_rul
 
 
 def test_abstain_calibration_refuses_data_without_both_kinds():
-    from shared.errors import CalibrationError
     from edgecascade.offline.out_of_scope import calibrate_abstain
+    from shared.errors import CalibrationError
 
     edge_scores, edge_pred, cloud_scores, cloud_pred, gold, oos = mixed_data()
     with pytest.raises(CalibrationError, match="no out-of-scope examples"):

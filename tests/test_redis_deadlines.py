@@ -20,8 +20,7 @@ from cloud_router.redis_keys import WORK_GROUP, RedisKeys
 from cloud_router.redis_scheduler import RedisScheduler
 from protos import grpc_service_pb2 as kserve_pb
 from shared.errors import DeadlineError, UnavailableError
-from tests.conftest import UNSURE
-from tests.redis_fixtures import own_redis, redis_server, redis_url  # noqa: F401 - fixtures
+from tests.helpers.bundles import UNSURE
 from tests.test_redis_faults import DEADLINE_S, SLACK_S, Load, agent, cloud_bundle, router, start_all
 from tests.test_redis_scheduler import run, sleep_model, x
 
@@ -45,13 +44,13 @@ def test_a_killed_workers_entries_are_answered_within_a_one_second_deadline(tmp_
     whose entry a SIGKILLed worker held is still answered by the cloud, within the caller's 1 s."""
     bundle = cloud_bundle(tmp_path, batch_service_ms=100)
     defaults = {"redis_claim_idle_ms": 2_000, "redis_block_ms": None}    # the settings' defaults, not the fault tests'
-    front = router(tmp_path, "front", bundle, redis_url, role="frontend")
-    w1 = router(tmp_path, "w1", bundle, redis_url, role="worker", **defaults)
-    w2 = router(tmp_path, "w2", bundle, redis_url, role="worker", **defaults)
+    front = router(tmp_path, "front", bundle, redis_url, role="frontend", process=True)
+    w1 = router(tmp_path, "w1", bundle, redis_url, role="worker", **defaults, process=True)
+    w2 = router(tmp_path, "w2", bundle, redis_url, role="worker", **defaults, process=True)
     for worker in (w1, w2):
         worker.settings = {k: v for k, v in worker.settings.items() if v is not None}
     start_all(front, w1, w2)
-    edge = agent(tmp_path, "edge", bundles["edge"], front).start()
+    edge = agent(tmp_path, "edge", bundles["edge"], front, process=True).start()
     stream = RedisKeys().work_stream("toy-cloud")
     try:
         with Load(edge.target, threads=6) as load:
@@ -134,8 +133,8 @@ def test_a_big_kserve_batch_answers_in_time_and_other_callers_too(tmp_path, bund
     single requests, all with 1 s deadlines. Every single request is answered (cloud or
     fallback) in time; the batch is answered in time, each row by the cloud or, once the
     deadline nears, by the edge (`deadline`), never a cancelled cloud call."""
-    cloud = router(tmp_path, "cloud", cloud_bundle(tmp_path, batch_service_ms=10), redis_url, max_batch_size=32).start()
-    edge = agent(tmp_path, "edge", bundles["edge"], cloud).start()
+    cloud = router(tmp_path, "cloud", cloud_bundle(tmp_path, batch_service_ms=10), redis_url, max_batch_size=32, process=True).start()
+    edge = agent(tmp_path, "edge", bundles["edge"], cloud, process=True).start()
     try:
         with Load(edge.target, threads=2) as load:
             time.sleep(1.0)

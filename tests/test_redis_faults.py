@@ -28,12 +28,12 @@ from cloud_router.redis_keys import WORK_GROUP, RedisKeys
 from cloud_router.sleep_model import write_sleep_bundle
 from edgecascade import AsyncClient, Client, RetryPolicy
 from edgecascade.cli import main as cli_main
-from edgecascade.processes import Daemon, free_port
+from edgecascade.processes import Daemon, InProcessDaemon, free_port
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.model_card import InputSpec
 from shared.sdk import InferResult, build_request
-from tests.conftest import LABELS, UNSURE, make_softmax_bundle
-from tests.redis_fixtures import own_redis, redis_server, redis_url  # noqa: F401 - fixtures
+from tests.helpers.bundles import LABELS, UNSURE, make_softmax_bundle
+from tests.helpers.updates import AnyDaemon
 
 DEADLINE_S = 1.0
 SLACK_S = 0.5          # scheduling noise on a busy 2-core machine; far below a lost request's cost
@@ -46,20 +46,21 @@ def cloud_bundle(tmp_path: Path, batch_service_ms: float) -> Path:
                               batch_service_ms=batch_service_ms)
 
 
-def router(tmp_path, name, bundle, redis_url, role="all", **settings) -> Daemon:
+def router(tmp_path, name, bundle, redis_url, role="all", *, process: bool = False, **settings) -> AnyDaemon:
+    """A router in this process; in a child process with `process=True` (to kill it, or see it survive)."""
     config = {"model_dirs": [str(bundle)], "router_id": name, "role": role, "redis_url": redis_url,
               "redis_claim_idle_ms": 300, "redis_block_ms": 100, "max_batch_size": 4, "redis_startup_wait_s": 2.0,
               "shutdown_grace_s": 1.0, **settings}
-    return Daemon("cloud", config, tmp_path, name=name)
+    return (Daemon if process else InProcessDaemon)("cloud", config, tmp_path, name=name)
 
 
-def agent(tmp_path, name, bundle, cloud: Daemon, **settings) -> Daemon:
+def agent(tmp_path, name, bundle, cloud: AnyDaemon, *, process: bool = False, **settings) -> AnyDaemon:
     config = {"bundle_dir": str(bundle), "cloud_target": cloud.target, "agent_id": name, "breaker_failure_threshold": 3,
               "breaker_cooldown_s": 0.3, "heartbeat_interval_s": 0.2, "shutdown_grace_s": 1.0, **settings}
-    return Daemon("edge", config, tmp_path, name=name)
+    return (Daemon if process else InProcessDaemon)("edge", config, tmp_path, name=name)
 
 
-def start_all(*daemons: Daemon) -> None:
+def start_all(*daemons: AnyDaemon) -> None:
     with ThreadPoolExecutor(len(daemons)) as pool:
         list(pool.map(lambda d: d.start(), daemons))
 
@@ -125,7 +126,7 @@ def test_a_worker_killed_under_load_loses_no_request(tmp_path, bundles, redis_ur
     bundle = cloud_bundle(tmp_path, batch_service_ms=100)    # workers are busy: the victim dies holding work
     front = router(tmp_path, "front", bundle, redis_url, role="frontend")
     w1 = router(tmp_path, "w1", bundle, redis_url, role="worker")
-    w2 = router(tmp_path, "w2", bundle, redis_url, role="worker")
+    w2 = router(tmp_path, "w2", bundle, redis_url, role="worker", process=True)
     start_all(front, w1, w2)
     edge = agent(tmp_path, "edge", bundles["edge"], front).start()
     stream = RedisKeys().work_stream("toy-cloud")
@@ -161,10 +162,10 @@ def r_pending(url: str, stream: str) -> int:
 
 def test_redis_restarted_under_load_routers_and_agents_recover(tmp_path, bundles, own_redis):
     bundle = cloud_bundle(tmp_path, batch_service_ms=10)
-    front = router(tmp_path, "front", bundle, own_redis.url, role="frontend", fleet_ttl_s=5.0)
-    worker = router(tmp_path, "worker", bundle, own_redis.url, role="worker")
+    front = router(tmp_path, "front", bundle, own_redis.url, role="frontend", fleet_ttl_s=5.0, process=True)
+    worker = router(tmp_path, "worker", bundle, own_redis.url, role="worker", process=True)
     start_all(front, worker)
-    edge = agent(tmp_path, "edge", bundles["edge"], front).start()
+    edge = agent(tmp_path, "edge", bundles["edge"], front, process=True).start()
     try:
         with Load(edge.target, threads=4) as load:
             time.sleep(1.5)
@@ -276,7 +277,7 @@ def test_a_saturated_cloud_lowers_the_deferral_rate_until_load_drops(tmp_path, r
 def test_fleet_entries_appear_and_a_silent_agent_expires(tmp_path, bundles, redis_url, capsys):
     cloud = router(tmp_path, "cloud", cloud_bundle(tmp_path, 5), redis_url, fleet_ttl_s=1.0).start()
     a1 = agent(tmp_path, "agent-1", bundles["edge"], cloud)
-    a2 = agent(tmp_path, "agent-2", bundles["edge"], cloud)
+    a2 = agent(tmp_path, "agent-2", bundles["edge"], cloud, process=True)
     start_all(a1, a2)
     try:
         with Client(a1.target) as client:

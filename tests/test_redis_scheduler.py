@@ -25,7 +25,6 @@ from edgecascade.processes import free_port
 from protos import edgecascade_pb2 as pb
 from shared.errors import CloudBudgetError, DeadlineError, InvalidInputError, ModelError, UnavailableError
 from shared.model_loader import load_model
-from tests.redis_fixtures import redis_server, redis_url  # noqa: F401 - fixtures
 
 KEYS = RedisKeys("test")
 
@@ -83,7 +82,7 @@ def test_requests_are_batched_answered_and_the_stream_drained(tmp_path, redis_ur
 
     async def main():
         async with redis_stack(redis_url, model) as (client, front, (worker,)):
-            rows = await asyncio.gather(*(front.submit(model, x(i), time.time() + 10, 0, f"r{i}") for i in range(40)))
+            rows = await asyncio.gather(*(front.submit(model, x(i), time.monotonic() + 10, 0, f"r{i}") for i in range(40)))
             expected = model.predict([x(i) for i in range(40)])
             assert np.array_equal(np.stack(rows), expected)          # each caller got its own row
             assert max(worker.batch_sizes) > 1                        # the read formed batches
@@ -101,7 +100,7 @@ def test_requests_past_their_deadline_are_dropped_not_computed(tmp_path, redis_u
 
     async def main():
         async with redis_stack(redis_url, model, start_workers=False) as (client, front, (worker,)):
-            results = await asyncio.gather(*(front.submit(model, x(i), time.time() + 0.2, 0, f"r{i}") for i in range(5)),
+            results = await asyncio.gather(*(front.submit(model, x(i), time.monotonic() + 0.2, 0, f"r{i}") for i in range(5)),
                                            return_exceptions=True)
             assert all(isinstance(r, DeadlineError) for r in results)
             await worker.start()                                       # the worker arrives too late
@@ -121,7 +120,7 @@ def test_malformed_entries_go_to_the_dead_letter_stream_and_the_worker_keeps_ser
     async def main():
         async with redis_stack(redis_url, model) as (client, front, (worker,)):
             stream = KEYS.work_stream("m")
-            good = encode_work(ticket="zz", reply_to=KEYS.reply_list("nobody"), deadline_s=time.time() + 10,
+            good = encode_work(ticket="zz", reply_to=KEYS.reply_list("nobody"), deadline_unix_s=time.time() + 10,
                                request_id="junk", payload=x(1))
             await client.xadd(stream, {"hello": "world"})                                 # no fields we know
             await client.xadd(stream, {**good, "q": b"\xff\xfe not a proto"})            # undecodable request
@@ -129,9 +128,9 @@ def test_malformed_entries_go_to_the_dead_letter_stream_and_the_worker_keeps_ser
             await client.xadd(stream, {**good, "r": b"elsewhere:reply"})                 # reply key outside the prefix
             # a well-formed entry whose tensor the model refuses: its caller hears why, at once
             with pytest.raises(InvalidInputError, match="shape"):
-                await front.submit(model, np.zeros(3, np.float32), time.time() + 5, 0, "wrong-shape")
+                await front.submit(model, np.zeros(3, np.float32), time.monotonic() + 5, 0, "wrong-shape")
             # and the worker still serves good requests
-            row = await front.submit(model, x(7), time.time() + 5, 0, "fine")
+            row = await front.submit(model, x(7), time.monotonic() + 5, 0, "fine")
             assert np.array_equal(row, model.predict([x(7)])[0])
             dead = await client.xrange(KEYS.dead_letter_stream("m"))
             reasons = [fields[b"dead_reason"].decode() for _, fields in dead]
@@ -153,7 +152,7 @@ def test_a_dead_consumers_pending_entries_are_reclaimed_and_answered(tmp_path, r
     async def main():
         async with redis_stack(redis_url, model, start_workers=False, claim_idle_ms=200) as (client, front, (worker,)):
             stream = KEYS.work_stream("m")
-            calls = [asyncio.ensure_future(front.submit(model, x(i), time.time() + 10, 0, f"r{i}")) for i in range(6)]
+            calls = [asyncio.ensure_future(front.submit(model, x(i), time.monotonic() + 10, 0, f"r{i}")) for i in range(6)]
             await asyncio.sleep(0.1)
             # a worker that reads the batch and dies before answering
             await client.xgroup_create(stream, WORK_GROUP, id="0", mkstream=True)
@@ -174,7 +173,7 @@ def test_an_entry_that_keeps_killing_workers_is_dead_lettered_not_retried_foreve
     async def main():
         async with redis_stack(redis_url, model, start_workers=False, claim_idle_ms=100, max_deliveries=2) as (client, front, (worker,)):
             stream = KEYS.work_stream("m")
-            call = asyncio.ensure_future(front.submit(model, x(1), time.time() + 10, 0, "poison"))
+            call = asyncio.ensure_future(front.submit(model, x(1), time.monotonic() + 10, 0, "poison"))
             await asyncio.sleep(0.05)
             await client.xgroup_create(stream, WORK_GROUP, id="0", mkstream=True)
             for victim in ("dies-1", "dies-2"):               # two workers take it and die
@@ -200,7 +199,7 @@ def test_duplicate_replies_from_a_slow_worker_are_harmless(tmp_path, redis_url):
     async def main():
         async with redis_stack(redis_url, model, workers=2, start_workers=False, claim_idle_ms=100) as (client, front, workers):
             await workers[0].start()
-            calls = [asyncio.ensure_future(front.submit(model, x(i), time.time() + 10, 0, f"r{i}")) for i in range(3)]
+            calls = [asyncio.ensure_future(front.submit(model, x(i), time.monotonic() + 10, 0, f"r{i}")) for i in range(3)]
             await asyncio.sleep(0.05)          # the first worker has the batch and is busy with it
             await workers[1].start()           # an idle peer takes it over after 100 ms
             rows = await asyncio.gather(*calls)
@@ -218,7 +217,7 @@ def test_streams_stay_bounded_when_no_worker_keeps_up(tmp_path, redis_url):
 
     async def main():
         async with redis_stack(redis_url, model, start_workers=False, stream_max_len=100) as (client, front, _):
-            results = await asyncio.gather(*(front.submit(model, x(i), time.time() + 0.3, 0, f"r{i}") for i in range(600)),
+            results = await asyncio.gather(*(front.submit(model, x(i), time.monotonic() + 0.3, 0, f"r{i}") for i in range(600)),
                                            return_exceptions=True)
             assert all(isinstance(r, DeadlineError) for r in results)
             assert await client.xlen(KEYS.work_stream("m")) < 300   # MAXLEN ~ 100 trims in whole nodes
@@ -232,7 +231,7 @@ def test_pressure_rises_with_the_queue_and_falls_when_it_drains(tmp_path, redis_
     async def main():
         async with redis_stack(redis_url, model, max_queue=40, capacity_interval_s=0.05) as (client, front, _):
             assert front.pressure("m") == 0.0
-            calls = [asyncio.ensure_future(front.submit(model, x(i), time.time() + 10, 0, f"r{i}")) for i in range(40)]
+            calls = [asyncio.ensure_future(front.submit(model, x(i), time.monotonic() + 10, 0, f"r{i}")) for i in range(40)]
             await asyncio.sleep(0.15)
             loaded = await front.measure("m")
             assert loaded.pressure > 0.3 and loaded.queue_depth > 0
@@ -254,7 +253,7 @@ def test_requests_fail_fast_with_unavailable_when_redis_is_gone(tmp_path, redis_
             redis_server.kill()
             started = time.monotonic()
             with pytest.raises(UnavailableError, match="Redis"):
-                await front.submit(model, x(1), time.time() + 5, 0, "gap")
+                await front.submit(model, x(1), time.monotonic() + 5, 0, "gap")
             assert time.monotonic() - started < 2.5
 
     try:
@@ -318,7 +317,7 @@ def test_a_sentinel_url_reaches_the_master(tmp_path, redis_server):
 
     async def main():
         async with redis_stack(f"redis+sentinel://127.0.0.1:{port}/main", model) as (client, front, _):
-            row = await front.submit(model, x(3), time.time() + 5, 0, "via-sentinel")
+            row = await front.submit(model, x(3), time.monotonic() + 5, 0, "via-sentinel")
             assert np.array_equal(row, model.predict([x(3)])[0])
 
     try:

@@ -8,10 +8,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
 from edgecascade import dev_pki
@@ -25,12 +23,12 @@ from protos import grpc_service_pb2_grpc as kserve_grpc
 from shared.auth import add_token, revoke_tokens
 from shared.delta.manifest import SignedManifest
 from shared.delta.package import DeltaPackage
-from shared.errors import BadSignatureError, EdgecascadeError, PermissionDeniedError, UnauthenticatedError
+from shared.errors import EdgecascadeError, PermissionDeniedError, UnauthenticatedError
 from shared.sdk import Client
 from shared.tensor_codec import to_proto
 from shared.tls import ClientSecurity, open_channel
-from tests.conftest import CONFIDENT, UNSURE, make_softmax_bundle
-from tests.update_helpers import make_keys, toy_versions
+from tests.helpers.bundles import CONFIDENT, UNSURE, make_softmax_bundle
+from tests.helpers.updates import make_keys, toy_versions
 
 TIMEOUT_S = 10.0
 

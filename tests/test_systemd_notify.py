@@ -12,7 +12,7 @@ import pytest
 from edge_agent.systemd_notify import SystemdNotifier, socket_address, watchdog_interval_s
 from edgecascade import Client
 from edgecascade.processes import Daemon
-from tests.conftest import CONFIDENT
+from tests.helpers.bundles import CONFIDENT
 
 
 class NotifyListener:

@@ -13,7 +13,7 @@ from protos import edgecascade_pb2 as pb
 from protos import grpc_service_pb2 as kserve_pb
 from shared.errors import ECHO_LIMIT_CHARS, echoed
 from shared.undecodable_requests import RateLimitedLog
-from tests.conftest import CONFIDENT
+from tests.helpers.bundles import CONFIDENT
 
 KSERVE = "inference.GRPCInferenceService"
 EDGE_METHODS = ["edgecascade.v1.EdgeAgent/Infer", "edgecascade.v1.EdgeAgent/GetStatus",
@@ -117,7 +117,7 @@ def _check_daemon(daemon, methods: list[str]) -> int:
 def test_undecodable_requests_are_invalid_argument_on_every_service(edge_daemon, cloud_daemon, which):
     daemon, methods = (edge_daemon, EDGE_METHODS) if which == "edge" else (cloud_daemon, ROUTER_METHODS)
     sent = _check_daemon(daemon, methods)
-    log_text = daemon.log_path.read_text()
+    log_text = daemon.logs()
     assert "Traceback" not in log_text
     refused_lines = [line for line in log_text.splitlines() if "undecodable request" in line]
     assert 1 <= len(refused_lines) < sent, f"{len(refused_lines)} log lines for {sent} undecodable requests"

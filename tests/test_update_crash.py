@@ -11,7 +11,7 @@ from edge_agent.version_store import CURRENT
 from edgecascade.processes import Daemon
 from edgecascade.update_package import package_from_bundles
 from shared.delta.package import file_sha256
-from tests.update_helpers import crash, edge_settings, publish_package, served_version, toy_versions, update_world, wait_log, wait_state  # noqa: F401 - the shared router fixture
+from tests.helpers.updates import crash, edge_settings, publish_package, served_version, toy_versions, wait_log, wait_state
 
 #: step -> (version served right after the restart, what the restarted agent logs as it resumes)
 STEPS = {

@@ -22,9 +22,8 @@ from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import ConfigError
 from shared.settings import load_settings
-from tests.conftest import make_softmax_bundle
-from tests.redis_fixtures import own_redis, redis_server, redis_url  # noqa: F401 - fixtures
-from tests.update_helpers import edge_settings, make_keys, publish_package, served_version, toy_versions, wait_for, wait_state
+from tests.helpers.bundles import make_softmax_bundle
+from tests.helpers.updates import edge_settings, make_keys, publish_package, served_version, toy_versions, wait_for, wait_state
 
 
 @pytest.fixture(scope="module")

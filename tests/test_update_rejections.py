@@ -10,12 +10,12 @@ import urllib.request
 import numpy as np
 import pytest
 
-from edgecascade.processes import Daemon, free_port
+from edgecascade.processes import InProcessDaemon, free_port
 from edgecascade.update_package import package_from_bundles
 from shared.delta.golden import make_golden
 from shared.delta.package import DeltaPackage, build_package
-from tests.conftest import CONFIDENT, make_softmax_bundle
-from tests.update_helpers import edge_settings, make_keys, publish_package, served_version, toy_versions, wait_state
+from tests.helpers.bundles import CONFIDENT, make_softmax_bundle
+from tests.helpers.updates import edge_settings, make_keys, publish_package, served_version, toy_versions, wait_state
 
 AGENT = "victim"
 SMALL_CHUNK = 32
@@ -29,9 +29,9 @@ def world(tmp_path_factory):
     bundles = toy_versions(tmp, "toy", (1, 2, 3))
     cloud = make_softmax_bundle(tmp / "cloud", name="toy-cloud", scale=10.0, permute=True)
     metrics_port = free_port()
-    with Daemon("cloud", {"model_dirs": [str(cloud)], "update_check_uploads": False}, tmp, name="router") as router:
+    with InProcessDaemon("cloud", {"model_dirs": [str(cloud)], "update_check_uploads": False}, tmp, name="router") as router:
         settings = edge_settings(bundles[2], router, tmp / "state", public, AGENT, metrics_port=metrics_port)
-        with Daemon("edge", settings, tmp, name="agent") as agent:
+        with InProcessDaemon("edge", settings, tmp, name="agent") as agent:
             yield {"router": router, "agent": agent, "bundles": bundles, "key": key, "other_key": other_key,
                    "metrics_port": metrics_port, "tmp": tmp}
 

@@ -13,15 +13,16 @@ import pytest
 
 from edge_agent.updater import PAUSE_ENV
 from edgecascade.cli import main as cli_main
-from edgecascade.processes import Daemon
+from edgecascade.processes import Daemon, InProcessDaemon
 from edgecascade.update_client import rollout_status
 from edgecascade.update_package import package_from_bundles
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.tensor_codec import to_proto
-from tests.conftest import CONFIDENT
-from tests.update_helpers import (  # noqa: F401 - the shared router fixture
+from tests.helpers.bundles import CONFIDENT
+from tests.helpers.updates import (
     FRAGILE_INPUT,
+    AnyDaemon,
     TcpProxy,
     agent_record,
     edge_settings,
@@ -30,7 +31,6 @@ from tests.update_helpers import (  # noqa: F401 - the shared router fixture
     publish_package,
     served_version,
     toy_versions,
-    update_world,
     wait_for,
     wait_log,
     wait_state,
@@ -44,10 +44,13 @@ def world(update_world):
     return update_world
 
 
-def agent_for(world, name: str, agent_id: str, bundle, env=None, **extra) -> Daemon:
+def agent_for(world, name: str, agent_id: str, bundle, env=None, **extra) -> AnyDaemon:
+    """An agent in this process; in a child process of its own when it needs `env`."""
     tmp = world["tmp"] / agent_id
     settings = edge_settings(bundle, world["router"], tmp / "state", world["public"], agent_id, **extra)
-    return Daemon("edge", settings, tmp, name=agent_id, env=env)
+    if env:
+        return Daemon("edge", settings, tmp, name=agent_id, env=env)
+    return InProcessDaemon("edge", settings, tmp, name=agent_id)
 
 
 class Load:
@@ -194,7 +197,7 @@ def test_command_line_keygen_push_status_rollback(world, capsys):
     bundles = toy_versions(tmp, "toy-cli", (1, 2))
     router = world["router"]
     settings = edge_settings(bundles[1], router, tmp / "state", tmp / "k.pub.pem", "cli-agent")
-    with Daemon("edge", settings, tmp, name="cli-agent") as agent:
+    with InProcessDaemon("edge", settings, tmp, name="cli-agent") as agent:
         common = ["--key", str(tmp / "k.pem"), "--router", router.target, "--wait", "--wait-s", "30"]
         capsys.readouterr()
         assert cli_main(["update", "push", "--model", str(bundles[2]), "--base", str(bundles[1]), *common]) == 0

@@ -18,15 +18,15 @@ from cloud_router.update_servicer import UpdateRpcs
 from cloud_router.update_store import CORRUPT_SUFFIX, MANIFEST_FILE, PAYLOAD_FILE, STATE_FILE, StoredState
 from cloud_router.updates import UpdateService
 from edge_agent.update_link import UpdateLink
-from edgecascade.processes import Daemon
+from edgecascade.processes import Daemon, InProcessDaemon
 from edgecascade.update_client import rollout_status
 from edgecascade.update_package import package_from_bundles
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import ConfigError, UnavailableError
 from shared.grpc_server import bind, create_server
-from tests.conftest import make_softmax_bundle
-from tests.update_helpers import crash, edge_settings, make_keys, publish_package, served_version, toy_versions, wait_for, wait_log, wait_state
+from tests.helpers.bundles import make_softmax_bundle
+from tests.helpers.updates import crash, edge_settings, make_keys, publish_package, served_version, toy_versions, wait_for, wait_log, wait_state
 
 DONE = {"healthy", "rejected", "rolled_back"}
 
@@ -187,9 +187,9 @@ def canary_on_probation(keys, tmp_path, name: str):
     fleet = SimpleNamespace(router=Daemon("cloud", router_settings, tmp_path, name="router").start(),
                             router_settings=router_settings, package=pkgs[2], agents={})
     router = fleet.router
-    fleet.agents = {a: Daemon("edge", edge_settings(bundles[1], router, tmp_path / a, keys["public"], a,
-                                                    update_health_window_s=120, update_health_requests=1),
-                              tmp_path, name=a)
+    fleet.agents = {a: InProcessDaemon("edge", edge_settings(bundles[1], router, tmp_path / a, keys["public"], a,
+                                                             update_health_window_s=120, update_health_requests=1),
+                                       tmp_path, name=a)
                     for a in (f"{name}-a", f"{name}-b")}
     try:
         for agent in fleet.agents.values():
@@ -277,8 +277,8 @@ def test_a_router_starts_over_a_corrupted_store_and_offers_only_sound_updates(ke
     (store / "updates" / ids["good"] / f".{PAYLOAD_FILE}.tmp-7-beef").write_bytes(b"torn")
 
     cloud = make_softmax_bundle(tmp_path / "cloud", name="toy-cloud", scale=10.0, permute=True)
-    with Daemon("cloud", {"model_dirs": [str(cloud)], "update_store_dir": str(store),
-                          "update_public_key": str(keys["public"])}, tmp_path, name="router") as router:
+    with InProcessDaemon("cloud", {"model_dirs": [str(cloud)], "update_store_dir": str(store),
+                                   "update_public_key": str(keys["public"])}, tmp_path, name="router") as router:
         assert notice(router, "agent", "toy-good").update_id == ids["good"]
         assert not notice(router, "agent", "toy-bad").available
         assert [r.model_name for r in rollout_status(router.target).rollouts] == ["toy-good"]

@@ -15,11 +15,12 @@ from edge_agent.settings import EdgeSettings
 from edge_agent.update_link import UpdateLink
 from edge_agent.version_store import CURRENT, VersionStore
 from edgecascade.update_package import package_from_bundles
+from protos import edgecascade_pb2 as pb
 from shared.errors import ConfigError, ExpiredUpdateError, InvalidInputError, TruncatedPatchError, UpdateNotFoundError
 from shared.model_card import load_card
 from shared.settings import load_settings
-from tests.conftest import make_softmax_bundle
-from tests.update_helpers import make_keys, toy_versions
+from tests.helpers.bundles import make_softmax_bundle
+from tests.helpers.updates import make_keys, toy_versions
 
 
 @pytest.fixture
@@ -241,10 +242,8 @@ def test_short_gil_turns_lowers_the_switch_interval_for_the_block_only():
         pass
 
 
-def _status(phase: str, *agents: tuple[str, str, str, int]) -> "pb.RolloutStatus":
+def _status(phase: str, *agents: tuple[str, str, str, int]) -> pb.RolloutStatus:
     """A rollout of update `u2` (v2) of model `m` and agents (id, update id, state, active version)."""
-    from protos import edgecascade_pb2 as pb
-
     return pb.RolloutStatus(
         rollouts=[pb.RolloutInfo(update_id="u2", model_name="m", version=2, phase=phase)],
         agents=[pb.AgentUpdateState(agent_id=a, model_name="m", update_id=u, state=s, active_version=v)

@@ -24,6 +24,8 @@ import numpy as np
 from scipy.stats import binom
 
 from shared.errors import CalibrationError, InvalidInputError
+from shared.policy import PolicyFile
+from shared.signals import confidence_scores
 
 Method = Literal["ltt", "crc", "rate"]
 METHODS: tuple[str, ...] = ("ltt", "crc", "rate")
@@ -312,6 +314,19 @@ def calibrate(
         _require(method, target_deferral_rate=target_deferral_rate)
         return calibrate_rate(scores, edge_pred, cloud_pred, target_deferral_rate)
     raise InvalidInputError(f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}")
+
+
+def calibrated_policy(policy: PolicyFile, edge_probs: np.ndarray, cloud_pred: Any, *, method: str = "ltt",
+                      epsilon: Optional[float] = None, delta: Optional[float] = None,
+                      target_deferral_rate: Optional[float] = None, **facts: Any) -> tuple[PolicyFile, CalibrationResult]:
+    """Predictions to policy: `policy` with the threshold `calibrate` picks for its signal on the
+    edge's probabilities against the cloud's answers, and the guarantee that comes with it,
+    plus `facts` (where the predictions came from, say)."""
+    scores = confidence_scores(edge_probs, policy.signal)
+    result = calibrate(scores, np.asarray(edge_probs).argmax(axis=1), cloud_pred, method=method, epsilon=epsilon,
+                       delta=delta, target_deferral_rate=target_deferral_rate)
+    guarantee = {**result.guarantee(), "signal": policy.signal, **facts}
+    return policy.model_copy(update={"threshold": result.threshold, "guarantee": guarantee}), result
 
 
 def _require(method: str, **values: Any) -> None:

@@ -22,15 +22,17 @@ training catches KeyboardInterrupt and returns early), and for its test-only pau
 
 from __future__ import annotations
 
+import importlib
 import logging
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 
+from edgecascade.offline.onnx_mlp import mlp_onnx_graph
 from shared.model_card import InputSpec, ModelCard, save_card
 from shared.policy import PolicyFile, save_policy
 
@@ -49,8 +51,6 @@ CLOUD_HIDDEN = (512, 256)
 CLOUD_EPOCHS = 16
 TARGET_DEFER_RATE = 0.25
 PRESSURE_DEFER_RATE = 0.05
-ONNX_OPSET = 17
-ONNX_IR_VERSION = 8  # readable by onnxruntime >= 1.14 on older boards
 #: What `build_demo` has written when it calls `on_step`: the two splits, the edge bundle
 #: (no policy yet), the cloud bundle, the edge policy.
 BUILD_STEPS = ("data", "edge", "cloud", "policy")
@@ -126,11 +126,8 @@ def build_demo(out_dir: Path, on_step: Optional[Callable[[str], None]] = None) -
 
 def _import_build_dependencies() -> None:
     """Fail in a second, not after training, when the cloud extra is missing (torch first)."""
-    import torch  # noqa: F401, I001
-    import sklearn  # noqa: F401
-    import safetensors  # noqa: F401
-    import onnx  # noqa: F401
-    import onnxruntime.quantization  # noqa: F401
+    for name in ("torch", "sklearn", "safetensors", "onnx", "onnxruntime.quantization"):
+        importlib.import_module(name)
 
 
 def train_edge_mlp(X: np.ndarray, y: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -150,37 +147,6 @@ def _mlp_numpy(X: np.ndarray, weights, biases) -> np.ndarray:
     for weight, bias in zip(weights[:-1], biases[:-1]):
         X = np.maximum(X @ weight + bias, 0.0)
     return X @ weights[-1] + biases[-1]
-
-
-def mlp_onnx_graph(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray]):
-    """A float ONNX model: "input" [N, in] -> (MatMul, Add, Relu)* -> MatMul, Add -> Softmax -> "probs"."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes, initializers = [], []
-    current = "input"
-    for index, (weight, bias) in enumerate(zip(weights, biases)):
-        last = index == len(weights) - 1
-        initializers += [numpy_helper.from_array(weight, f"fc{index}.weight"), numpy_helper.from_array(bias, f"fc{index}.bias")]
-        nodes.append(helper.make_node("MatMul", [current, f"fc{index}.weight"], [f"fc{index}.matmul"], name=f"fc{index}_matmul"))
-        added = "logits" if last else f"fc{index}.add"
-        nodes.append(helper.make_node("Add", [f"fc{index}.matmul", f"fc{index}.bias"], [added], name=f"fc{index}_add"))
-        if not last:
-            nodes.append(helper.make_node("Relu", [added], [f"fc{index}.relu"], name=f"fc{index}_relu"))
-            current = f"fc{index}.relu"
-    nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=-1, name="softmax"))
-    graph = helper.make_graph(
-        nodes,
-        "edge_mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", weights[0].shape[0]])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", weights[-1].shape[1]])],
-        initializers,
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=ONNX_IR_VERSION, producer_name="edgecascade"
-    )
-    onnx.checker.check_model(model)
-    return model
 
 
 def write_edge_onnx(path: Path, weights, biases, *, calibration_inputs: np.ndarray) -> None:

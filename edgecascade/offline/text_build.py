@@ -122,9 +122,8 @@ def build_text_models(train: LabelledTexts, out_dir: str | Path, *, eval_set: Op
     }
     say("[4/4] policy" + (" and eval-set accuracy" if eval_set is not None else ""))
     t = time.perf_counter()
-    policy = PolicyFile(model_name=edge_card.name, model_version=version, labels=labels, signal="max_prob",
-                        threshold=PROVISIONAL_THRESHOLD,
-                        guarantee={"method": "none", "statement": "provisional; run edgecascade calibrate"})
+    policy = PolicyFile.for_card(edge_card, signal="max_prob", threshold=PROVISIONAL_THRESHOLD,
+                                 guarantee={"method": "none", "statement": "provisional; run edgecascade calibrate"})
     if eval_set is not None:
         edge_probs = _edge_probs(edge_dir, eval_set.texts)
         cloud_probs = head_probs(embedder.embed(eval_set.texts, desc="embedding eval"), weight, bias)
@@ -272,17 +271,14 @@ def eval_facts(edge_probs: np.ndarray, cloud_probs: np.ndarray, gold: np.ndarray
 
 def certified_policy(provisional: PolicyFile, edge_probs: np.ndarray, cloud_pred: np.ndarray, say: Say) -> PolicyFile:
     """LTT at epsilon 0.01, delta 0.05 on the eval predictions; the provisional policy if it cannot certify."""
-    from edgecascade.offline.calibration import calibrate_ltt
+    from edgecascade.offline.calibration import calibrated_policy
     from shared.errors import CalibrationError
-    from shared.signals import confidence_scores
 
     try:
-        result = calibrate_ltt(confidence_scores(edge_probs, "max_prob"), edge_probs.argmax(1), cloud_pred,
-                               POLICY_EPSILON, POLICY_DELTA)
+        policy, result = calibrated_policy(provisional, edge_probs, cloud_pred, method="ltt", epsilon=POLICY_EPSILON,
+                                           delta=POLICY_DELTA, predictions=EVAL_PREDICTIONS_FILE)
     except CalibrationError as exc:
         say(f"      policy stays provisional: {exc}")
         return provisional
-    guarantee = result.guarantee()
-    guarantee.update(signal="max_prob", predictions=EVAL_PREDICTIONS_FILE)
-    say(f"      policy: accept max_prob >= {result.threshold:.4f}; defers {result.deferral_rate:.1%} of the eval set")
-    return provisional.model_copy(update={"threshold": result.threshold, "guarantee": guarantee})
+    say(f"      policy: accept {policy.signal} >= {result.threshold:.4f}; defers {result.deferral_rate:.1%} of the eval set")
+    return policy

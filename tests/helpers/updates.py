@@ -8,24 +8,25 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Optional, TypeVar
+from typing import Callable, Iterable, Optional, TypeVar, Union
 
 import grpc
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper
 
-from edgecascade.processes import Daemon
+from edgecascade.processes import Daemon, InProcessDaemon
 from edgecascade.update_client import publish, rollout_status
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.delta.package import DeltaPackage
 from shared.delta.signing import keygen, load_private_key
 from shared.tensor_codec import to_proto
-from tests.conftest import CONFIDENT, make_softmax_bundle
+from tests.helpers.bundles import CONFIDENT, make_softmax_bundle
 
 T = TypeVar("T")
+#: A router or agent, in a child process or in this one.
+AnyDaemon = Union[Daemon, InProcessDaemon]
 #: An input the fragile model (below) fails on.
 FRAGILE_INPUT = np.array([100.0, 0.0, 0.0], dtype=np.float32)
 
@@ -60,17 +61,17 @@ def make_fragile_bundle(bundle_dir: Path, *, name: str, version: int) -> Path:
     return bundle_dir
 
 
-def edge_settings(bundle: Path, router: Daemon, state_dir: Path, public_key: Path, agent_id: str, **extra) -> dict:
+def edge_settings(bundle: Path, router: AnyDaemon, state_dir: Path, public_key: Path, agent_id: str, **extra) -> dict:
     return {"bundle_dir": str(bundle), "cloud_target": router.target, "update_public_key": str(public_key),
             "state_dir": str(state_dir), "agent_id": agent_id, "update_poll_interval_s": 0.1,
             "update_health_window_s": 0.3, "update_health_requests": 1000, **extra}
 
 
-def publish_package(router: Daemon, package: DeltaPackage, canary_percent: float = 0.0) -> str:
+def publish_package(router: AnyDaemon, package: DeltaPackage, canary_percent: float = 0.0) -> str:
     return publish(router.target, package, canary_percent=canary_percent).update_id
 
 
-def served_version(agent: Daemon, payload: np.ndarray = CONFIDENT) -> int:
+def served_version(agent: AnyDaemon, payload: np.ndarray = CONFIDENT) -> int:
     with grpc.insecure_channel(agent.target) as channel:
         response = pb_grpc.EdgeAgentStub(channel).Infer(pb.InferRequest(tensor=to_proto(payload)), timeout=5)
     return int(response.model_version)
@@ -87,11 +88,11 @@ def wait_for(check: Callable[[], Optional[T]], what: str, timeout_s: float = 20.
         time.sleep(0.05)
 
 
-def agent_record(router: Daemon, agent_id: str) -> Optional[pb.AgentUpdateState]:
+def agent_record(router: AnyDaemon, agent_id: str) -> Optional[pb.AgentUpdateState]:
     return next((a for a in rollout_status(router.target).agents if a.agent_id == agent_id), None)
 
 
-def wait_state(router: Daemon, agent: Daemon, agent_id: str, update_id: str, states: Iterable[str],
+def wait_state(router: AnyDaemon, agent: AnyDaemon, agent_id: str, update_id: str, states: Iterable[str],
                timeout_s: float = 20.0) -> pb.AgentUpdateState:
     """Wait until the router says `agent_id` reached one of `states` for `update_id`."""
     wanted = set(states)
@@ -103,7 +104,7 @@ def wait_state(router: Daemon, agent: Daemon, agent_id: str, update_id: str, sta
     return wait_for(reached, f"{agent_id} to report {sorted(wanted)} for {update_id}", timeout_s, agent.logs)
 
 
-def wait_log(agent: Daemon, text: str, timeout_s: float = 20.0) -> None:
+def wait_log(agent: AnyDaemon, text: str, timeout_s: float = 20.0) -> None:
     wait_for(lambda: text in agent.logs(), f"log line {text!r}", timeout_s, agent.logs)
 
 
@@ -111,16 +112,6 @@ def crash(agent: Daemon) -> None:
     """SIGKILL the agent and everything it started (its apply child too), like a power cut."""
     os.killpg(agent.process.pid, signal.SIGKILL)
     agent.process.wait()
-
-
-@pytest.fixture(scope="session")
-def update_world(tmp_path_factory):
-    """One honest router (it checks uploads) and the signing keys, shared by the update tests."""
-    tmp = tmp_path_factory.mktemp("updates")
-    key, public = make_keys(tmp)
-    cloud = make_softmax_bundle(tmp / "cloud", name="toy-cloud", scale=10.0, permute=True)
-    with Daemon("cloud", {"model_dirs": [str(cloud)]}, tmp, name="router") as router:
-        yield {"router": router, "key": key, "public": public, "tmp": tmp}
 
 
 class TcpProxy:

@@ -2,7 +2,7 @@
 
 `redis_server` is one server for the whole session; `redis_url` flushes it before each test.
 A test that kills or restarts Redis takes `own_redis` instead, a server of its own.
-Import the fixtures into a test module: `from tests.redis_fixtures import redis_server, redis_url`.
+Loaded for every test module by `pytest_plugins` in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import redis
 
 from benchmarks.redis_process import RedisServer
 
@@ -30,6 +29,8 @@ def redis_server(tmp_path_factory):
 def redis_url(redis_server) -> str:
     if redis_server.process.poll() is not None:     # a test killed it: bring it back on its port
         redis_server.start()
+    import redis  # here, not at import: the Python 3.10 edge tests load these fixtures without redis installed
+
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushall()
     return redis_server.url

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import save_file
+
+from edgecascade.offline.onnx_mlp import save_mlp_onnx
 
 
 def mlp_weights(seed: int = 0, hidden: int = 96) -> dict[str, np.ndarray]:
@@ -23,25 +23,8 @@ def mlp_weights(seed: int = 0, hidden: int = 96) -> dict[str, np.ndarray]:
 
 def write_onnx_mlp(path: Path, weights: dict[str, np.ndarray]) -> Path:
     """x[N,64] -> softmax(relu(x@w1+b1)@w2+b2) as `probs`; `q` is an unused int8 initializer."""
-    nodes = [
-        helper.make_node("MatMul", ["input", "w1"], ["h0"]),
-        helper.make_node("Add", ["h0", "b1"], ["h1"]),
-        helper.make_node("Relu", ["h1"], ["h2"]),
-        helper.make_node("MatMul", ["h2", "w2"], ["l0"]),
-        helper.make_node("Add", ["l0", "b2"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, 10])],
-        [numpy_helper.from_array(v, k) for k, v in weights.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return save_mlp_onnx(path, [weights["w1"], weights["w2"]], [weights["b1"], weights["b2"]],
+                         tensor_names=[("w1", "b1"), ("w2", "b2")], extra_initializers={"q": weights["q"]}, graph_name="mlp")
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> Path:

@@ -46,8 +46,7 @@ def make_tiny_ernie(out_dir: Path, *, moe: bool = False, seed: int = 0, layers: 
                     hidden: int = 64, max_positions: int = 256, init_range: float = 0.3) -> Path:
     """Save a random-weight Ernie4_5ForCausalLM (or the MoE variant) with its tokenizer to out_dir."""
     import torch
-    from transformers import (Ernie4_5Config, Ernie4_5_MoeConfig, Ernie4_5_MoeForCausalLM,
-                              Ernie4_5ForCausalLM, GenerationConfig)
+    from transformers import Ernie4_5_MoeConfig, Ernie4_5_MoeForCausalLM, Ernie4_5Config, Ernie4_5ForCausalLM, GenerationConfig
 
     vocab = make_tokenizer(out_dir)
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,

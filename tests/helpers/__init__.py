@@ -1,0 +1,1 @@
+"""Helpers for the tests (not fixtures: those are in tests/conftest.py)."""
