@@ -4,11 +4,13 @@ an edge agent answers by fallback without opening its breaker."""
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
 from cloud_router.limits import ClientLimits
-from edgecascade.processes import Daemon
+from edgecascade.processes import InProcessDaemon
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import RETRY_AFTER_MS_KEY, RateLimitedError
@@ -63,7 +65,7 @@ def limited(tmp_path_factory):
     toy = make_softmax_bundle(tmp / "toy", name="toy-cloud", scale=10.0, permute=True)
     settings = {"model_dirs": [str(toy)], "client_max_concurrent": 1, "client_rate_rps": 2.0,
                 "client_burst_s": 1.0, "max_delay_ms": 0.0}
-    with Daemon("cloud", settings, tmp, name="router") as router:
+    with InProcessDaemon("cloud", settings, tmp, name="router") as router:
         yield {"router": router, "tmp": tmp}
 
 
@@ -96,7 +98,8 @@ def test_router_answers_resource_exhausted_with_a_retry_hint(limited):
 def test_edge_falls_back_on_a_rate_limit_without_opening_its_breaker(limited):
     settings = {"bundle_dir": str(make_softmax_bundle(limited["tmp"] / "edge", name="toy-edge", scale=1.0)),
                 "cloud_target": limited["router"].target, "breaker_failure_threshold": 2, "agent_id": "limited-edge"}
-    with Daemon("edge", settings, limited["tmp"], name="edge") as edge, Client(edge.target, timeout_s=5) as client:
+    with InProcessDaemon("edge", settings, limited["tmp"], name="edge") as edge, Client(edge.target, timeout_s=5) as client:
+        time.sleep(1.0)  # client_burst_s: the bucket the other test emptied (all loopback callers share one) is full again
         results = [client.infer(UNSURE) for _ in range(12)]
         reasons = {r.fallback_reason for r in results if r.served_by == "edge_fallback"}
         assert reasons == {"cloud_rate_limited"}, reasons

@@ -12,7 +12,7 @@ import pytest
 
 from edge_agent.cascade import ActiveModel, Cascade
 from edgecascade import Client
-from edgecascade.processes import Daemon, free_port
+from edgecascade.processes import InProcessDaemon, free_port
 from shared.errors import ConfigError
 from shared.model_card import OUT_OF_SCOPE, load_card, save_card
 from shared.model_loader import load_model
@@ -121,8 +121,8 @@ def daemons(tmp_path_factory):
                                  abstain_threshold=ABSTAIN, cloud_abstain_threshold=CLOUD_ABSTAIN))
     cloud = make_softmax_bundle(work / "cloud", name="toy-cloud", scale=10.0, permute=True)
     metrics_port = free_port()
-    with Daemon("cloud", {"model_dirs": [str(cloud)], "max_delay_ms": 2.0}, work, name="cloud") as router:
-        with Daemon("edge", {"bundle_dir": str(edge), "cloud_target": router.target, "metrics_port": metrics_port},
+    with InProcessDaemon("cloud", {"model_dirs": [str(cloud)], "max_delay_ms": 2.0}, work, name="cloud") as router:
+        with InProcessDaemon("edge", {"bundle_dir": str(edge), "cloud_target": router.target, "metrics_port": metrics_port},
                     work, name="edge") as agent:
             yield {"agent": agent, "metrics_port": metrics_port}
 

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from edgecascade import dev_pki
-from edgecascade.processes import Daemon, free_port
+from edgecascade.processes import InProcessDaemon, free_port
 from edgecascade.update_client import publish, rollout_status
 from edgecascade.update_package import package_from_bundles
 from protos import edgecascade_pb2 as pb
@@ -51,15 +51,13 @@ def secure(tmp_path_factory):
                        "tls_key_file": str(pki / "router.key"), "tls_client_ca_file": str(pki / "ca.pem"),
                        "auth_tokens_file": str(router_tokens), "update_public_key": str(public),
                        "health_listen": f"127.0.0.1:{free_port()}"}
-    admin_tls = ClientSecurity(ca_file=pki / "ca.pem", cert_file=pki / "admin.pem", key_file=pki / "admin.key")
-    with Daemon("cloud", router_settings, tmp, name="router", client_security=admin_tls) as router:
+    with InProcessDaemon("cloud", router_settings, tmp, name="router") as router:
         agent_settings = {"bundle_dir": str(versions[1]), "cloud_target": router.target, "agent_id": "secure-agent",
                           "tls_cert_file": str(pki / "agent.pem"), "tls_key_file": str(pki / "agent.key"),
                           "auth_tokens_file": str(agent_tokens), "cloud_tls_ca_file": str(pki / "ca.pem"),
                           "cloud_tls_cert_file": str(pki / "agent.pem"), "cloud_tls_key_file": str(pki / "agent.key"),
                           "heartbeat_interval_s": 0.2}
-        with Daemon("edge", agent_settings, tmp, name="agent",
-                    client_security=ClientSecurity(ca_file=pki / "ca.pem")) as agent:
+        with InProcessDaemon("edge", agent_settings, tmp, name="agent") as agent:
             yield {"router": router, "agent": agent, "pki": pki, "tokens": tokens, "router_tokens": router_tokens,
                    "key": key, "other_key": other_key, "versions": versions, "tmp": tmp}
 
