@@ -14,7 +14,7 @@ from shared.errors import DeadlineError, ModelNotFoundError
 from shared.grpc_errors import grpc_stream_errors
 from shared.llm_proto import generation_budget_s, generation_request_of, status_of
 from shared.llm_request import GenerationResult
-from shared.request_parsing import request_deadline_s, request_id_of
+from shared.request_parsing import call_deadline_s, request_id_of
 
 
 class GenerateRpcs:
@@ -34,9 +34,7 @@ class GenerateRpcs:
     @grpc_stream_errors
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateChunk]:
         settings = self.settings
-        deadline_s = request_deadline_s(request.timeout_ms, context.time_remaining(),
-                                        default_timeout_ms=settings.default_timeout_ms,
-                                        max_timeout_ms=settings.max_timeout_ms)
+        deadline_s = call_deadline_s(request, context, settings)
         request_id = request_id_of(request)
         host = self.llm_host(request.model)
         generation = generation_request_of(request, default_max_new_tokens=self.llm_default_max_new_tokens,

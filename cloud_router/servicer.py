@@ -16,7 +16,7 @@ from shared.errors import InvalidInputError, UnavailableError
 from shared.grpc_errors import grpc_errors
 from shared.metrics import API_EDGECASCADE, counted
 from shared.proto_convert import response_of
-from shared.request_parsing import agent_id_of, decode_input, request_deadline_s, request_id_of
+from shared.request_parsing import agent_id_of, call_deadline_s, decode_input, request_id_of
 
 
 class CloudRouterServicer(UpdateRpcs, GenerateRpcs, pb_grpc.CloudRouterServicer):
@@ -30,12 +30,7 @@ class CloudRouterServicer(UpdateRpcs, GenerateRpcs, pb_grpc.CloudRouterServicer)
     @grpc_errors
     @counted(API_EDGECASCADE)
     async def Infer(self, request: pb.InferRequest, context: grpc.aio.ServicerContext) -> pb.InferResponse:
-        deadline_s = request_deadline_s(
-            request.timeout_ms,
-            context.time_remaining(),
-            default_timeout_ms=self.settings.default_timeout_ms,
-            max_timeout_ms=self.settings.max_timeout_ms,
-        )
+        deadline_s = call_deadline_s(request, context, self.settings)
         request_id = request_id_of(request)
         self.router.resolve(request.model)
         payload = decode_input(request)

@@ -12,7 +12,7 @@ from protos import edgecascade_pb2 as pb
 from shared.errors import ModelNotFoundError
 from shared.grpc_errors import grpc_stream_errors
 from shared.llm_proto import generation_request_of
-from shared.request_parsing import request_deadline_s, request_id_of
+from shared.request_parsing import call_deadline_s, request_id_of
 
 
 class GenerateRpcs:
@@ -22,9 +22,7 @@ class GenerateRpcs:
     @grpc_stream_errors
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateChunk]:
         settings = self.settings
-        deadline_s = request_deadline_s(request.timeout_ms, context.time_remaining(),
-                                        default_timeout_ms=settings.default_timeout_ms,
-                                        max_timeout_ms=settings.max_timeout_ms)
+        deadline_s = call_deadline_s(request, context, settings)
         request_id = request_id_of(request)
         if self.llm is None:
             raise ModelNotFoundError("this agent serves no language model (set llm_dir)")

@@ -15,7 +15,7 @@ from shared.errors import ModelNotFoundError, echoed
 from shared.grpc_errors import grpc_errors
 from shared.metrics import API_EDGECASCADE, counted
 from shared.proto_convert import response_of
-from shared.request_parsing import decode_input, request_deadline_s, request_id_of
+from shared.request_parsing import call_deadline_s, decode_input, request_id_of
 
 
 class EdgeAgentServicer(GenerateRpcs, pb_grpc.EdgeAgentServicer):
@@ -32,12 +32,7 @@ class EdgeAgentServicer(GenerateRpcs, pb_grpc.EdgeAgentServicer):
     @grpc_errors
     @counted(API_EDGECASCADE)
     async def Infer(self, request: pb.InferRequest, context: grpc.aio.ServicerContext) -> pb.InferResponse:
-        deadline_s = request_deadline_s(
-            request.timeout_ms,
-            context.time_remaining(),
-            default_timeout_ms=self.settings.default_timeout_ms,
-            max_timeout_ms=self.settings.max_timeout_ms,
-        )
+        deadline_s = call_deadline_s(request, context, self.settings)
         request_id = request_id_of(request)
         self.check_model(request.model)
         result = await self.cascade.infer(decode_input(request), deadline_s=deadline_s, request_id=request_id, priority=request.priority)

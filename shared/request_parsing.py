@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from protos import edgecascade_pb2 as pb
 from shared.errors import InvalidInputError
@@ -52,6 +52,13 @@ def request_deadline_s(
         budgets_s.append(grpc_remaining_s)
     budget_s = min(budgets_s) if budgets_s else default_timeout_ms / 1000.0
     return now_s + budget_s
+
+
+def call_deadline_s(request: Any, context: Any, settings: Any) -> float:
+    """`request_deadline_s` for an RPC: the request's `timeout_ms`, the call's gRPC deadline
+    (`context`), and the daemon's `default_timeout_ms` and `max_timeout_ms` (`settings`)."""
+    return request_deadline_s(request.timeout_ms, context.time_remaining(),
+                              default_timeout_ms=settings.default_timeout_ms, max_timeout_ms=settings.max_timeout_ms)
 
 
 def request_id_of(request: pb.InferRequest) -> str:
