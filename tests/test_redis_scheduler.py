@@ -232,8 +232,10 @@ def test_pressure_rises_with_the_queue_and_falls_when_it_drains(tmp_path, redis_
         async with redis_stack(redis_url, model, max_queue=40, capacity_interval_s=0.05) as (client, front, _):
             assert front.pressure("m") == 0.0
             calls = [asyncio.ensure_future(front.submit(model, x(i), time.monotonic() + 10, 0, f"r{i}")) for i in range(40)]
-            await asyncio.sleep(0.15)
             loaded = await front.measure("m")
+            while not (loaded.pressure > 0.3 and loaded.queue_depth > 0) and not all(c.done() for c in calls):
+                await asyncio.sleep(0.02)    # however slowly a busy machine gets the 40 entries queued
+                loaded = await front.measure("m")
             assert loaded.pressure > 0.3 and loaded.queue_depth > 0
             published = await client.get(KEYS.pressure("m"))
             assert published and b'"queue_depth"' in published
