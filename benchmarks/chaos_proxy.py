@@ -1,6 +1,7 @@
 """A loopback TCP forwarder that plays a bad network between an edge agent and its router:
 `slow(delay_s)` holds every chunk from the router back, `cut()` drops every connection and
-refuses new ones, `restore()` heals both. Used by `edgecascade bench soak` chaos steps."""
+refuses new ones, `restore()` heals both, `close()` stops it. The one TCP fault proxy: the
+chaos steps of `edgecascade bench soak` and the tests of a broken update link use it."""
 
 from __future__ import annotations
 

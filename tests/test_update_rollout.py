@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import grpc
 import pytest
 
+from benchmarks.chaos_proxy import ChaosProxy
 from edge_agent.updater import PAUSE_ENV
 from edgecascade.cli import main as cli_main
 from edgecascade.processes import Daemon, InProcessDaemon
@@ -23,7 +24,6 @@ from tests.helpers.bundles import CONFIDENT
 from tests.helpers.updates import (
     FRAGILE_INPUT,
     AnyDaemon,
-    TcpProxy,
     agent_record,
     edge_settings,
     make_fragile_bundle,
@@ -98,7 +98,7 @@ def test_swaps_under_load_fail_no_request(world):
 def test_download_resumes_after_a_broken_link(world):
     bundles = toy_versions(world["tmp"] / "link-bundles", "toy-link", (1, 2))
     router = world["router"]
-    proxy = TcpProxy(router.target)
+    proxy = ChaosProxy(router.target)
     pause = {PAUSE_ENV: "download:0.6"}  # after the first chunk, long enough to cut the link
     try:
         with agent_for(world, "toy-link", "link", bundles[1], env=pause, cloud_target=proxy.target) as agent:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional, TypeVar, Union
@@ -112,64 +110,3 @@ def crash(agent: Daemon) -> None:
     """SIGKILL the agent and everything it started (its apply child too), like a power cut."""
     os.killpg(agent.process.pid, signal.SIGKILL)
     agent.process.wait()
-
-
-class TcpProxy:
-    """A loopback TCP forwarder the test can cut (drop every connection, refuse new ones) and
-    restore: a broken network link between an agent and its router."""
-
-    def __init__(self, upstream: str) -> None:
-        host, port = upstream.rsplit(":", 1)
-        self.upstream = (host, int(port))
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.target = f"127.0.0.1:{self._listener.getsockname()[1]}"
-        self._open: list = []
-        self._cut = threading.Event()
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if self._cut.is_set():
-                client.close()
-                continue
-            upstream = socket.create_connection(self.upstream)
-            with self._lock:
-                self._open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
-
-    def cut(self) -> None:
-        self._cut.set()
-        with self._lock:
-            for sock in self._open:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-            self._open.clear()
-
-    def restore(self) -> None:
-        self._cut.clear()
-
-    def close(self) -> None:
-        self.cut()
-        self._listener.close()
