@@ -6,15 +6,21 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_bench_serve_quick(tmp_path, demo_cache):
-    out = tmp_path / "serve.json"
-    proc = subprocess.run([sys.executable, "-m", "edgecascade.cli", "bench", "serve", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "EDGECASCADE_CACHE_DIR": str(demo_cache)})
+    """Run with no --out in an empty working directory: a quick run writes serve_quick.json
+    under benchmarks/results/ there, never the full run's serve.json."""
+    repo = Path(__file__).resolve().parents[1]
+    pythonpath = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-m", "edgecascade.cli", "bench", "serve", "--quick"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "EDGECASCADE_CACHE_DIR": str(demo_cache), "PYTHONPATH": pythonpath})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    out = Path("benchmarks/results/serve_quick.json")
+    assert sorted(p.name for p in (tmp_path / out.parent).iterdir()) == [out.name]
+    result = json.loads((tmp_path / out).read_text())
     for key in ("raw_model_best_rps", "router_batched_rps", "router_unbatched_rps", "router_p50_ms", "router_p99_ms",
                 "raw_edge_p50_ms", "agent_p50_ms", "agent_p99_ms", "echo_rps", "agent_trivial_rps"):
         assert result[key] > 0, key
@@ -42,7 +48,6 @@ def test_transport_variants_quick(tmp_path):
 def test_bench_outside_a_checkout_says_it_needs_one(tmp_path):
     """The installed package has no benchmarks/: `edgecascade bench` says so, exit code 2."""
     import shutil
-    from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
     for package in ("edgecascade", "shared", "protos"):

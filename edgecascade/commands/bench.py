@@ -1,8 +1,10 @@
 """`edgecascade bench cascade|delta|scale|serve|soak|llm`: the benchmarks behind every performance claim.
 
 Each writes JSON to benchmarks/results/ (or --out) and compares against a baseline measured
-in the same run. The benchmarks themselves live in the repository's top-level `benchmarks/`
-package, not in the installed one: this command runs them from a checkout.
+in the same run; a --quick run (a smoke test) writes <name>_quick.json there instead, so it
+never overwrites the committed result of a full run. The benchmarks themselves live in the
+repository's top-level `benchmarks/` package, not in the installed one: this command runs them
+from a checkout.
 """
 
 from __future__ import annotations
@@ -12,24 +14,37 @@ import importlib
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable, Optional
 
 from edgecascade.output_paths import prepare_output_dir
 from shared.errors import ConfigError
 
 RESULTS_DIR = Path("benchmarks/results")
+QUICK_SUFFIX = "_quick"
+
+
+def result_path(bench: str, *, quick: bool, out: Optional[Path]) -> Path:
+    """The JSON file a `bench <bench>` run writes: --out when given, else
+    benchmarks/results/<bench>.json, or <bench>_quick.json for a --quick run, so that a smoke
+    test never overwrites the committed full result."""
+    if out is not None:
+        return out
+    return RESULTS_DIR / f"{bench}{QUICK_SUFFIX if quick else ''}.json"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="run a benchmark and write its JSON to benchmarks/results/")
     bench_sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
 
-    cascade = bench_sub.add_parser(
-        "cascade", help="text cascade on an intent data set (BANKING77 by default): accuracy, deferral curve, "
+    cascade = _bench_parser(
+        bench_sub, "cascade", _cascade, stem="cascade_<name>", png=True, out_is_dir=True,
+        help="text cascade on an intent data set (BANKING77 by default): accuracy, deferral curve, "
         "calibration guarantee, out-of-scope queries",
         description="Writes cascade_<name>.json and .png, <name> being --name or the data folder's name. "
         "BANKING77's targets are checked only on BANKING77. A test set with an out-of-scope label adds "
-        "in-scope accuracy, out-of-scope recall and cloud share on mixed traffic for edge, cloud and cascade.")
+        "in-scope accuracy, out-of-scope recall and cloud share on mixed traffic for edge, cloud and cascade.",
+        quick="trains a fresh pair on at most 12 intents (25 texts each, 4,096 hash buckets), calibrates at "
+        "epsilon 0.05, checks no targets; a minute or two")
     cascade.add_argument("--data-dir", type=Path, default=None,
                          help="directory with train.csv and test.csv (default: $EDGECASCADE_DATA_DIR or ../shared/data/banking77)")
     cascade.add_argument("--name", default=None, help="the data set's name in the result file and plot (default: the folder's name)")
@@ -44,58 +59,32 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="accuracy drop vs cloud the calibrated threshold may cost (Learn then Test, delta 0.05; "
                          "default 0.01, 0.05 with --quick); small data sets cannot certify 0.01")
     cascade.add_argument("--e2e", action="store_true", help="also send the test set through SDK -> edge agent -> cloud router")
-    cascade.add_argument("--quick", action="store_true",
-                         help="smoke test: trains a fresh pair on at most 12 intents (25 texts each, 4,096 hash "
-                         "buckets), calibrates at epsilon 0.05, checks no targets; a minute or two. Writes "
-                         "cascade_<name>_quick.json and .png")
-    cascade.add_argument("--out", type=Path, default=RESULTS_DIR,
-                         help="output directory for cascade_<name>.json and .png (default: benchmarks/results)")
     cascade.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _port_range_option(cascade)
-    cascade.set_defaults(func=_cascade)
 
-    delta = bench_sub.add_parser("delta", help="delta updates: patch size, diff/apply time and memory, swap under load")
-    delta.add_argument("--quick", action="store_true",
-                       help="smoke test: smaller pairs (a 256x256 INT8 MLP, the first ~8 MB of MiniLM's tensors, a "
-                       "784-512-512 float MLP) and 3 hot swaps per run instead of 20; writes to --out like a full run")
+    delta = _bench_parser(
+        bench_sub, "delta", _delta, help="delta updates: patch size, diff/apply time and memory, swap under load",
+        quick="smaller pairs (a 256x256 INT8 MLP, the first ~8 MB of MiniLM's tensors, a 784-512-512 float MLP) "
+        "and 3 hot swaps per run instead of 20")
     delta.add_argument("--swap-runs", type=_positive_int, default=3, metavar="N",
                        help="run the hot-swap part N times (about a minute each) and report the median run (default 3)")
-    delta.add_argument("--out", type=Path, default=RESULTS_DIR / "delta.json",
-                       help="output JSON file (default: benchmarks/results/delta.json)")
-    _port_range_option(delta)
-    delta.set_defaults(func=_delta)
 
-    scale = bench_sub.add_parser("scale", help="Redis scheduling: throughput and latency for 1, 2 and 4 workers")
-    scale.add_argument("--quick", action="store_true",
-                       help="smoke test: 2 s per worker count instead of 6 s, 2 low-load rounds of 100 requests instead "
-                       "of 10 of 150; writes to --out like a full run")
-    scale.add_argument("--out", type=Path, default=RESULTS_DIR / "scale.json",
-                       help="output JSON file (default: benchmarks/results/scale.json)")
-    _port_range_option(scale)
-    scale.set_defaults(func=_scale)
+    _bench_parser(bench_sub, "scale", _scale, help="Redis scheduling: throughput and latency for 1, 2 and 4 workers",
+                  quick="2 s per worker count instead of 6 s, 2 low-load rounds of 100 requests instead of 10 of 150")
 
-    serve = bench_sub.add_parser("serve", help="serving overhead against the bare model and a raw gRPC echo")
-    serve.add_argument("--quick", action="store_true",
-                       help="smoke test: the digits demo pair instead of BANKING77/MiniLM, one repetition of 0.5 s "
-                       "windows and 50 queries instead of 5 of 4 s and 1,000; the targets are still computed but mean "
-                       "nothing on that pair. Writes to --out like a full run")
-    serve.add_argument("--out", type=Path, default=RESULTS_DIR / "serve.json",
-                       help="output JSON file (default: benchmarks/results/serve.json)")
-    _port_range_option(serve)
-    serve.set_defaults(func=_serve)
+    _bench_parser(bench_sub, "serve", _serve, help="serving overhead against the bare model and a raw gRPC echo",
+                  quick="the digits demo pair instead of BANKING77/MiniLM, one repetition of 0.5 s windows and 50 "
+                  "queries instead of 5 of 4 s and 1,000; the targets are still computed but mean nothing on that pair")
 
-    soak = bench_sub.add_parser("soak", help="soak and chaos: many SDK clients against agent + routers + Redis; "
-                                             "lost requests, errors, p99, memory growth per daemon")
+    soak = _bench_parser(bench_sub, "soak", _soak, help="soak and chaos: many SDK clients against agent + routers + "
+                         "Redis; lost requests, errors, p99, memory growth per daemon")
     soak.add_argument("--duration", type=float, default=300.0, metavar="S", help="seconds of steady load (default 300)")
     soak.add_argument("--clients", type=_positive_int, default=32, help="concurrent SDK clients (default 32)")
     soak.add_argument("--deadline-ms", type=float, default=1000.0, help="each request's deadline (default 1000)")
     soak.add_argument("--no-chaos", action="store_true", help="skip the chaos steps after the steady part")
     soak.add_argument("--step-s", type=float, default=10.0, help="seconds of load per chaos step (default 10)")
-    soak.add_argument("--out", type=Path, default=RESULTS_DIR / "soak.json", help="output JSON file")
-    _port_range_option(soak)
-    soak.set_defaults(func=_soak)
 
-    llm = bench_sub.add_parser("llm", help="language models: edge ONNX vs transformers, cloud batching, deferral rate")
+    llm = _bench_parser(bench_sub, "llm", _llm, png=True, port_range=False,
+                        help="language models: edge ONNX vs transformers, cloud batching, deferral rate")
     llm.add_argument("--edge", type=Path, required=True, help="the edge LM's Hugging Face checkpoint directory")
     llm.add_argument("--cloud", type=Path, required=True, help="the cloud LM's Hugging Face checkpoint directory")
     llm.add_argument("--edge-onnx", type=Path, default=None,
@@ -107,21 +96,53 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="deferral threshold (default: the edge export's llm_policy.json, if any)")
     llm.add_argument("--cloud-concurrency", type=_positive_int, default=8,
                      help="concurrent cloud requests, and the batch size when batching is on (default 8)")
-    llm.add_argument("--out", type=Path, default=RESULTS_DIR / "llm.json", help="output JSON file (the PNG goes next to it)")
-    llm.set_defaults(func=_llm)
 
 
-def _port_range_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port-range", metavar="LO-HI", default=None,
-                        help="loopback ports the daemons may listen on, e.g. 20000-20100 (default: any free port; "
-                        "also $EDGECASCADE_PORT_RANGE)")
+def _bench_parser(bench_sub: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int], *,
+                  help: str, description: Optional[str] = None, quick: Optional[str] = None, png: bool = False,
+                  stem: Optional[str] = None, out_is_dir: bool = False, port_range: bool = True) -> argparse.ArgumentParser:
+    """The `bench <name>` parser with the options every benchmark has: --quick when it has a
+    smoke test (`quick` says what that leaves out), --out, and --port-range unless it starts
+    no daemons. It writes <stem>.json (and .png with `png`), <stem>_quick.json with --quick;
+    `out_is_dir`: --out names the directory those go in, not the JSON file. `_prepare` reads
+    what this records."""
+    parser = bench_sub.add_parser(name, help=help, description=description)
+    stem = stem or name
+    also_png = " and .png" if png else ""
+    if quick is not None:
+        where = " in --out" if out_is_dir else " unless --out is given"
+        parser.add_argument("--quick", action="store_true",
+                            help=f"smoke test: {quick}. Writes {stem}{QUICK_SUFFIX}.json{also_png}{where}")
+    if out_is_dir:
+        parser.add_argument("--out", type=Path, default=RESULTS_DIR, metavar="DIR",
+                            help=f"output directory for {stem}.json{also_png} (default: {RESULTS_DIR})")
+    else:
+        quick_default = f", {stem}{QUICK_SUFFIX}.json with --quick" if quick is not None else ""
+        parser.add_argument("--out", type=Path, default=None, metavar="FILE",
+                            help=f"output JSON file{', the PNG next to it' if png else ''} "
+                            f"(default: {RESULTS_DIR}/{stem}.json{quick_default})")
+    if port_range:
+        parser.add_argument("--port-range", metavar="LO-HI", default=None,
+                            help="loopback ports the daemons may listen on, e.g. 20000-20100 (default: any free port; "
+                            "also $EDGECASCADE_PORT_RANGE)")
+    parser.set_defaults(func=run, bench=name, out_is_dir=out_is_dir)
+    return parser
 
 
-def _apply_port_range(args: argparse.Namespace) -> None:
+def _prepare(args: argparse.Namespace) -> tuple[ModuleType, Path]:
+    """What every benchmark does first: apply --port-range, load `benchmarks.<name>` from the
+    checkout and check that the output directory can be written. Returns the module and the
+    JSON file to write (for cascade: the output directory)."""
     if getattr(args, "port_range", None) is not None:
         from edgecascade.processes import set_port_range
 
         set_port_range(args.port_range)
+    module = _benchmark(args.bench)
+    if args.out_is_dir:
+        return module, prepare_output_dir(args.out, "--out")
+    out = result_path(args.bench, quick=getattr(args, "quick", False), out=args.out)
+    prepare_output_dir(out.parent, "--out")
+    return module, out
 
 
 def _positive_int(text: str) -> int:
@@ -141,11 +162,9 @@ def _cascade(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--abstain-cost must be in [0, 1), got {args.abstain_cost}")
     if args.epsilon is not None and not 0 < args.epsilon < 1:
         raise InvalidInputError(f"--epsilon must be in (0, 1), got {args.epsilon}")
-    _apply_port_range(args)
-    module = _benchmark("cascade")
-    prepare_output_dir(args.out, "--out")
+    module, out_dir = _prepare(args)
     result = module.run_cascade_bench(
-        args.data_dir, args.out, e2e=args.e2e, quick=args.quick, name=args.name, models_dir=args.models,
+        args.data_dir, out_dir, e2e=args.e2e, quick=args.quick, name=args.name, models_dir=args.models,
         oos_label=args.oos_label, abstain_cost=args.abstain_cost, epsilon=args.epsilon, progress=not args.no_progress)
     print(summary(result, CASCADE_FIELDS))
     if "targets_note" in result:
@@ -161,36 +180,28 @@ def _cascade(args: argparse.Namespace) -> int:
 
 
 def _delta(args: argparse.Namespace) -> int:
-    _apply_port_range(args)
-    module = _benchmark("delta")
-    prepare_output_dir(args.out.parent, "--out")
-    result = module.run_delta_bench(args.out, quick=args.quick, swap_runs=args.swap_runs)
+    module, out = _prepare(args)
+    result = module.run_delta_bench(out, quick=args.quick, swap_runs=args.swap_runs)
     lines = [f"{pair['name']}: full {pair['full_bytes']} B; per-tensor patch "
              f"{pair['methods']['tensor']['patch_bytes'] / pair['full_bytes']:.1%}, bsdiff4 "
              f"{pair['methods']['bsdiff4']['patch_bytes'] / pair['full_bytes']:.1%}"
              for pair in result.get("pairs", []) if "methods" in pair]
     print("\n".join(lines + [summary(result.get("swap", {}), DELTA_SWAP_FIELDS)]))
-    print(f"full results: {args.out}")
+    print(f"full results: {out}")
     return 0
 
 
 def _scale(args: argparse.Namespace) -> int:
-    _apply_port_range(args)
-    module = _benchmark("scale")
-    prepare_output_dir(args.out.parent, "--out")
-    result = module.run_scale_bench(args.out, quick=args.quick)
-    print(summary(result, SCALE_FIELDS))
-    print(f"full results: {args.out}")
+    module, out = _prepare(args)
+    print(summary(module.run_scale_bench(out, quick=args.quick), SCALE_FIELDS))
+    print(f"full results: {out}")
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
-    _apply_port_range(args)
-    module = _benchmark("serve")
-    prepare_output_dir(args.out.parent, "--out")
-    result = module.run_serve_bench(args.out, quick=args.quick)
-    print(summary(result, SERVE_FIELDS))
-    print(f"full results: {args.out}")
+    module, out = _prepare(args)
+    print(summary(module.run_serve_bench(out, quick=args.quick), SERVE_FIELDS))
+    print(f"full results: {out}")
     return 0
 
 
@@ -198,28 +209,26 @@ def _llm(args: argparse.Namespace) -> int:
     from edgecascade.commands.export_llm import read_prompts
 
     kwargs = {"prompts": read_prompts(args.prompts, "--prompts")} if args.prompts else {}
-    module = _benchmark("llm")
-    prepare_output_dir(args.out.parent, "--out")
-    result = module.run_llm_bench(args.edge, args.cloud, args.out, edge_onnx=args.edge_onnx,
+    module, out = _prepare(args)
+    result = module.run_llm_bench(args.edge, args.cloud, out, edge_onnx=args.edge_onnx,
                                   max_new_tokens=args.max_new_tokens, threshold=args.threshold,
                                   cloud_concurrency=args.cloud_concurrency, precision=args.precision, **kwargs)
     print(summary(result, LLM_FIELDS))
-    print(f"full results: {args.out} (plot: {args.out.with_suffix('.png')})")
+    print(f"full results: {out} (plot: {out.with_suffix('.png')})")
     return 0
 
 
 def _soak(args: argparse.Namespace) -> int:
-    _apply_port_range(args)
-    result = _benchmark("soak").run_soak(args.out, duration_s=args.duration, clients=args.clients,
-                                         deadline_ms=args.deadline_ms, chaos=not args.no_chaos, step_s=args.step_s,
-                                         progress=print)
+    module, out = _prepare(args)
+    result = module.run_soak(out, duration_s=args.duration, clients=args.clients, deadline_ms=args.deadline_ms,
+                             chaos=not args.no_chaos, step_s=args.step_s, progress=print)
     steady = result["steady"]
     print(f"steady {steady['duration_s']:.0f} s: {result['requests']} requests, {result['lost']} lost, "
           f"{result['errors']} errors, p99 {result['p99_ms']} ms; rss growth {result['rss_growth']}")
     for step in result["chaos"]:
         print(f"  {step['step']}: {step['requests']} requests, {step['lost']} lost, {step['errors']} errors, "
               f"{step['late']} late, routes {step['routes']}")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0 if result["lost_total"] == 0 and result["duplicate_answers"] == 0 else 1
 
 
