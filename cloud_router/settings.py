@@ -51,8 +51,6 @@ class RouterSettings(DaemonSettings, ServerSecuritySettings, ClientLimitSettings
     """Most generations decoded together (1 when batching is off)."""
     llm_max_delay_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
     """How long a generation batch waits to fill after its first request."""
-    llm_max_new_tokens: int = Field(default=256, ge=1, le=4096)
-    """New tokens for a Generate request that asks for none."""
     default_timeout_ms: float = Field(default=5_000.0, gt=0)
     """Deadline for a request that carries none."""
     redis_url: Optional[str] = None

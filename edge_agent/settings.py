@@ -36,8 +36,6 @@ class EdgeSettings(DaemonSettings, ServerSecuritySettings, CloudLinkSecuritySett
     is one, decides deferral to the cloud's language model). None: no language model."""
     llm_cloud_model: str = ""
     """The router language model deferred generations go to ("" = the router's default)."""
-    llm_max_new_tokens: int = Field(default=256, ge=1, le=4096)
-    """New tokens for a Generate request that asks for none."""
     llm_max_concurrent: int = Field(default=2, ge=1, le=64)
     """Generations decoding on the edge at once."""
     openai_listen: Optional[str] = None

@@ -44,6 +44,8 @@ class DaemonSettings(BaseSettings):
     """On SIGTERM, how long in-flight requests may take to finish."""
     event_loop: EventLoopName = "auto"
     """asyncio loop to serve on: `auto` (uvloop when installed, else asyncio's), `uvloop`, `asyncio`."""
+    llm_max_new_tokens: int = Field(default=256, ge=1, le=4096)
+    """New tokens for a Generate request that asks for none."""
 
 
 def closest_name(name: str, known: Iterable[str]) -> Optional[str]:
