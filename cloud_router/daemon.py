@@ -8,17 +8,17 @@ from typing import Any, Optional
 
 import grpc
 
-from cloud_router.budget import CloudBudget, MemoryBuckets, RedisBuckets
-from cloud_router.fleet import MemoryFleetRegistry, RedisFleetRegistry
+from cloud_router.budget import BucketStore, CloudBudget, MemoryBuckets, RedisBuckets
+from cloud_router.fleet import FleetRegistry, MemoryFleetRegistry, RedisFleetRegistry
 from cloud_router.kserve_backend import RouterKServeBackend
 from cloud_router.limits import limits_interceptors
 from cloud_router.metrics import RouterMetrics
 from cloud_router.redis_keys import RedisKeys
 from cloud_router.router import Router
-from cloud_router.scheduler import InMemoryScheduler
+from cloud_router.scheduler import InMemoryScheduler, Scheduler
 from cloud_router.servicer import CloudRouterServicer
 from cloud_router.settings import RouterSettings
-from cloud_router.updates import UpdateService
+from cloud_router.updates import UpdateBackend, UpdateService
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.daemon import GrpcDaemon, run_until_signal
@@ -52,13 +52,14 @@ def build_router(settings: RouterSettings, redis_client: Optional[Any] = None, o
     models = load_models(settings)
     batch, delay = (settings.max_batch_size, settings.max_delay_ms) if settings.batching else (1, 0.0)
     keys = RedisKeys(settings.redis_prefix)
-    budget_args = dict(agent_rps=settings.cloud_budget_agent_rps, fleet_rps=settings.cloud_budget_fleet_rps,
-                       burst_s=settings.cloud_budget_burst_s)
     saturation_wait_s = settings.pressure_saturation_wait_ms / 1000.0
+    scheduler: Scheduler
+    buckets: BucketStore
+    fleet: FleetRegistry
     if redis_client is None:
         scheduler = InMemoryScheduler(models, max_batch_size=batch, max_delay_ms=delay, max_queue=settings.max_queue,
                                       on_batch=on_batch, saturation_wait_s=saturation_wait_s)
-        budget = CloudBudget(MemoryBuckets(), keys, **budget_args)
+        buckets = MemoryBuckets()
         fleet = MemoryFleetRegistry()
     else:
         from cloud_router.redis_scheduler import RedisScheduler
@@ -66,8 +67,10 @@ def build_router(settings: RouterSettings, redis_client: Optional[Any] = None, o
         scheduler = RedisScheduler(redis_client, keys, models, router_id=settings.router_id, max_queue=settings.max_queue,
                                    stream_max_len=settings.redis_stream_max_len, saturation_wait_s=saturation_wait_s,
                                    pressure_interval_s=settings.pressure_interval_ms / 1000.0)
-        budget = CloudBudget(RedisBuckets(redis_client), keys, **budget_args)
+        buckets = RedisBuckets(redis_client)
         fleet = RedisFleetRegistry(redis_client, keys)
+    budget = CloudBudget(buckets, keys, agent_rps=settings.cloud_budget_agent_rps, fleet_rps=settings.cloud_budget_fleet_rps,
+                         burst_s=settings.cloud_budget_burst_s)
     return Router(models, scheduler, router_id=settings.router_id, budget=budget if budget.enabled else None,
                   fleet=fleet, fleet_ttl_s=settings.fleet_ttl_s, serves_requests=settings.role != "worker",
                   load_models=settings.role != "frontend")
@@ -120,7 +123,7 @@ class RouterDaemon(GrpcDaemon):
         super().__init__(settings)
         self.router: Optional[Router] = None
         self.metrics: Optional[RouterMetrics] = None
-        self._updates: Any = None
+        self._updates: Optional[UpdateBackend] = None
         self._redis_client: Any = None
         self._worker: Any = None
         self.llm_hosts: dict = {}
@@ -132,10 +135,11 @@ class RouterDaemon(GrpcDaemon):
     async def _open(self, server: grpc.aio.Server) -> RouterMetrics:
         settings = self.settings
         metrics = self.metrics = RouterMetrics(settings.router_id)
-        updates = self._updates = UpdateService(
+        checks = self._updates = UpdateService(
             public_key_path=settings.update_public_key, check_uploads=settings.update_check_uploads,
             agent_ttl_s=settings.update_agent_ttl_s, max_chunk_bytes=settings.max_message_bytes - 1024,
             store_dir=settings.update_store_dir, announce_memory=not settings.update_state_in_redis)
+        updates: UpdateBackend = checks  # the state in this process, or (below) in Redis with `checks` checking uploads
         if settings.redis_url:
             from cloud_router.redis_connection import connect, redact_url
 
@@ -143,7 +147,7 @@ class RouterDaemon(GrpcDaemon):
             if settings.update_state_in_redis:
                 from cloud_router.redis_updates import RedisUpdateService
 
-                updates = self._updates = RedisUpdateService(updates, self._redis_client, RedisKeys(settings.redis_prefix),
+                updates = self._updates = RedisUpdateService(checks, self._redis_client, RedisKeys(settings.redis_prefix),
                                                              where=redact_url(settings.redis_url))
         router = self.router = build_router(settings, self._redis_client, on_batch=metrics.observe_batch)
         metrics.watch(router)

@@ -9,7 +9,7 @@ from cloud_router.metrics import RouterMetrics
 from cloud_router.router import Router
 from cloud_router.settings import RouterSettings
 from cloud_router.update_servicer import UpdateRpcs
-from cloud_router.updates import UpdateService
+from cloud_router.updates import UpdateBackend, UpdateService
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import InvalidInputError, UnavailableError
@@ -21,7 +21,7 @@ from shared.request_parsing import agent_id_of, call_deadline_s, decode_input, r
 
 class CloudRouterServicer(UpdateRpcs, GenerateRpcs, pb_grpc.CloudRouterServicer):
     def __init__(self, router: Router, settings: RouterSettings, metrics: RouterMetrics | None = None,
-                 updates: UpdateService | None = None) -> None:
+                 updates: UpdateBackend | None = None) -> None:
         self.router = router
         self.settings = settings
         self.metrics = metrics or RouterMetrics(settings.router_id)

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, AsyncIterator, Union
+from typing import AsyncIterator
 
 import grpc
 
 from cloud_router.rollout import Rollout
-from cloud_router.updates import UpdateService
+from cloud_router.updates import UpdateBackend
 from protos import edgecascade_pb2 as pb
 from shared.errors import InvalidInputError
 from shared.grpc_errors import grpc_errors
-
-if TYPE_CHECKING:
-    from cloud_router.redis_updates import RedisUpdateService
 
 
 class UpdateRpcs:
     """Mixed into `CloudRouterServicer`; needs `self.updates`."""
 
-    updates: Union[UpdateService, "RedisUpdateService"]
+    updates: UpdateBackend
 
     @grpc_errors
     async def PublishUpdate(self, request_iterator: AsyncIterator[pb.PublishUpdateRequest],

@@ -20,7 +20,7 @@ import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from cloud_router.rollout import OFFERED, AgentRecord, PublishedUpdate, Rollout, is_recent
 from cloud_router.state_writer import StateWriter
@@ -40,6 +40,20 @@ def update_id_of(signed_manifest: bytes, payload: bytes) -> str:
     digest = hashlib.sha256(signed_manifest)
     digest.update(hashlib.sha256(payload).digest())
     return digest.hexdigest()[:16]
+
+
+class UpdateBackend(Protocol):
+    """What the update RPCs (`cloud_router.update_servicer`) and the daemon call: an
+    `UpdateService` (state in this process) or a `RedisUpdateService` (state in Redis,
+    `cloud_router/redis_updates.py`)."""
+
+    def read_manifest(self, signed_manifest: bytes) -> Manifest: ...
+    async def publish_off_loop(self, signed_manifest: bytes, payload: bytes, canary_percent: float) -> PublishedUpdate: ...
+    async def poll(self, agent_id: str, model_name: str, model_version: int) -> Optional[PublishedUpdate]: ...
+    async def fetch_chunk(self, update_id: str, index: int) -> bytes: ...
+    async def take_report(self, agent_id: str, **report: Any) -> None: ...
+    async def rollout_status(self, model_name: str = "") -> tuple[list[Rollout], list[AgentRecord]]: ...
+    async def aclose(self) -> None: ...
 
 
 class UpdateService:

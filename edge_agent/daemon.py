@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import grpc
 
@@ -16,13 +16,14 @@ from edge_agent.cloud_link import CloudLink
 from edge_agent.cloud_reachability import BreakerLog
 from edge_agent.heartbeat import Heartbeat
 from edge_agent.kserve_backend import EdgeKServeBackend
-from edge_agent.llm_cascade import build_llm_cascade
+from edge_agent.llm_cascade import LLMCascade, build_llm_cascade
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_slot import load_slot
 from edge_agent.servicer import EdgeAgentServicer
 from edge_agent.settings import EdgeSettings
 from edge_agent.systemd_notify import SystemdNotifier
-from edge_agent.updater import open_version_store, start_updater
+from edge_agent.updater import Updater, open_version_store, start_updater
+from edge_agent.version_store import VersionStore
 from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.daemon import GrpcDaemon, run_until_signal
@@ -33,6 +34,9 @@ from shared.kserve_service import add_kserve_servicer
 from shared.model_card import POLICY_FILE
 from shared.model_loader import load_model
 from shared.policy import load_policy
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeAgent"].full_name
@@ -65,7 +69,7 @@ def build_cascade(settings: EdgeSettings, bundle_dir: Optional[Path] = None) -> 
                    shed_at_pressure=settings.shed_at_pressure)
 
 
-async def start_openai_endpoint(settings: EdgeSettings, llm):
+async def start_openai_endpoint(settings: EdgeSettings, llm: Optional[LLMCascade]) -> Optional[web.AppRunner]:
     """The running OpenAI-compatible HTTP endpoint (an aiohttp AppRunner), or None when off."""
     if settings.openai_listen is None:
         return None
@@ -96,12 +100,12 @@ class EdgeAgentDaemon(GrpcDaemon):
         super().__init__(settings)
         self.cascade: Optional[Cascade] = None
         self.metrics: Optional[AgentMetrics] = None
-        self._store = None
+        self._store: Optional[VersionStore] = None
         self._heartbeat: Optional[Heartbeat] = None
-        self._updater = None
+        self._updater: Optional[Updater] = None
         self._systemd: Optional[SystemdNotifier] = None
-        self.llm = None
-        self._openai_runner = None
+        self.llm: Optional[LLMCascade] = None
+        self._openai_runner: Optional[web.AppRunner] = None
 
     async def _open(self, server: grpc.aio.Server) -> AgentMetrics:
         settings = self.settings

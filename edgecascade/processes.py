@@ -198,18 +198,24 @@ class InProcessDaemon:
         return self._log.text()
 
     def start(self, timeout_s: float = 60.0) -> "InProcessDaemon":
-        from shared.daemon import DaemonThread
+        from shared.daemon import DaemonThread, GrpcDaemon
         from shared.settings import load_settings
 
-        if self.kind == "edge":
-            from edge_agent.daemon import EdgeAgentDaemon as daemon_class
-            from edge_agent.settings import EdgeSettings as settings_class
-        else:
-            from cloud_router.daemon import RouterDaemon as daemon_class
-            from cloud_router.settings import RouterSettings as settings_class
         _write_config(self.config_path, self.settings)   # read back as `edgecascade edge|cloud run --config` would
-        settings = load_settings(settings_class, self.config_path)
-        self._thread = DaemonThread(daemon_class(settings), settings.event_loop, thread_name=self._log.thread_name)
+        daemon: GrpcDaemon
+        if self.kind == "edge":
+            from edge_agent.daemon import EdgeAgentDaemon
+            from edge_agent.settings import EdgeSettings
+
+            edge_settings = load_settings(EdgeSettings, self.config_path)
+            daemon, event_loop = EdgeAgentDaemon(edge_settings), edge_settings.event_loop
+        else:
+            from cloud_router.daemon import RouterDaemon
+            from cloud_router.settings import RouterSettings
+
+            router_settings = load_settings(RouterSettings, self.config_path)
+            daemon, event_loop = RouterDaemon(router_settings), router_settings.event_loop
+        self._thread = DaemonThread(daemon, event_loop, thread_name=self._log.thread_name)
         self._log.attach()
         try:
             self.port = self._thread.start(timeout_s)

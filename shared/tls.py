@@ -81,8 +81,9 @@ class _ReloadingCertificates:
     def _paths(self) -> list[Path]:
         return [p for p in (self.security.cert_file, self.security.key_file, self.security.client_ca_file) if p]
 
-    def _file_stamp(self) -> tuple:
-        stamp = []
+    def _file_stamp(self) -> tuple[Optional[tuple[int, int, int]], ...]:
+        """(mtime, size, inode) of each file, None where it cannot be read now."""
+        stamp: list[Optional[tuple[int, int, int]]] = []
         for path in self._paths():
             try:
                 st = os.stat(path)
@@ -93,6 +94,8 @@ class _ReloadingCertificates:
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
         security = self.security
+        if security.key_file is None or security.cert_file is None:  # ServerSecurity.check() refuses this before a bind
+            raise ConfigError("settings 'tls_cert_file' and 'tls_key_file': TLS needs both")
         pair = (_read(security.key_file, "tls_key_file"), _read(security.cert_file, "tls_cert_file"))
         root = _read(security.client_ca_file, "tls_client_ca_file") if security.client_ca_file else None
         return grpc.ssl_server_certificate_configuration([pair], root_certificates=root)
