@@ -137,7 +137,8 @@ class RouterDaemon(GrpcDaemon):
         metrics = self.metrics = RouterMetrics(settings.router_id)
         checks = self._updates = UpdateService(
             public_key_path=settings.update_public_key, check_uploads=settings.update_check_uploads,
-            agent_ttl_s=settings.update_agent_ttl_s, max_chunk_bytes=settings.max_message_bytes - 1024,
+            agent_ttl_s=settings.update_agent_ttl_s, agent_record_ttl_s=settings.update_agent_record_ttl_s,
+            max_agents=settings.update_max_agents, max_chunk_bytes=settings.max_message_bytes - 1024,
             store_dir=settings.update_store_dir, announce_memory=not settings.update_state_in_redis)
         updates: UpdateBackend = checks  # the state in this process, or (below) in Redis with `checks` checking uploads
         if settings.redis_url:

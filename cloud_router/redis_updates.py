@@ -16,6 +16,14 @@ is acknowledged once its EXEC succeeded: it is in Redis. A publish writes the up
 rollout (replacing the model's previous one) and deletes the replaced update's keys in one
 transaction.
 
+The agent records are bounded as in memory (cloud_router/agent_records.py). A poll or report of
+an agent with no record counts the index (watched, so two replicas cannot both take the last
+place) and is refused at `max_agents`; the replica then drops expired records (at most once a
+second) and tries once more. Expired records are dropped in one transaction that watches them
+(one that polled meanwhile stays) on every status and at most every `prune_interval_s` on a poll
+or report, by any replica. Redis outlives router restarts, so here silence counts from the
+agent's last poll or report only.
+
 Redis unreachable: these calls raise UnavailableError (UNAVAILABLE); agents keep their reports
 and send them again. Nothing here is on the inference path.
 """
@@ -31,12 +39,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional, TypeVar
 
 from redis.exceptions import RedisError, WatchError
 
+from cloud_router.agent_records import PRUNE_INTERVAL_S, canaries_in_progress, is_expired, too_many_agents
 from cloud_router.redis_keys import RedisKeys
 from cloud_router.rollout import CANARY, AgentRecord, PublishedUpdate, Rollout
 from cloud_router.update_store import AGENT_RECORD, StoredRollout
 from cloud_router.updates import UpdateService
 from shared.delta.manifest import Manifest
-from shared.errors import InvalidInputError, UnavailableError, UpdateNotFoundError, UpdateRejectedError, echoed
+from shared.errors import InvalidInputError, TooManyAgentsError, UnavailableError, UpdateNotFoundError, UpdateRejectedError, echoed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,8 +60,12 @@ class RedisUpdateService:
     `rollout_status`, `publish_off_loop`) on state kept in Redis. `checks` (an `UpdateService`
     without a store) checks uploads and holds the settings; its own dicts stay unused."""
 
-    def __init__(self, checks: UpdateService, client: Any, keys: RedisKeys, *, where: str) -> None:
+    def __init__(self, checks: UpdateService, client: Any, keys: RedisKeys, *, where: str,
+                 prune_interval_s: float = 60.0) -> None:
         self.checks, self.client, self.keys, self.where = checks, client, keys, where
+        self.prune_interval_s = prune_interval_s
+        self._pruned_s = checks.clock()  # the last prune of this replica (any kind)
+        self._pruned_when_full_s = float("-inf")
         self._updates: dict[str, tuple[bytes, Manifest, int]] = {}  # update id -> (envelope, manifest, payload bytes)
         self._unusable: set[str] = set()  # stored updates whose manifest fails this replica's checks (logged once)
         log.info("published model updates, rollouts and agent records live in Redis at %s (prefix %r), shared by "
@@ -104,13 +117,13 @@ class RedisUpdateService:
     async def poll(self, agent_id: str, model_name: str, model_version: int) -> Optional[PublishedUpdate]:
         if not agent_id or not model_name:
             raise InvalidInputError("an update notice request needs agent_id and model_name")
-        return await self._change(agent_id, model_name, lambda s: s.notice(agent_id, model_name, model_version))
+        return await self._bounded_change(agent_id, model_name, lambda s: s.notice(agent_id, model_name, model_version))
 
     async def take_report(self, agent_id: str, **report: Any) -> None:
         """Store a report (`UpdateService.report`'s checks and ordering); returns once it is in Redis."""
         if not agent_id:
             raise InvalidInputError("an update state report needs agent_id")
-        await self._change(agent_id, report.get("model_name", ""), lambda s: s.report(agent_id, **report))
+        await self._bounded_change(agent_id, report.get("model_name", ""), lambda s: s.report(agent_id, **report))
 
     async def fetch_chunk(self, update_id: str, index: int) -> bytes:
         async with self._reachable("chunk"):
@@ -125,6 +138,8 @@ class RedisUpdateService:
     # --- status -------------------------------------------------------------------------------
 
     async def rollout_status(self, model_name: str = "") -> tuple[list[Rollout], list[AgentRecord]]:
+        """Expired agent records are dropped first."""
+        await self.prune()
         async with self._reachable("status"):
             models = sorted(m.decode() for m in await self.client.smembers(self.keys.rollout_index()))
             models = [m for m in models if not model_name or m == model_name]
@@ -135,6 +150,62 @@ class RedisUpdateService:
                     rollouts.append(rollout)
             agents = await self._all_agents(self.client)
         return rollouts, [a for a in agents if not model_name or a.model_name == model_name]
+
+    # --- the bounds on the agent records ------------------------------------------------------
+
+    async def _bounded_change(self, agent_id: str, model_name: str, act: Callable[[UpdateService], T]) -> T:
+        """`_change`, after a prune when one is due; a new agent refused because the records are
+        full gets one more try after a prune (at most one such prune a second per replica)."""
+        now = self.checks.clock()
+        if now - self._pruned_s >= self.prune_interval_s:
+            await self.prune()
+        try:
+            return await self._change(agent_id, model_name, act)
+        except TooManyAgentsError:
+            if now - self._pruned_when_full_s < PRUNE_INTERVAL_S:
+                raise
+            self._pruned_when_full_s = now
+            if not await self.prune():
+                raise
+        return await self._change(agent_id, model_name, act)
+
+    async def prune(self) -> int:
+        """Delete the records of agents silent for over `agent_record_ttl_s` (the canaries of a
+        rollout in its canary phase stay) and their index entries; how many went."""
+        ttl_s = self.checks.agent_record_ttl_s
+        if ttl_s is None:
+            return 0
+        now = self._pruned_s = self.checks.clock()
+        index = self.keys.update_agent_index()
+
+        def expired(agent_ids: list[str], values: list[Optional[bytes]]) -> list[str]:
+            return [a for a, v in zip(agent_ids, values) if v is None or is_expired(AGENT_RECORD.validate_json(v), ttl_s, now)]
+
+        async with self._reachable("prune"):
+            agent_ids = sorted(a.decode() for a in await self.client.smembers(index))
+            candidates = expired(agent_ids, await self.client.mget([self.keys.update_agent(a) for a in agent_ids])) \
+                if agent_ids else []
+            if candidates:
+                kept = canaries_in_progress(await self._stored_rollouts(self.client))
+                candidates = [a for a in candidates if a not in kept]
+        if not candidates:
+            return 0
+
+        async def drop(pipe: Any) -> int:
+            keys = [self.keys.update_agent(a) for a in candidates]
+            await pipe.watch(*keys)  # an agent that polls meanwhile keeps its record
+            gone = expired(candidates, await pipe.mget(keys))
+            pipe.multi()
+            if gone:
+                pipe.delete(*[self.keys.update_agent(a) for a in gone])
+                pipe.srem(index, *gone)
+            return len(gone)
+
+        dropped = await self._transaction("prune", drop)
+        if dropped:
+            log.info("dropped the update records of %d agents silent for over %g s (update_agent_record_ttl_s) from "
+                     "Redis", dropped, ttl_s)
+        return dropped
 
     # --- one transaction ----------------------------------------------------------------------
 
@@ -148,6 +219,11 @@ class RedisUpdateService:
             await pipe.watch(agent_key)
             raw = await pipe.get(agent_key)
             record = AGENT_RECORD.validate_json(raw) if raw else None
+            max_agents = self.checks.max_agents
+            if record is None and max_agents is not None:  # a new agent: is there room?
+                await pipe.watch(self.keys.update_agent_index())
+                if await pipe.scard(self.keys.update_agent_index()) >= max_agents:
+                    raise too_many_agents(agent_id, max_agents, self.checks.agent_record_ttl_s or 0.0, self.checks.refusals)
             model = model_name or (record.model_name if record else "")
             records = {agent_id: record} if record else {}
             rollout = None
@@ -168,7 +244,8 @@ class RedisUpdateService:
                     for other in await self._all_agents(pipe):
                         records.setdefault(other.agent_id, other)
             scratch = UpdateService(check_uploads=self.checks.check_uploads, agent_ttl_s=self.checks.agent_ttl_s,
-                                    announce_memory=False)
+                                    announce_memory=False, agent_record_ttl_s=None, max_agents=None,
+                                    clock=self.checks.clock)
             scratch.agents = {a: dataclasses.replace(r) for a, r in records.items()}
             if rollout is not None:
                 scratch.rollouts[model] = rollout
@@ -231,6 +308,11 @@ class RedisUpdateService:
         signed, manifest, payload_bytes = known
         update = PublishedUpdate(stored.update_id, signed, manifest, b"", stored.published_unix_s, payload_size=payload_bytes)
         return stored.rollout_of(update)
+
+    async def _stored_rollouts(self, conn: Any) -> list[StoredRollout]:
+        models = sorted(m.decode() for m in await conn.smembers(self.keys.rollout_index()))
+        raws = await conn.mget([self.keys.rollout(m) for m in models]) if models else []
+        return [StoredRollout.model_validate_json(raw) for raw in raws if raw]
 
     async def _all_agents(self, conn: Any) -> list[AgentRecord]:
         ids = sorted(a.decode() for a in await conn.smembers(self.keys.update_agent_index()))

@@ -102,6 +102,15 @@ class RouterSettings(DaemonSettings, ServerSecuritySettings, ClientLimitSettings
     offering it. Off only in fault tests, where the router plays a faulty relay."""
     update_agent_ttl_s: float = Field(default=120.0, gt=0)
     """An agent that has not polled for updates this long no longer counts when canaries are picked."""
+    update_agent_record_ttl_s: float = Field(default=86_400.0, gt=0)
+    """The router drops its update record of an agent (a row of `update status`) once that agent
+    has not polled or reported for this long; if it comes back, it is a new agent. The canaries
+    of a rollout still in its canary phase are kept. With `update_store_dir` the silence counts
+    from the router's start at the latest (a restart gives every stored record this long again)."""
+    update_max_agents: int = Field(default=10_000, ge=1)
+    """Most agents the router keeps update records of. Beyond it a poll or report from a new agent
+    id is refused with RESOURCE_EXHAUSTED (TooManyAgentsError) until records expire; agents that
+    have a record keep working. Raise it for a larger fleet."""
     update_store_dir: Optional[Path] = None
     """Directory where published updates (manifest and payload) and the rollout state are kept,
     so they survive a restart; reloaded and checked again at start. One router per directory.

@@ -7,6 +7,11 @@ State changes reach the disk through a `StateWriter` (group commit, in a worker 
 poll or report only schedules its write; the servicer answers a report, or a poll that gets an
 offer, once it is durable (`durable`); a publish starts its rollout once the state naming it is.
 
+The agent records are bounded (cloud_router/agent_records.py): a record expires once its agent
+has been silent for `agent_record_ttl_s` (counting from this router's start at the earliest, so a
+restart gives stored records that long again), and beyond `max_agents` records a new agent is
+refused. Expired records go at most once a second on a poll or report, and before every status.
+
 The router is a relay, not a trust anchor: agents verify every manifest and byte again. It
 still checks uploads (manifest fields, expiry, payload length and hashes; the signature
 when it has the public key), so an operator sees a broken package at publish time.
@@ -20,8 +25,9 @@ import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
+from cloud_router.agent_records import PRUNE_INTERVAL_S, canaries_in_progress, is_expired, refusal_log, too_many_agents
 from cloud_router.rollout import OFFERED, AgentRecord, PublishedUpdate, Rollout, is_recent
 from cloud_router.state_writer import StateWriter
 from cloud_router.update_store import StoredRollout, StoredState, UpdateStore
@@ -59,10 +65,20 @@ class UpdateBackend(Protocol):
 class UpdateService:
     def __init__(self, *, public_key_path: Optional[Path] = None, check_uploads: bool = True,
                  agent_ttl_s: float = 120.0, max_payload_bytes: int = 1 << 30, max_chunk_bytes: int = 8 << 20,
-                 store_dir: Optional[Path] = None, announce_memory: bool = True) -> None:
+                 store_dir: Optional[Path] = None, announce_memory: bool = True,
+                 agent_record_ttl_s: Optional[float] = 86_400.0, max_agents: Optional[int] = 10_000,
+                 clock: Callable[[], float] = time.time) -> None:
+        """`agent_record_ttl_s` / `max_agents` None: records never expire / no limit (the scratch
+        service of `RedisUpdateService`, which applies both itself)."""
         self.public_key = load_public_key(public_key_path) if public_key_path else None
         self.check_uploads = check_uploads
         self.agent_ttl_s = agent_ttl_s
+        self.agent_record_ttl_s = agent_record_ttl_s
+        self.max_agents = max_agents
+        self.clock = clock
+        self._started_s = clock()  # records restored from the store count as seen now at the latest
+        self._pruned_s = float("-inf")
+        self.refusals = refusal_log()
         self.max_payload_bytes = max_payload_bytes
         self.max_chunk_bytes = max_chunk_bytes
         self.rollouts: dict[str, Rollout] = {}
@@ -198,10 +214,12 @@ class UpdateService:
         """The update `agent_id` should take now, if any (and remember the agent)."""
         if not agent_id or not model_name:
             raise InvalidInputError("an update notice request needs agent_id and model_name")
+        now = self.clock()
+        self._prune_if_due(now)
         record = self.agents.get(agent_id)
         before = self._durable_view(record)
-        record = record or self.agents.setdefault(agent_id, AgentRecord(agent_id))
-        record.model_name, record.active_version, record.last_seen_unix_s = model_name, model_version, time.time()
+        record = record or self._new_record(agent_id)
+        record.model_name, record.active_version, record.last_seen_unix_s = model_name, model_version, now
         if record.state == ACTIVE:
             self._end_probation(record)
         update = self._offer(record)
@@ -213,7 +231,9 @@ class UpdateService:
         rollout = self.rollouts.get(record.model_name)
         if rollout is None or (self.check_uploads and _expired(rollout.update.manifest)):
             return None
-        peers = [r for r in self.agents.values() if r.model_name == record.model_name and is_recent(r, self.agent_ttl_s)]
+        now = self.clock()
+        peers = [r for r in self.agents.values()
+                 if r.model_name == record.model_name and is_recent(r, self.agent_ttl_s, now)]
         if not rollout.admit(record, peers):
             return None
         if record.update_id != rollout.update_id:
@@ -232,10 +252,12 @@ class UpdateService:
             raise InvalidInputError("an update state report needs agent_id")
         if state not in AGENT_STATES:
             raise InvalidInputError(f"unknown update state {echoed(state)}; use one of {list(AGENT_STATES)}")
+        now = self.clock()
+        self._prune_if_due(now)
         record = self.agents.get(agent_id)
         before = self._durable_view(record)
-        record = record or self.agents.setdefault(agent_id, AgentRecord(agent_id))
-        record.last_seen_unix_s = time.time()
+        record = record or self._new_record(agent_id)
+        record.last_seen_unix_s = now
         if record.update_id == update_id and not supersedes(state, record.state):
             # a late or re-sent report: the record already holds a later state of this update
             log.info("agent %s: update %s (v%d) %s ignored: it already reported %s", agent_id, update_id, version, state,
@@ -249,6 +271,37 @@ class UpdateService:
         self._advance_rollout(record)
         if self._durable_view(record) != before:
             self._changed()
+
+    # --- the bounds on the agent records ------------------------------------------------------
+
+    def _new_record(self, agent_id: str) -> AgentRecord:
+        """A record for an agent that has none; TooManyAgentsError when `max_agents` are kept."""
+        if self.max_agents is not None and len(self.agents) >= self.max_agents:
+            raise too_many_agents(agent_id, self.max_agents, self.agent_record_ttl_s or 0.0, self.refusals)
+        record = self.agents[agent_id] = AgentRecord(agent_id)
+        return record
+
+    def _prune_if_due(self, now: float) -> None:
+        if now - self._pruned_s >= PRUNE_INTERVAL_S:
+            self.prune(now)
+
+    def prune(self, now: Optional[float] = None) -> int:
+        """Drop the records of agents silent for over `agent_record_ttl_s` (the canaries of a
+        rollout in its canary phase stay); how many went. The state file follows (a write is scheduled)."""
+        if self.agent_record_ttl_s is None:
+            return 0
+        now = self.clock() if now is None else now
+        self._pruned_s = now
+        kept = canaries_in_progress(self.rollouts.values())
+        gone = [agent_id for agent_id, record in self.agents.items()
+                if agent_id not in kept and is_expired(record, self.agent_record_ttl_s, now, self._started_s)]
+        for agent_id in gone:
+            del self.agents[agent_id]
+        if gone:
+            log.info("dropped the update records of %d agents silent for over %g s (update_agent_record_ttl_s); "
+                     "%d left", len(gone), self.agent_record_ttl_s, len(self.agents))
+            self._changed()
+        return len(gone)
 
     def _end_probation(self, record: AgentRecord) -> None:
         """A poll from an agent whose last report was `active`. An agent does not poll during its
@@ -275,6 +328,8 @@ class UpdateService:
     # --- status -------------------------------------------------------------------------------
 
     def status(self, model_name: str = "") -> tuple[list[Rollout], list[AgentRecord]]:
+        """The rollouts and agent records, of one model or all; expired records are dropped first."""
+        self.prune()
         rollouts = [r for name, r in sorted(self.rollouts.items()) if not model_name or name == model_name]
         agents = [a for _, a in sorted(self.agents.items()) if not model_name or a.model_name == model_name]
         return rollouts, agents
@@ -334,6 +389,9 @@ class UpdateService:
             if rollout is not None:
                 self.rollouts[model_name] = rollout
         self.agents = {record.agent_id: record for record in state.agents}
+        if self.max_agents is not None and len(self.agents) > self.max_agents:
+            log.warning("update store %s holds records of %d agents, above update_max_agents (%d): new agents are "
+                        "refused until enough of them expire", self.store.directory, len(self.agents), self.max_agents)
         self.store.remove_unreferenced({r.update_id for r in self.rollouts.values()})
         log.info("update store %s: loaded %d published updates (%s) and %d agent records", self.store.directory,
                  len(self.rollouts), ", ".join(f"{r.update_id}: {name} v{r.version} {r.phase}"

@@ -37,6 +37,12 @@ class CloudBudgetError(OverloadedError):
     """The cloud budget (deferrals per second, per agent or fleet-wide) is spent for now."""
 
 
+class TooManyAgentsError(OverloadedError):
+    """The router already keeps update records of `update_max_agents` agents: a poll or report
+    from an agent it has no record of is refused until records of silent agents expire
+    (`update_agent_record_ttl_s`). Agents it has a record of are served as before."""
+
+
 class RateLimitedError(OverloadedError):
     """This caller is over its share of the router (concurrent calls or calls per second);
     `retry_after_s` says when to try again (trailing metadata `RETRY_AFTER_MS_KEY`)."""
