@@ -226,7 +226,9 @@ def test_a_killed_router_restarts_with_its_rollout_and_the_fleet_finishes_it(key
         assert (rollout.update_id, rollout.phase, rollout.canary_percent) == (update_id, "canary", 1)
         for record in status.agents:
             if record.agent_id in canaries:
-                assert (record.update_id, record.state, record.canary) == (update_id, "active", True)
+                # `active` unless the kill came between the router taking the report and storing it:
+                # then the record is still `applied` and the agent, never answered, sends it again
+                assert (record.update_id, record.canary) == (update_id, True) and record.state in ("applied", "active")
             else:
                 assert record.update_id == "" and not record.canary  # never offered while the canary is out
         # (a canary on probation does not poll)
