@@ -33,9 +33,15 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CloudRouter"].full_name
 SERVICE_NAMES = [SERVICE_NAME, KSERVE_SERVICE_NAME]
 
 
+def check_hosts_a_model(settings: RouterSettings) -> None:
+    """A ConfigError when the settings name no model of either kind."""
+    if not settings.model_dirs and not settings.llm_dirs and not settings.llm_remote_url:
+        raise ConfigError("the router has nothing to serve: set model_dirs (classifier bundles), llm_dirs or "
+                          "llm_remote_url (language models), or several")
+
+
 def load_models(settings: RouterSettings) -> dict:
-    if not settings.model_dirs:
-        raise ConfigError("setting 'model_dirs': the router needs at least one model bundle")
+    """The classifier bundles of `model_dirs` by name (empty on a language-model-only router)."""
     models = {}
     for bundle in settings.model_dirs:
         model = load_model(bundle)
@@ -134,6 +140,7 @@ class RouterDaemon(GrpcDaemon):
 
     async def _open(self, server: grpc.aio.Server) -> RouterMetrics:
         settings = self.settings
+        check_hosts_a_model(settings)
         metrics = self.metrics = RouterMetrics(settings.router_id)
         checks = self._updates = UpdateService(
             public_key_path=settings.update_public_key, check_uploads=settings.update_check_uploads,
@@ -166,7 +173,10 @@ class RouterDaemon(GrpcDaemon):
     async def _serving(self) -> None:
         assert self.router is not None
         log.info("cloud router %s (%s) serving %s on port %d, scheduler: %s", self.settings.router_id, self.settings.role,
-                 sorted(self.router.models), self.port, "Redis" if self._redis_client is not None else "in-memory")
+                 sorted(self.router.models) + sorted(self.llm_hosts), self.port,
+                 "Redis" if self._redis_client is not None else "in-memory")
+        if not self.router.models:
+            log.info("no classifier bundle (model_dirs empty): Infer and KServe answer NOT_FOUND")
 
     async def _close(self) -> None:
         for host in self.llm_hosts.values():

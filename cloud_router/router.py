@@ -22,11 +22,11 @@ class Router:
                  budget: Optional[CloudBudget] = None, fleet: Optional[FleetRegistry] = None, fleet_ttl_s: float = 10.0,
                  serves_requests: bool = True, load_models: bool = True) -> None:
         """`serves_requests=False`: a worker-only replica (Infer refused). `load_models=False`: a
-        front end that only validates inputs and never computes (weights stay on disk)."""
-        if not models:
-            raise ValueError("a router needs at least one model")
+        front end that only validates inputs and never computes (weights stay on disk). `models`
+        may be empty on a router that serves only language models: every classifier request is
+        then NOT_FOUND, and pressure is 0."""
         self.models = models
-        self.default_model = next(iter(models))
+        self.default_model = next(iter(models), "")
         self.scheduler = scheduler
         self.router_id = router_id
         self.budget = budget
@@ -37,6 +37,8 @@ class Router:
         self.ready = False
 
     def resolve(self, name: str) -> Model:
+        if not self.models:
+            raise ModelNotFoundError("this router hosts no classifier (set model_dirs)")
         model = self.models.get(name or self.default_model)
         if model is None:
             raise ModelNotFoundError(f"unknown model {echoed(name)}; this router hosts {sorted(self.models)}")
@@ -76,15 +78,20 @@ class Router:
         return Prediction.from_probs(probs, model.labels, model.name, model.version), cloud_ms
 
     def pressure(self, model_name: str = "") -> float:
+        if not self.models:
+            return 0.0
         return self.scheduler.pressure(self.resolve(model_name).name)
 
     async def heartbeat(self, status: pb.AgentStatus, interval_s: float) -> tuple[float, int]:
         """Record an agent in the fleet registry; (pressure, queue depth) of its cloud model.
-        The entry lives `fleet_ttl_s`, or three heartbeat intervals if the agent is slower."""
-        name = self.resolve(status.cloud_model).name
+        The entry lives `fleet_ttl_s`, or three heartbeat intervals if the agent is slower.
+        A router without a classifier records the agent and answers (0.0, 0)."""
+        name = self.resolve(status.cloud_model).name if self.models else None
         ttl_s = max(self.fleet_ttl_s, 3.0 * interval_s)
         try:
             await self.fleet.record(status, router_id=self.router_id, ttl_s=ttl_s)
         except Exception as exc:
             log.warning("fleet registry: could not record agent %s: %s", status.agent_id, exc)
+        if name is None:
+            return 0.0, 0
         return self.scheduler.pressure(name), self.scheduler.queue_depth(name)

@@ -27,7 +27,9 @@ class RouterSettings(DaemonSettings, ServerSecuritySettings, ClientLimitSettings
     listen: ListenAddress = "127.0.0.1:50051"
     """host:port of the gRPC server (edgecascade.v1 CloudRouter, health, KServe v2)."""
     model_dirs: list[Path] = Field(default_factory=list)
-    """Model bundles to host (directories holding model.json). The first is the default."""
+    """Classifier bundles to host (directories holding model.json). The first is the default.
+    May be empty when llm_dirs or llm_remote_url is set: a language-model-only router (the
+    daemon refuses to start with none of the three)."""
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     """Largest batch the dynamic batcher forms."""
     max_delay_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)

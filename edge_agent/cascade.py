@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from edge_agent.cloud_link import CloudLink, CloudUnavailable
+from shared.errors import ModelNotFoundError
 from shared.model import Model, ModelInput
 from shared.policy import DeferralPolicy
 from shared.prediction import Prediction
@@ -43,6 +44,13 @@ MAX_CLOUD_ROWS_IN_FLIGHT = 128
 #: of the fallback reserve. For 4,096 rows on a 2-core VM, the rows' fallbacks, outputs and
 #: parameters took 6-10 us a row when quiet and 35 us under a load average of 10.
 FINISH_S_PER_ROW = 50e-6
+
+
+def classifier_cascade(cascade: Optional["Cascade"]) -> "Cascade":
+    """`cascade`, or NOT_FOUND on an agent without a classifier bundle (language model only)."""
+    if cascade is None:
+        raise ModelNotFoundError("this agent serves no classifier (set bundle_dir)")
+    return cascade
 
 
 @dataclass

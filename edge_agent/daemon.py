@@ -1,4 +1,5 @@
-"""The edge agent daemon (`EdgeAgentDaemon`): load the edge bundle, connect to the cloud, serve.
+"""The edge agent daemon (`EdgeAgentDaemon`): load the edge bundle and/or language model,
+connect to the cloud, serve.
 `run` is `edgecascade edge run`: the daemon until SIGTERM."""
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def load_active_model(settings: EdgeSettings, bundle_dir: Optional[Path] = None)
     (the updater's current version) replaces settings.bundle_dir and brings its own policy."""
     if bundle_dir is not None:
         return load_slot(bundle_dir, settings.providers)
+    if settings.bundle_dir is None:
+        raise ConfigError("setting 'bundle_dir': no classifier bundle to load")
     model = load_model(settings.bundle_dir, providers=settings.providers, edge=True)
     policy = load_policy(settings.policy_file or settings.bundle_dir / POLICY_FILE)
     policy.check_matches(model.card)
@@ -55,14 +58,18 @@ def load_active_model(settings: EdgeSettings, bundle_dir: Optional[Path] = None)
     return ActiveModel(model, policy)
 
 
+def cloud_breaker(settings: EdgeSettings, cloud_target: str) -> CircuitBreaker:
+    """A circuit breaker for the agent's links to the router at `cloud_target`."""
+    return CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s,
+                          on_change=BreakerLog(cloud_target, failure_threshold=settings.breaker_failure_threshold,
+                                               cooldown_s=settings.breaker_cooldown_s))
+
+
 def build_cascade(settings: EdgeSettings, bundle_dir: Optional[Path] = None) -> Cascade:
     active = load_active_model(settings, bundle_dir)
     cloud = None
     if settings.cloud_target:
-        breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_cooldown_s,
-                                 on_change=BreakerLog(settings.cloud_target, failure_threshold=settings.breaker_failure_threshold,
-                                                      cooldown_s=settings.breaker_cooldown_s))
-        cloud = CloudLink(settings.cloud_target, model=settings.cloud_model, breaker=breaker,
+        cloud = CloudLink(settings.cloud_target, model=settings.cloud_model, breaker=cloud_breaker(settings, settings.cloud_target),
                           max_message_bytes=settings.max_message_bytes, agent_id=settings.agent_id,
                           security=settings.cloud_security(settings.plaintext))
     return Cascade(active, cloud, fallback_reserve_ms=settings.fallback_reserve_ms,
@@ -91,7 +98,9 @@ async def start_openai_endpoint(settings: EdgeSettings, llm: Optional[LLMCascade
 
 class EdgeAgentDaemon(GrpcDaemon):
     """The edge agent: cascade, cloud link, heartbeat and updater behind the EdgeAgent and
-    KServe gRPC APIs. `start()`, `port`, `serve_forever()`, `stop()` (see `GrpcDaemon`)."""
+    KServe gRPC APIs, and the language model's cascade behind Generate. Without a classifier
+    bundle (LM only) `cascade` is None: no heartbeat, no updater. `start()`, `port`,
+    `serve_forever()`, `stop()` (see `GrpcDaemon`)."""
 
     service_names = SERVICE_NAMES
     daemon_name = "edge agent"
@@ -110,9 +119,16 @@ class EdgeAgentDaemon(GrpcDaemon):
     async def _open(self, server: grpc.aio.Server) -> AgentMetrics:
         settings = self.settings
         self._store = open_version_store(settings)
-        cascade = self.cascade = build_cascade(settings, self._store.current_dir() if self._store else None)
+        cascade = None
+        if settings.bundle_dir is not None:
+            cascade = self.cascade = build_cascade(settings, self._store.current_dir() if self._store else None)
         metrics = self.metrics = AgentMetrics(cascade, settings.agent_id)
-        llm = self.llm = build_llm_cascade(settings, cascade.cloud.breaker if cascade.cloud else None)
+        # the language model shares the classifier link's breaker; an LM-only agent gets one of its own
+        if cascade is not None:
+            breaker = cascade.cloud.breaker if cascade.cloud else None
+        else:
+            breaker = cloud_breaker(settings, settings.cloud_target) if settings.cloud_target else None
+        llm = self.llm = build_llm_cascade(settings, breaker)
         servicer = EdgeAgentServicer(cascade, settings, metrics)
         servicer.llm, servicer.llm_default_max_new_tokens = llm, settings.llm_max_new_tokens
         pb_grpc.add_EdgeAgentServicer_to_server(servicer, server)
@@ -120,19 +136,32 @@ class EdgeAgentDaemon(GrpcDaemon):
         self._openai_runner = await start_openai_endpoint(settings, llm)
         return metrics
 
+    def _serves(self) -> str:
+        """What this agent serves, for the logs and systemd: the classifier, the language model."""
+        served = []
+        if self.cascade is not None:
+            served.append(f"{self.cascade.active.model.name} v{self.cascade.active.model.version}")
+        if self.llm is not None:
+            served.append(f"language model {self.llm.model.name}")
+        return " and ".join(served)
+
     async def _serving(self) -> None:
         settings, cascade = self.settings, self.cascade
-        assert cascade is not None and self.metrics is not None
-        log.info("edge agent %s serving %s v%d on port %d (cloud: %s)", settings.agent_id,
-                 cascade.active.model.name, cascade.active.model.version, self.port, settings.cloud_target or "none")
-        if cascade.cloud is not None:
+        assert self.metrics is not None
+        log.info("edge agent %s serving %s on port %d (cloud: %s)", settings.agent_id, self._serves(), self.port,
+                 settings.cloud_target or "none")
+        if cascade is None:
+            log.info("no classifier bundle (bundle_dir not set): Infer and KServe answer NOT_FOUND; "
+                     "no heartbeat to the router, no model updates")
+        elif cascade.cloud is not None:
             self._heartbeat = Heartbeat(cascade, settings.agent_id, interval_s=settings.heartbeat_interval_s,
                                         pressure_stale_s=settings.pressure_stale_s)
             self._heartbeat.start()
-        self._updater = start_updater(cascade, self._store, self.metrics, settings)
+        if cascade is not None:
+            self._updater = start_updater(cascade, self._store, self.metrics, settings)
         gc.freeze()  # start-up objects leave the collector's view: no 20 ms full collections mid-swap
         self._systemd = SystemdNotifier.from_environment()  # no-op outside a Type=notify unit
-        self._systemd.ready(f"serving {cascade.active.model.name} v{cascade.active.model.version} on port {self.port}")
+        self._systemd.ready(f"serving {self._serves()} on port {self.port}")
         self._systemd.start_watchdog()
 
     async def _draining(self) -> None:

@@ -49,6 +49,13 @@ def agent_status(cascade: Cascade, agent_id: str) -> pb.AgentStatus:
     return status
 
 
+def lm_only_status(agent_id: str, llm) -> pb.AgentStatus:
+    """GetStatus of an agent without a classifier bundle: the classifier's fields stay empty;
+    `breaker_state` is that of the language model's cloud link ("none" without a cloud)."""
+    cloud = llm.cloud if llm is not None else None
+    return pb.AgentStatus(agent_id=agent_id, breaker_state=cloud.breaker.state if cloud else "none")
+
+
 class Heartbeat:
     def __init__(self, cascade: Cascade, agent_id: str, *, interval_s: float, pressure_stale_s: float) -> None:
         if cascade.cloud is None:

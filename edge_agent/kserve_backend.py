@@ -12,9 +12,11 @@ one-row request); `max_prob`, `margin` and `entropy` are those of the least conf
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
-from edge_agent.cascade import Cascade, CascadeResult
+from edge_agent.cascade import Cascade, CascadeResult, classifier_cascade
 from edge_agent.metrics import AgentMetrics
 from edge_agent.settings import EdgeSettings
 from shared import kserve_models as km
@@ -35,9 +37,10 @@ ROUTE_OUTPUTS = (
 
 class EdgeKServeBackend:
     """`KServeBackend` over the agent's cascade. (While the daemon drains, gRPC itself refuses
-    new calls, and health says NOT_SERVING.)"""
+    new calls, and health says NOT_SERVING.) Without a classifier (`cascade` None) the server is
+    live and ready, and every model is NOT_FOUND."""
 
-    def __init__(self, cascade: Cascade, settings: EdgeSettings, metrics: AgentMetrics | None = None) -> None:
+    def __init__(self, cascade: Optional[Cascade], settings: EdgeSettings, metrics: AgentMetrics | None = None) -> None:
         self.cascade = cascade
         self.settings = settings
         self.metrics = metrics or AgentMetrics(cascade, settings.agent_id)
@@ -46,9 +49,11 @@ class EdgeKServeBackend:
         return True
 
     def server_ready(self) -> bool:
-        return self.cascade.active.model.ready
+        return self.cascade is None or self.cascade.active.model.ready
 
     def model_ready(self, name: str, version: str) -> bool:
+        if self.cascade is None:
+            return False
         model = self.cascade.active.model
         return self.server_ready() and name == model.name and version in ("", str(model.version))
 
@@ -59,7 +64,7 @@ class EdgeKServeBackend:
         return km.model_metadata(self._model(name, version), ROUTE_OUTPUTS)
 
     def _model(self, name: str, version: str) -> Model:
-        model = self.cascade.active.model
+        model = classifier_cascade(self.cascade).active.model
         if name != model.name:
             raise ModelNotFoundError(f"unknown model {echoed(name)}; this agent serves {model.name!r}")
         km.check_version(model, version)
@@ -72,13 +77,14 @@ class EdgeKServeBackend:
                 raise UnavailableError("the edge agent is not ready (models still loading)")
             batch = km.row_batch(request, model, default_timeout_ms=self.settings.default_timeout_ms,
                                  max_timeout_ms=self.settings.max_timeout_ms)
+        cascade = classifier_cascade(self.cascade)
         with self.metrics.refusals(API_KSERVE):   # a batch that fails (the model raised) counts once
             if len(batch.rows) == 1:
-                results = [await self.cascade.infer(batch.rows[0], deadline_s=batch.deadline_s,
-                                                    request_id=batch.request_ids[0], priority=batch.priority)]
+                results = [await cascade.infer(batch.rows[0], deadline_s=batch.deadline_s,
+                                               request_id=batch.request_ids[0], priority=batch.priority)]
             else:
-                results = await self.cascade.infer_rows(batch.rows, deadline_s=batch.deadline_s,
-                                                        request_ids=batch.request_ids, priority=batch.priority)
+                results = await cascade.infer_rows(batch.rows, deadline_s=batch.deadline_s,
+                                                   request_ids=batch.request_ids, priority=batch.priority)
         for result in results:
             outcome = RequestOutcome(result.route, "OK", result.defer_reason, result.fallback_reason, result.abstain_reason)
             self.metrics.record(API_KSERVE, outcome, (result.edge_ms + result.cloud_ms) / 1000.0)

@@ -127,7 +127,8 @@ def _chunk(event, source: int) -> pb.GenerateChunk:
 
 def build_llm_cascade(settings, breaker) -> Optional[LLMCascade]:
     """The agent's generation cascade from its settings (None without `llm_dir`). `breaker` is
-    the classifier link's circuit breaker, shared, or None when there is no cloud."""
+    the classifier link's circuit breaker, shared, or the LM link's own on an agent without a
+    classifier; None when there is no cloud."""
     if settings.llm_dir is None:
         return None
     from shared.llm_policy import load_llm_policy

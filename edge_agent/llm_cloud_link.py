@@ -1,6 +1,7 @@
 """The edge's streaming call to CloudRouter.Generate: the deferred prompt goes up, chunks come
 back as the cloud produces them. Shares the classifier link's circuit breaker, so a sick cloud
-is skipped by both; cancelling the iteration cancels the call, and the cloud stops generating."""
+is skipped by both (an agent without a classifier gives it one of its own); cancelling the
+iteration cancels the call, and the cloud stops generating."""
 
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ model version, read from the live `Cascade` when /metrics is scraped."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 
@@ -15,9 +17,10 @@ BREAKER_STATES = ("closed", "open", "half_open")
 
 
 class AgentMetrics(DaemonMetrics):
-    """The edge agent's metrics; state is read from the live `Cascade` at scrape time."""
+    """The edge agent's metrics; state is read from the live `Cascade` at scrape time (none
+    without a classifier: an agent serving only a language model has the common ones)."""
 
-    def __init__(self, cascade: Cascade, agent_id: str = "edge") -> None:
+    def __init__(self, cascade: Optional[Cascade], agent_id: str = "edge") -> None:
         super().__init__("edge_agent", agent_id, EDGE_ROUTES)
         self.deferrals = Counter(
             "edgecascade_deferrals",
@@ -37,7 +40,8 @@ class AgentMetrics(DaemonMetrics):
             ["reason"],
             registry=self.registry,
         )
-        CallbackCollector(lambda: _agent_state(cascade), registry=self.registry)
+        if cascade is not None:
+            CallbackCollector(lambda: _agent_state(cascade), registry=self.registry)
 
     def record(self, api: str, outcome: RequestOutcome, duration_s: float) -> None:
         super().record(api, outcome, duration_s)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import grpc
 
-from edge_agent.cascade import Cascade
-from edge_agent.heartbeat import agent_status
+from edge_agent.cascade import Cascade, classifier_cascade
+from edge_agent.heartbeat import agent_status, lm_only_status
 from edge_agent.llm_servicer import GenerateRpcs
 from edge_agent.metrics import AgentMetrics
 from edge_agent.settings import EdgeSettings
@@ -19,13 +21,13 @@ from shared.request_parsing import call_deadline_s, decode_input, request_id_of
 
 
 class EdgeAgentServicer(GenerateRpcs, pb_grpc.EdgeAgentServicer):
-    def __init__(self, cascade: Cascade, settings: EdgeSettings, metrics: AgentMetrics | None = None) -> None:
+    def __init__(self, cascade: Optional[Cascade], settings: EdgeSettings, metrics: AgentMetrics | None = None) -> None:
         self.cascade = cascade
         self.settings = settings
         self.metrics = metrics or AgentMetrics(cascade, settings.agent_id)
 
     def check_model(self, name: str) -> None:
-        served = self.cascade.active.model.name
+        served = classifier_cascade(self.cascade).active.model.name
         if name and name != served:
             raise ModelNotFoundError(f"unknown model {echoed(name)}; this agent serves {served!r}")
 
@@ -35,7 +37,8 @@ class EdgeAgentServicer(GenerateRpcs, pb_grpc.EdgeAgentServicer):
         deadline_s = call_deadline_s(request, context, self.settings)
         request_id = request_id_of(request)
         self.check_model(request.model)
-        result = await self.cascade.infer(decode_input(request), deadline_s=deadline_s, request_id=request_id, priority=request.priority)
+        cascade = classifier_cascade(self.cascade)
+        result = await cascade.infer(decode_input(request), deadline_s=deadline_s, request_id=request_id, priority=request.priority)
         return response_of(
             result.prediction,
             request_id=request_id,
@@ -50,4 +53,6 @@ class EdgeAgentServicer(GenerateRpcs, pb_grpc.EdgeAgentServicer):
 
     @grpc_errors
     async def GetStatus(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.AgentStatus:
+        if self.cascade is None:
+            return lm_only_status(self.settings.agent_id, self.llm)
         return agent_status(self.cascade, self.settings.agent_id)

@@ -25,8 +25,10 @@ class EdgeSettings(DaemonSettings, ServerSecuritySettings, CloudLinkSecuritySett
     """Name this agent reports to the fleet registry and in metrics."""
     listen: ListenAddress = "127.0.0.1:50061"
     """host:port of the agent's gRPC server (edgecascade.v1 EdgeAgent, health, KServe v2)."""
-    bundle_dir: Path
-    """The edge model bundle (model.json, model.onnx, policy.json)."""
+    bundle_dir: Optional[Path] = None
+    """The edge classifier bundle (model.json, model.onnx, policy.json) served by Infer and
+    KServe. None (only with llm_dir): a language-model-only agent, whose Infer and KServe
+    answer NOT_FOUND; it sends no heartbeat and takes no model updates."""
     policy_file: Optional[Path] = None
     """Deferral policy; defaults to policy.json inside bundle_dir."""
     providers: list[str] = Field(default_factory=lambda: ["cpu"])
@@ -87,7 +89,19 @@ class EdgeSettings(DaemonSettings, ServerSecuritySettings, CloudLinkSecuritySett
     start-up, about 0.4 s of CPU, which showed up as a p99 tail during swaps)."""
 
     @model_validator(mode="after")
+    def _serves_a_model(self) -> "EdgeSettings":
+        if self.bundle_dir is None and self.llm_dir is None:
+            raise ValueError("set bundle_dir (a classifier bundle), llm_dir (a language model from export-llm), "
+                             "or both: the agent has nothing to serve")
+        if self.bundle_dir is None and self.policy_file is not None:
+            raise ValueError("policy_file is set but bundle_dir is not: a deferral policy belongs to a classifier bundle")
+        return self
+
+    @model_validator(mode="after")
     def _updates_need_state_dir(self) -> "EdgeSettings":
+        if self.update_public_key is not None and self.bundle_dir is None:
+            raise ValueError("update_public_key is set but bundle_dir is not: model updates replace the classifier "
+                             "bundle, and a language-model-only agent has none")
         if self.update_public_key is not None and self.state_dir is None:
             raise ValueError("update_public_key is set but state_dir is not: the updater needs a directory of its own")
         return self

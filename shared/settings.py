@@ -114,6 +114,8 @@ def load_settings(cls: type[S], path: str | Path | None = None, **overrides: Any
         field = str(err["loc"][0]) if err["loc"] else ""
         message = err["msg"].removeprefix("Value error, ")
         got = "" if repr(err.get("input")) in message else f" (got {err.get('input')!r})"
+        if not err["loc"]:  # a rule across settings (a model validator): its message names them
+            raise ConfigError(f"{path}: {message}" if path is not None else message) from None
         if field in given:
             flag = "--model-dir" if field == "model_dirs" else f"--{field.replace('_', '-')}"
             raise ConfigError(f"{flag}: {message}{got}") from None

@@ -23,18 +23,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--listen", metavar="HOST:PORT",
                      help="host:port to serve on (default: the config's listen, else 127.0.0.1:50051)")
     run.add_argument("--model-dir", action="append", dest="model_dirs", metavar="BUNDLE_DIR",
-                     help="model bundle to host; repeat for several, the first is the default model "
-                     "(default: the config's model_dirs)")
+                     help="classifier bundle to host; repeat for several, the first is the default model "
+                     "(default: the config's model_dirs; none needed when llm_dirs or llm_remote_url is set)")
     run.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cloud_router.daemon import run
+    from cloud_router.daemon import check_hosts_a_model, run
     from cloud_router.settings import RouterSettings
     from shared.listen import check_can_listen
     from shared.settings import load_settings
 
     settings = load_settings(RouterSettings, args.config, listen=args.listen, model_dirs=args.model_dirs)
+    check_hosts_a_model(settings)
     check_can_listen(settings.listen)  # before the models load, which may take a while
     run(settings)
     return 0

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--listen", metavar="HOST:PORT",
                      help="host:port to serve on (default: the config's listen, else 127.0.0.1:50061)")
     run.add_argument("--bundle-dir", metavar="DIR",
-                     help="edge model bundle directory (default: the config's bundle_dir; required somewhere)")
+                     help="edge classifier bundle directory (default: the config's bundle_dir; required "
+                          "unless llm_dir is set, for an agent that serves only a language model)")
     run.add_argument("--cloud-target", metavar="HOST:PORT",
                      help="host:port of the cloud router (default: the config's cloud_target, else 127.0.0.1:50051)")
     run.set_defaults(func=_run)
