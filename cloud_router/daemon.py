@@ -117,7 +117,7 @@ async def load_llm_hosts(settings: RouterSettings) -> dict:
     return hosts
 
 
-class RouterDaemon(GrpcDaemon):
+class RouterDaemon(GrpcDaemon[RouterSettings]):
     """The cloud router: models, scheduler (in memory or on Redis), Redis worker and update
     service behind the CloudRouter and KServe gRPC APIs. `start()`, `port`,
     `serve_forever()`, `stop()` (see `GrpcDaemon`)."""

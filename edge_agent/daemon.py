@@ -96,7 +96,7 @@ async def start_openai_endpoint(settings: EdgeSettings, llm: Optional[LLMCascade
     return runner
 
 
-class EdgeAgentDaemon(GrpcDaemon):
+class EdgeAgentDaemon(GrpcDaemon[EdgeSettings]):
     """The edge agent: cascade, cloud link, heartbeat and updater behind the EdgeAgent and
     KServe gRPC APIs, and the language model's cascade behind Generate. Without a classifier
     bundle (LM only) `cascade` is None: no heartbeat, no updater. `start()`, `port`,

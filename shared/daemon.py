@@ -14,7 +14,7 @@ import asyncio
 import logging
 import signal
 import threading
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Generic, Optional, Protocol, Sequence, TypeVar
 
 import grpc
 
@@ -24,24 +24,49 @@ from shared.event_loop import EventLoopName, run_on_loop
 from shared.grpc_server import add_health_and_reflection, bind, create_server, set_serving, start_health_port
 from shared.metrics import DaemonMetrics, MetricsEndpoint, serve_metrics
 
+if TYPE_CHECKING:
+    from shared.tls import ServerSecurity
+
 log = logging.getLogger(__name__)
 
 
-class GrpcDaemon(abc.ABC):
+class ServedSettings(Protocol):
+    """What `GrpcDaemon` reads of its daemon's settings (`shared.settings.DaemonSettings` plus
+    `shared.security_settings.ServerSecuritySettings` and the daemon's own `listen`)."""
+
+    @property
+    def listen(self) -> str: ...
+    @property
+    def max_message_bytes(self) -> int: ...
+    @property
+    def max_concurrent_rpcs(self) -> Optional[int]: ...
+    @property
+    def metrics_port(self) -> Optional[int]: ...
+    @property
+    def health_listen(self) -> Optional[str]: ...
+    @property
+    def shutdown_grace_s(self) -> float: ...
+    def server_security(self) -> "ServerSecurity": ...
+
+
+SettingsT = TypeVar("SettingsT", bound=ServedSettings)
+
+
+class GrpcDaemon(abc.ABC, Generic[SettingsT]):
     """One daemon on the running event loop. Subclasses build their side in `_open` and take it
     down in `_close`; this class owns the server, health, reflection, /metrics and the drain.
 
     `settings` is a `shared.settings.DaemonSettings` and a
     `shared.security_settings.ServerSecuritySettings` (TLS or explicit plaintext, credentials,
-    `max_concurrent_rpcs`)."""
+    `max_concurrent_rpcs`); each daemon names its settings class (`GrpcDaemon[EdgeSettings]`)."""
 
     #: The gRPC services this daemon serves; health reports each of them.
     service_names: Sequence[str] = ()
     #: How logs and errors name this daemon.
     daemon_name = "daemon"
 
-    def __init__(self, settings: Any) -> None:
-        self.settings = settings
+    def __init__(self, settings: SettingsT) -> None:
+        self.settings: SettingsT = settings
         #: The port the server is bound to (a `listen` port of 0 picks a free one); None before `start()`.
         self.port: Optional[int] = None
         self._server: Optional[grpc.aio.Server] = None
