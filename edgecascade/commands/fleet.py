@@ -71,7 +71,7 @@ async def _entries(args: argparse.Namespace) -> list:
     return list(reply.agents)
 
 
-COLUMNS = ("AGENT", "MODEL", "POLICY", "THRESHOLD", "EDGE", "CLOUD", "FALLBACK", "BREAKER", "PRESSURE", "SEEN")
+COLUMNS = ("AGENT", "MODEL", "POLICY", "THRESHOLD", "EDGE", "CLOUD", "FALLBACK", "ABSTAIN", "BREAKER", "PRESSURE", "SEEN")
 
 
 def format_table(rows: list[dict[str, Any]], now_s: float | None = None) -> str:
@@ -94,6 +94,7 @@ def format_table(rows: list[dict[str, Any]], now_s: float | None = None) -> str:
             str(routes.get("edge", 0)),
             str(routes.get("cloud", 0)),
             f"{routes.get('edge_fallback', 0)}" + (f" ({reasons})" if reasons else ""),
+            str(routes.get("abstain", 0)),
             agent.get("breaker_state", ""),
             f"{agent.get('cloud_pressure', 0):.2f}",
             f"{max(0.0, now_s - row.get('last_seen_unix_s', now_s)):.1f}s ago",
