@@ -1,4 +1,5 @@
-"""The edge agent's channel to the cloud router: deadline, breaker, typed failures."""
+"""The edge agent's channel to the cloud router: deadline, breaker, typed failures. The channel
+follows its TLS and token files (shared/rotating_channel.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from shared.grpc_options import channel_options
 from shared.model import ModelInput
 from shared.proto_convert import infer_request
 from shared.request_parsing import AGENT_ID_KEY
-from shared.tls import ClientSecurity, open_aio_channel
+from shared.rotating_channel import RotatingChannel
+from shared.tls import ClientSecurity
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,8 @@ class CloudLink:
         self.breaker = breaker
         self.agent_id = agent_id
         self._metadata = ((AGENT_ID_KEY, agent_id),) if agent_id else None
-        self._channel = open_aio_channel(target, security, options=channel_options(max_message_bytes, fail_fast=True))
-        self._stub = pb_grpc.CloudRouterStub(self._channel)
+        self._channel = RotatingChannel(target, security, stub_of=pb_grpc.CloudRouterStub, what="cloud link",
+                                        options=channel_options(max_message_bytes, fail_fast=True))
 
     async def close(self) -> None:
         await self._channel.close()
@@ -63,7 +65,7 @@ class CloudLink:
         request = infer_request(payload, model=self.model, request_id=request_id, priority=priority, timeout_ms=timeout_s * 1000.0)
         if not self.breaker.allow():
             raise CloudUnavailable("breaker_open")
-        call = self._stub.Infer(request, timeout=timeout_s, metadata=self._metadata)
+        call = self._channel.stub().Infer(request, timeout=timeout_s, metadata=self._metadata)
         settle = self.breaker.record_abandoned
         try:
             # The event loop's timer ends the wait on time. gRPC's own deadline fired 10-13 ms
@@ -92,7 +94,7 @@ class CloudLink:
 
     async def heartbeat(self, request: pb.HeartbeatRequest, *, timeout_s: float) -> pb.HeartbeatResponse:
         """One heartbeat; gRPC errors propagate (the breaker is for inference calls only)."""
-        return await self._stub.Heartbeat(request, timeout=timeout_s)
+        return await self._channel.stub().Heartbeat(request, timeout=timeout_s)
 
 
 def _error_class(exc: grpc.aio.AioRpcError) -> str:

@@ -1,7 +1,8 @@
 """The edge's streaming call to CloudRouter.Generate: the deferred prompt goes up, chunks come
 back as the cloud produces them. Shares the classifier link's circuit breaker, so a sick cloud
 is skipped by both (an agent without a classifier gives it one of its own); cancelling the
-iteration cancels the call, and the cloud stops generating."""
+iteration cancels the call, and the cloud stops generating. The channel follows its TLS and
+token files (shared/rotating_channel.py): a stream in progress ends on the channel it began on."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.llm_proto import generate_message_of
 from shared.llm_request import GenerationRequest
 from shared.request_parsing import AGENT_ID_KEY
-from shared.tls import ClientSecurity, open_aio_channel
+from shared.rotating_channel import RotatingChannel
+from shared.tls import ClientSecurity
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,8 @@ class LLMCloudLink:
         self.model = model
         self.breaker = breaker
         self._metadata = ((AGENT_ID_KEY, agent_id),) if agent_id else None
-        self._channel = open_aio_channel(target, security, options=channel_options(max_message_bytes))
-        self._stub = pb_grpc.CloudRouterStub(self._channel)
+        self._channel = RotatingChannel(target, security, stub_of=pb_grpc.CloudRouterStub, what="cloud LM link",
+                                        options=channel_options(max_message_bytes))
 
     async def close(self) -> None:
         await self._channel.close()
@@ -42,7 +44,7 @@ class LLMCloudLink:
         if not self.breaker.allow():
             raise CloudUnavailable("breaker_open")
         message = generate_message_of(request, model=self.model, request_id=request_id, timeout_s=timeout_s)
-        call = self._stub.Generate(message, timeout=timeout_s, metadata=self._metadata)
+        call = self._channel.stub().Generate(message, timeout=timeout_s, metadata=self._metadata)
         try:
             async for chunk in call:
                 yield chunk

@@ -1,7 +1,8 @@
 """The agent's update calls to the cloud router: poll for a notice, fetch patch chunks, report.
 
 A channel of its own to the router, so chunk downloads never queue behind (or in front of)
-deferred inference calls. Transient trouble (router down, slow, busy, or the update gone)
+deferred inference calls; it follows its TLS and token files like theirs
+(shared/rotating_channel.py). Transient trouble (router down, slow, busy, or the update gone)
 is `UnavailableError`: the updater keeps what it has and tries again at the next poll. A
 router that has no chunk the manifest says exists is a truncated patch. A state report the
 router does not take is kept (the newest one only) and sent again before each poll, until the
@@ -19,7 +20,8 @@ from protos import edgecascade_pb2 as pb
 from protos import edgecascade_pb2_grpc as pb_grpc
 from shared.errors import TruncatedPatchError, UnavailableError
 from shared.grpc_options import channel_options
-from shared.tls import ClientSecurity, open_aio_channel
+from shared.rotating_channel import RotatingChannel
+from shared.tls import ClientSecurity
 from shared.update_states import supersedes
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,8 @@ class UpdateLink:
         self.target = target
         self.agent_id = agent_id
         self.timeout_s = timeout_s
-        self._channel = open_aio_channel(target, security, options=channel_options(max_message_bytes, fail_fast=True))
-        self._stub = pb_grpc.CloudRouterStub(self._channel)
+        self._channel = RotatingChannel(target, security, stub_of=pb_grpc.CloudRouterStub, what="update link",
+                                        options=channel_options(max_message_bytes, fail_fast=True))
         self.pending_report: Optional[pb.UpdateStateReport] = None
         """The newest state report the router has not taken yet (`resend_report` tries again)."""
 
@@ -47,13 +49,13 @@ class UpdateLink:
     async def notice(self, model_name: str, model_version: int) -> pb.UpdateNotice:
         request = pb.UpdateNoticeRequest(agent_id=self.agent_id, model_name=model_name, model_version=model_version)
         try:
-            return await self._stub.GetUpdateNotice(request, timeout=self.timeout_s)
+            return await self._channel.stub().GetUpdateNotice(request, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise UnavailableError(f"update poll to {self.target} failed: {exc.code().name} {exc.details()}") from None
 
     async def fetch_chunk(self, update_id: str, index: int) -> bytes:
         try:
-            chunk = await self._stub.FetchPatchChunk(pb.PatchChunkRequest(update_id=update_id, index=index),
+            chunk = await self._channel.stub().FetchPatchChunk(pb.PatchChunkRequest(update_id=update_id, index=index),
                                                      timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in MISSING_CHUNK_CODES:
@@ -84,7 +86,7 @@ class UpdateLink:
         request = self.pending_report
         assert request is not None
         try:
-            await self._stub.ReportUpdateState(request, timeout=self.timeout_s)
+            await self._channel.stub().ReportUpdateState(request, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in REFUSED_REPORT_CODES:
                 log.warning("router %s refused update state %s of update %s, not sent again: %s %s", self.target,

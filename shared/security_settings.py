@@ -44,15 +44,20 @@ class ServerSecuritySettings(BaseSettings):
 class CloudLinkSecuritySettings(BaseSettings):
     cloud_tls_ca_file: Optional[Path] = None
     """PEM CA that the router's certificate must chain to. Set it (or cloud_tls_cert_file) to reach
-    the router over TLS; with neither, the agent reaches it in plaintext only if plaintext is set."""
+    the router over TLS; with neither, the agent reaches it in plaintext only if plaintext is set.
+    Like every cloud_tls_* file and cloud_token_file, read again before a call to the router (at
+    most once a second) after it changes: new calls use the new files once they load
+    (shared/rotating_channel.py), so rotating them needs no restart."""
     cloud_tls_cert_file: Optional[Path] = None
     """PEM client certificate the agent presents to the router (mutual TLS; role `agent`)."""
     cloud_tls_key_file: Optional[Path] = None
-    """PEM private key of cloud_tls_cert_file."""
+    """PEM private key of cloud_tls_cert_file. A key that is not the certificate's is refused
+    (logged) and the previous pair stays in use."""
     cloud_tls_server_name: Optional[str] = None
     """Host name to check the router's certificate against, when it differs from cloud_target's host."""
     cloud_token_file: Optional[Path] = None
-    """File holding the bearer token (role `agent`) sent to the router on every call."""
+    """File holding the bearer token (role `agent`) sent to the router on every call; read again
+    when it changes, like the cloud_tls_* files."""
 
     def cloud_security(self, plaintext: bool) -> Optional[ClientSecurity]:
         """How the agent reaches its router; a ConfigError naming the settings when nothing says."""

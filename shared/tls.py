@@ -8,7 +8,9 @@ certificate files are read again on the next handshake after they change, so a r
 certificate takes effect without a restart.
 
 Clients: `open_channel(target, ...)` / `open_aio_channel(...)` with a `ClientSecurity` (TLS files
-and an optional bearer token) or plaintext when `security` is None.
+and an optional bearer token) or plaintext when `security` is None. A client reads its files when
+the channel is opened; `shared.rotating_channel.RotatingChannel` opens a new channel when they
+change (the edge agent's links to its router).
 """
 
 from __future__ import annotations
@@ -30,11 +32,28 @@ log = logging.getLogger(__name__)
 AUTHORIZATION_KEY = "authorization"
 
 
+#: (mtime in ns, size, inode) of each of some files, None where one cannot be read now.
+FileStamp = tuple[Optional[tuple[int, int, int]], ...]
+
+
 def _read(path: Path, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+
+
+def file_stamp(paths: Sequence[Path]) -> FileStamp:
+    """What says that one of `paths` changed: a replaced (renamed over), rewritten or removed file
+    gets another stamp."""
+    stamp: list[Optional[tuple[int, int, int]]] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            stamp.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            stamp.append(None)
+    return tuple(stamp)
 
 
 # --------------------------------------------------------------------------------------- server
@@ -75,22 +94,9 @@ class _ReloadingCertificates:
 
     def __init__(self, security: ServerSecurity) -> None:
         self.security = security
-        self._stamp = self._file_stamp()
+        self._paths = [p for p in (security.cert_file, security.key_file, security.client_ca_file) if p]
+        self._stamp = file_stamp(self._paths)
         self.initial = self._configuration()
-
-    def _paths(self) -> list[Path]:
-        return [p for p in (self.security.cert_file, self.security.key_file, self.security.client_ca_file) if p]
-
-    def _file_stamp(self) -> tuple[Optional[tuple[int, int, int]], ...]:
-        """(mtime, size, inode) of each file, None where it cannot be read now."""
-        stamp: list[Optional[tuple[int, int, int]]] = []
-        for path in self._paths():
-            try:
-                st = os.stat(path)
-                stamp.append((st.st_mtime_ns, st.st_size, st.st_ino))
-            except OSError:
-                stamp.append(None)
-        return tuple(stamp)
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
         security = self.security
@@ -101,7 +107,7 @@ class _ReloadingCertificates:
         return grpc.ssl_server_certificate_configuration([pair], root_certificates=root)
 
     def __call__(self) -> Optional[grpc.ServerCertificateConfiguration]:
-        stamp = self._file_stamp()
+        stamp = file_stamp(self._paths)
         if stamp == self._stamp:
             return None
         try:
@@ -164,6 +170,8 @@ class ClientSecurity:
     token: Optional[str] = field(default=None, repr=False)
     server_name: Optional[str] = None
     tls: bool = True
+    token_file: Optional[Path] = None
+    """Where `token` was read from (`from_files`), so that a changed file can be read again."""
 
     def __post_init__(self) -> None:
         if (self.cert_file is None) != (self.key_file is None):
@@ -184,16 +192,36 @@ class ClientSecurity:
         if not (ca_file or cert_file) and token is None:
             return None
         return cls(ca_file=ca_file, cert_file=cert_file, key_file=key_file, token=token, server_name=server_name,
-                   tls=bool(ca_file or cert_file))
+                   tls=bool(ca_file or cert_file), token_file=token_file)
+
+    def files(self) -> list[Path]:
+        """The files a channel is built from (TLS files, token file), in a fixed order."""
+        return [p for p in (self.ca_file, self.cert_file, self.key_file, self.token_file) if p is not None]
+
+    def read_tls_files(self) -> "ClientTLSFiles":
+        """The TLS files' contents, each read once; a ConfigError naming a file that cannot be read."""
+        return ClientTLSFiles(ca=_read(self.ca_file, "CA file") if self.ca_file else None,
+                              key=_read(self.key_file, "client key file") if self.key_file else None,
+                              cert_chain=_read(self.cert_file, "client certificate file") if self.cert_file else None)
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
-        root = _read(self.ca_file, "CA file") if self.ca_file else None
-        key = _read(self.key_file, "client key file") if self.key_file else None
-        chain = _read(self.cert_file, "client certificate file") if self.cert_file else None
-        return grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=chain)
+        return self.read_tls_files().credentials()
 
     def channel_options(self) -> list[tuple[str, Any]]:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+@dataclass(frozen=True)
+class ClientTLSFiles:
+    """The contents of a client's TLS files (None: not configured)."""
+
+    ca: Optional[bytes] = field(default=None, repr=False)
+    key: Optional[bytes] = field(default=None, repr=False)
+    cert_chain: Optional[bytes] = field(default=None, repr=False)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
+                                            certificate_chain=self.cert_chain)
 
 
 def read_token_file(path: Path) -> str:
@@ -274,11 +302,13 @@ def open_channel(target: str, security: Optional[ClientSecurity] = None,
 
 
 def open_aio_channel(target: str, security: Optional[ClientSecurity] = None,
-                     options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-    """An asyncio channel: TLS (and a token) per `security`, plaintext when it is None or tls=False."""
+                     options: Sequence[tuple[str, Any]] = (), *,
+                     tls_files: Optional[ClientTLSFiles] = None) -> grpc.aio.Channel:
+    """An asyncio channel: TLS (and a token) per `security`, plaintext when it is None or tls=False.
+    `tls_files`: the TLS files' contents when the caller has read (and checked) them already."""
     options = list(options) + (security.channel_options() if security else [])
     interceptors = _aio_interceptors(security.token) if security is not None and security.token else None
     if security is not None and security.tls:
-        return grpc.aio.secure_channel(target, security.channel_credentials(), options=options,
-                                       interceptors=interceptors)
+        files = tls_files if tls_files is not None else security.read_tls_files()
+        return grpc.aio.secure_channel(target, files.credentials(), options=options, interceptors=interceptors)
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
