@@ -1,5 +1,6 @@
-"""`edgecascade certs init|issue`: a development certificate authority and the certificates the
-daemons and their clients need, made with the `cryptography` package (ECDSA P-256 keys).
+"""`edgecascade certs init|issue|revoke|crl`: a development certificate authority, the
+certificates the daemons and their clients need, and its certificate revocation list, made with
+the `cryptography` package (ECDSA P-256 keys).
 
 Every certificate names its holder in the subject's common name and its roles (`infer`,
 `agent`, `admin`; see shared/auth.py) in organizational-unit attributes, one per role. A daemon
@@ -8,6 +9,11 @@ caller's rights. Every certificate is good for both ends of a connection (server
 authentication) and names the hosts it serves (`--host`), so an agent can use its own for its
 port and for its link to the router. For production, use your own CA and give the daemons
 paths to its files; this module is for local runs and tests.
+
+Revocation: `crl.pem` next to the CA is an X.509 CRL signed by the CA (`init` writes an empty
+one). `revoke` adds a certificate's serial to it and `write_crl` re-signs it, each time good
+for `days` (daemons refuse a CRL past that time at start, see shared/crl.py). It is written to
+a temporary file and renamed, so a daemon reading it (`tls_crl_file`) never sees half of one.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -28,6 +35,9 @@ from shared.errors import ConfigError
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
+CA_CRL = "crl.pem"
+#: How long a CRL written here is good for, in days, unless told otherwise.
+CRL_DAYS = 30
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 #: What `certs init` issues: file stem -> roles.
 DEFAULT_HOLDERS: dict[str, tuple[str, ...]] = {
@@ -36,6 +46,17 @@ DEFAULT_HOLDERS: dict[str, tuple[str, ...]] = {
     "admin": ("admin",),     # an operator: update push / rollback, fleet and rollout reads
     "app": ("infer",),       # an application: inference
 }
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """What `revoke` did: the serial, whose certificate it was, and whether it was new."""
+
+    serial: int
+    holder: str
+    crl_file: Path
+    already_revoked: bool
+    revoked_count: int
 
 
 @dataclass(frozen=True)
@@ -136,6 +157,133 @@ def issue(ca_dir: Path, name: str, roles: Sequence[str], *, out_dir: Path | None
     return Issued(name, cert_file, key_file, tuple(roles))
 
 
+# ----------------------------------------------------------------------------------- revocation
+
+
+def _read_crl(ca_dir: Path, ca_cert: x509.Certificate) -> tuple[list[x509.RevokedCertificate], int]:
+    """The entries and CRL number of `<ca_dir>/crl.pem` ([] and 0 when there is none yet)."""
+    from shared.crl import signed_by
+
+    path = Path(ca_dir) / CA_CRL
+    try:
+        crl = x509.load_pem_x509_crl(path.read_bytes())
+    except FileNotFoundError:
+        return [], 0
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise ConfigError(f"{path} is not a PEM certificate revocation list: move it away to start a new one") from None
+    if not signed_by(crl, [ca_cert]):
+        raise ConfigError(f"{path} is not signed by the CA in {ca_dir}: move it away to start a new one")
+    try:
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        number = 0
+    return list(crl), number
+
+
+def write_crl(ca_dir: Path, *, add: Iterable[int] = (), days: int = CRL_DAYS) -> tuple[Path, int]:
+    """Re-sign `<ca_dir>/crl.pem` with the CA: the serials on it so far plus `add`, good for
+    `days`. Written atomically. Returns the path and how many serials it revokes."""
+    if days < 1:
+        raise ConfigError(f"a CRL must be good for at least 1 day, got --days {days}")
+    ca_dir = Path(ca_dir)
+    ca_cert, ca_key = _load_ca(ca_dir)
+    entries, number = _read_crl(ca_dir, ca_cert)
+    known = {entry.serial_number for entry in entries}
+    now = _now()
+    for serial in dict.fromkeys(add):
+        if serial not in known:
+            entries.append(x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
+            known.add(serial)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
+               .last_update(now - datetime.timedelta(minutes=5)).next_update(now + datetime.timedelta(days=days))
+               .add_extension(x509.CRLNumber(number + 1), critical=False))
+    for entry in entries:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    path = ca_dir / CA_CRL
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path, len(entries)
+
+
+def _parse_serial(text: str) -> int:
+    digits = text.strip().lower().removeprefix("0x").replace(":", "")
+    try:
+        return int(digits, 16)
+    except ValueError:
+        raise ConfigError(f"serial {text!r}: expected hexadecimal digits (as `certs revoke` and daemons print them)") \
+            from None
+
+
+def _certificates_in(ca_dir: Path) -> list[tuple[x509.Certificate, str]]:
+    """Every readable certificate in `ca_dir` with its file stem, the CA's own left out."""
+    found = []
+    for path in sorted(Path(ca_dir).glob("*.pem")):
+        if path.name in (CA_CERT, CA_CRL):
+            continue
+        try:
+            found.append((x509.load_pem_x509_certificate(path.read_bytes()), path.stem))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _holder(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else cert.subject.rfc4514_string()
+
+
+def revoke(ca_dir: Path, *, name: str | None = None, cert_file: Path | None = None, serial: str | None = None,
+           days: int = CRL_DAYS) -> Revoked:
+    """Put one certificate of the CA in `ca_dir` on its CRL: the one in `<ca_dir>/<name>.pem`,
+    the one in `cert_file`, or the one with hexadecimal `serial` (a certificate in `ca_dir`, or
+    a serial already on the CRL). Revoking a revoked certificate changes nothing."""
+    if sum(x is not None for x in (name, cert_file, serial)) != 1:
+        raise ConfigError("name exactly one certificate to revoke: --name, --cert or --serial")
+    ca_dir = Path(ca_dir)
+    ca_cert, _ = _load_ca(ca_dir)
+    revoked = {entry.serial_number for entry in _read_crl(ca_dir, ca_cert)[0]}
+    if serial is not None:
+        number = _parse_serial(serial)
+        matches = [holder for cert, holder in _certificates_in(ca_dir)
+                   if cert.serial_number == number and cert.issuer == ca_cert.subject]
+        if not matches and number not in revoked:
+            raise ConfigError(f"no certificate with serial {number:x} in {ca_dir}: give --cert FILE for one "
+                              "kept elsewhere")
+        holder = matches[0] if matches else "?"
+    else:
+        path = Path(cert_file) if cert_file is not None else ca_dir / f"{name}.pem"
+        if name is not None and (not name or "/" in name or name.startswith(".")):
+            raise ConfigError(f"certificate name {name!r}: use a plain file-name-safe name")
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except FileNotFoundError:
+            where = f"no certificate named {name!r} in {ca_dir} ({path} is missing)" if name is not None \
+                else f"certificate file {path} not found"
+            raise ConfigError(where) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except ValueError:
+            raise ConfigError(f"{path} is not a PEM certificate") from None
+        if cert.serial_number == ca_cert.serial_number and cert.subject == ca_cert.subject:
+            raise ConfigError(f"{path} is the CA certificate itself: to replace the CA, rotate it (README, Security)")
+        try:
+            cert.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise ConfigError(f"{path} was not issued by the CA in {ca_dir}") from None
+        number, holder = cert.serial_number, _holder(cert)
+    if number in revoked:
+        return Revoked(number, holder, ca_dir / CA_CRL, True, len(revoked))
+    crl_file, count = write_crl(ca_dir, add=[number], days=days)
+    return Revoked(number, holder, crl_file, False, count)
+
+
 def init(out_dir: Path, *, hosts: Sequence[str] = DEFAULT_HOSTS, days: int = 365, force: bool = False) -> list[Issued]:
     """A new CA in `out_dir` and one certificate for each of DEFAULT_HOLDERS."""
     out_dir = Path(out_dir)
@@ -146,4 +294,7 @@ def init(out_dir: Path, *, hosts: Sequence[str] = DEFAULT_HOSTS, days: int = 365
         make_ca(out_dir, days=max(days, 3650))
     except PermissionError as exc:
         raise ConfigError(f"cannot write to {out_dir}: {exc.strerror}") from None
-    return [issue(out_dir, name, roles, hosts=hosts, days=days) for name, roles in DEFAULT_HOLDERS.items()]
+    issued = [issue(out_dir, name, roles, hosts=hosts, days=days) for name, roles in DEFAULT_HOLDERS.items()]
+    (out_dir / CA_CRL).unlink(missing_ok=True)  # a CRL of a replaced CA would not verify
+    write_crl(out_dir)
+    return issued

@@ -16,9 +16,12 @@ certificate that the daemon's `tls_client_ca_file` verified, whose subject names
 (common name) and its roles (one organizational unit per role). A token, when sent, decides.
 
 Checks are on when a daemon has a tokens file or checks client certificates. Then a call with
-no credentials, an unknown token or a certificate without roles gets UNAUTHENTICATED, and a
-caller without the method's role PERMISSION_DENIED. The health service is open to everyone
-(probes); reflection to every authenticated caller. Nothing here logs a token or its hash.
+no credentials, an unknown token, a certificate without roles or a revoked certificate (on the
+CRL of `tls_crl_file`, shared/crl.py; checked whether or not a token is sent) gets
+UNAUTHENTICATED, and a caller without the method's role PERMISSION_DENIED, both raised as the
+typed errors of shared/errors.py and sent by `shared.grpc_errors.abort_with`. The health service
+is open to everyone (probes); reflection to every authenticated caller. Nothing here logs a
+token or its hash.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ from typing import Any, Iterable, Optional
 import grpc
 import yaml
 
-from shared.errors import ConfigError
+from shared.crl import RevocationList
+from shared.errors import ConfigError, EdgecascadeError, PermissionDeniedError, UnauthenticatedError
+from shared.grpc_errors import abort_with
 from shared.interceptors import guarded
-from shared.tls import AUTHORIZATION_KEY
+from shared.tls import AUTHORIZATION_KEY, file_stamp
 from shared.undecodable_requests import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -88,13 +93,6 @@ class Principal:
 
 #: The caller of the RPC being served (set by AuthInterceptor; None when checks are off).
 current_principal: contextvars.ContextVar[Optional[Principal]] = contextvars.ContextVar("principal", default=None)
-
-
-class AuthFailure(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 # ------------------------------------------------------------------------------------- tokens
@@ -149,11 +147,7 @@ class TokenTable:
         self._lock = threading.Lock()
 
     def _file_stamp(self) -> Any:
-        try:
-            st = os.stat(self.path)
-            return st.st_mtime_ns, st.st_size, st.st_ino
-        except OSError:
-            return None
+        return file_stamp([self.path])
 
     def _refresh(self) -> None:
         now = time.monotonic()
@@ -243,13 +237,18 @@ def _certificate_principal(pem: bytes) -> Optional[Principal]:
 
 
 class Authenticator:
-    """Turns one call's metadata and TLS peer into a Principal, or an AuthFailure."""
+    """Turns one call's metadata and TLS peer into a Principal, or an UnauthenticatedError."""
 
-    def __init__(self, tokens: Optional[TokenTable], *, certificates: bool) -> None:
+    def __init__(self, tokens: Optional[TokenTable], *, certificates: bool,
+                 revocations: Optional[RevocationList] = None) -> None:
         self.tokens = tokens
         self.certificates = certificates
+        self.revocations = revocations
 
     def authenticate(self, metadata: Iterable[tuple[str, Any]], auth_context: dict) -> Principal:
+        pems = auth_context.get("x509_pem_cert") if self.certificates else None
+        if pems and self.revocations is not None:  # a revoked certificate is refused even with a token
+            self.revocations.check(bytes(pems[0]))
         header = None
         for key, value in metadata or ():
             if key == AUTHORIZATION_KEY:
@@ -258,23 +257,20 @@ class Authenticator:
         if header is not None:
             scheme, _, token = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise AuthFailure(grpc.StatusCode.UNAUTHENTICATED, "the authorization metadata must be 'Bearer <token>'")
+                raise UnauthenticatedError("the authorization metadata must be 'Bearer <token>'")
             if self.tokens is None:
-                raise AuthFailure(grpc.StatusCode.UNAUTHENTICATED, "this daemon takes no bearer tokens")
+                raise UnauthenticatedError("this daemon takes no bearer tokens")
             principal = self.tokens.lookup(token.strip())
             if principal is None:
-                raise AuthFailure(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked token")
+                raise UnauthenticatedError("unknown or revoked token")
             return principal
-        pems = auth_context.get("x509_pem_cert") if self.certificates else None
         if pems:
             principal = _certificate_principal(bytes(pems[0]))
             if principal is None or not principal.roles:
-                raise AuthFailure(grpc.StatusCode.UNAUTHENTICATED,
-                                  f"client certificate of {principal.name if principal else '?'} names no role "
-                                  f"(organizational unit {'/'.join(ROLES)})")
+                raise UnauthenticatedError(f"client certificate of {principal.name if principal else '?'} names no "
+                                           f"role (organizational unit {'/'.join(ROLES)})")
             return principal
-        raise AuthFailure(grpc.StatusCode.UNAUTHENTICATED,
-                          "no credentials: send 'authorization: Bearer <token>' metadata or a client certificate")
+        raise UnauthenticatedError("no credentials: send 'authorization: Bearer <token>' metadata or a client certificate")
 
     @staticmethod
     def authorize(principal: Principal, method: str) -> None:
@@ -282,9 +278,9 @@ class Authenticator:
             return
         allowed = METHOD_ROLES.get(method, frozenset())
         if not principal.roles & allowed:
-            raise AuthFailure(grpc.StatusCode.PERMISSION_DENIED,
-                              f"{principal.name} ({', '.join(sorted(principal.roles)) or 'no role'}) may not call "
-                              f"{method.rsplit('/', 1)[-1]}; it needs one of: {', '.join(sorted(allowed)) or 'none'}")
+            raise PermissionDeniedError(
+                f"{principal.name} ({', '.join(sorted(principal.roles)) or 'no role'}) may not call "
+                f"{method.rsplit('/', 1)[-1]}; it needs one of: {', '.join(sorted(allowed)) or 'none'}")
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -306,11 +302,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             try:
                 principal = self.authenticator.authenticate(context.invocation_metadata(), context.auth_context())
                 self.authenticator.authorize(principal, method)
-            except AuthFailure as exc:
+            except EdgecascadeError as exc:  # UnauthenticatedError or PermissionDeniedError
                 self.refused += 1
-                self._log.warning("refused %s from %s: %s %s", method, _peer_host(context.peer()), exc.code.name,
-                                  exc.message)
-                await context.abort(exc.code, exc.message)
+                self._log.warning("refused %s from %s: %s %s", method, _peer_host(context.peer()), exc.code.name, exc)
+                await abort_with(context, exc)
             current_principal.set(principal)
             yield
 
@@ -331,14 +326,22 @@ def peer_host(context: grpc.aio.ServicerContext) -> str:
 
 def server_interceptors(settings: Any, *, daemon: str) -> list[grpc.aio.ServerInterceptor]:
     """[AuthInterceptor] when the settings name a tokens file or check client certificates;
-    [] (with a warning) when they do not, so every caller may call every RPC."""
+    [] (with a warning) when they do not, so every caller may call every RPC. A ConfigError
+    naming the setting when `tls_crl_file` is set without `tls_client_ca_file` or is unusable."""
     tokens = TokenTable(settings.auth_tokens_file) if settings.auth_tokens_file else None
     certificates = settings.tls_client_ca_file is not None
+    crl_file = getattr(settings, "tls_crl_file", None)
+    if crl_file is not None and not certificates:
+        raise ConfigError("setting 'tls_crl_file' needs tls_client_ca_file (mutual TLS): the CRL revokes client "
+                          "certificates that CA signed")
+    revocations = RevocationList(crl_file, settings.tls_client_ca_file) if crl_file is not None else None
     if tokens is None and not certificates:
         log.warning("%s checks no credentials (no auth_tokens_file, no tls_client_ca_file): anyone who reaches its "
                     "port may call every RPC, including update and fleet RPCs", daemon)
         return []
     log.info("%s checks credentials: %s", daemon,
              " and ".join(filter(None, [f"{len(tokens)} token(s) from {settings.auth_tokens_file}" if tokens else "",
-                                        "client certificate roles" if certificates else ""])))
-    return [AuthInterceptor(Authenticator(tokens, certificates=certificates))]
+                                        "client certificate roles" if certificates else "",
+                                        f"revocations ({len(revocations.serials)} revoked serial(s) in {crl_file})"
+                                        if revocations else ""])))
+    return [AuthInterceptor(Authenticator(tokens, certificates=certificates, revocations=revocations))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, NoReturn, TypeVar
 
 import grpc
 
@@ -12,6 +12,13 @@ from shared.errors import ERROR_CLASS_KEY, EdgecascadeError, clipped
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: EdgecascadeError) -> NoReturn:
+    """End the call with `exc`'s code, its clipped message and its class name in the trailing
+    metadata (`ERROR_CLASS_KEY`): the one way a typed error becomes a gRPC status."""
+    await context.abort(exc.code, clipped(str(exc)), trailing_metadata=((ERROR_CLASS_KEY, type(exc).__name__),))
+    raise AssertionError("context.abort returned")  # it always raises
 
 
 def grpc_errors(method: F) -> F:
@@ -29,7 +36,7 @@ def grpc_errors(method: F) -> F:
         try:
             return await method(self, request, context)
         except EdgecascadeError as exc:
-            await context.abort(exc.code, clipped(str(exc)), trailing_metadata=((ERROR_CLASS_KEY, type(exc).__name__),))
+            await abort_with(context, exc)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -49,7 +56,7 @@ def grpc_stream_errors(method: Callable[..., AsyncIterator[Any]]) -> Callable[..
             async for message in method(self, request, context):
                 yield message
         except EdgecascadeError as exc:
-            await context.abort(exc.code, clipped(str(exc)), trailing_metadata=((ERROR_CLASS_KEY, type(exc).__name__),))
+            await abort_with(context, exc)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:

@@ -22,6 +22,14 @@ class ServerSecuritySettings(BaseSettings):
     tls_client_ca_file: Optional[Path] = None
     """PEM CA that client certificates must chain to (mutual TLS): set, every caller must present
     a certificate it signed, and the certificate's organizational units are the caller's roles."""
+    tls_crl_file: Optional[Path] = None
+    """PEM X.509 certificate revocation list (`edgecascade certs revoke` writes one) signed by a
+    CA in tls_client_ca_file, which it needs. Set, every RPC whose client certificate's serial is
+    on it gets UNAUTHENTICATED ("certificate serial ... was revoked"), even with a token; the
+    health-only plaintext port is not affected. Unreadable, badly signed or past its next-update
+    time at start: the daemon does not start. Read again within a second after it (or the CA
+    file) changes; a changed file that fails those checks is ignored with a warning and the
+    previous list stays in force."""
     plaintext: bool = False
     """Serve without TLS (and, on an agent, reach the router without TLS when no cloud_tls_* file
     is set). Off by default: a daemon with neither TLS files nor this setting does not start.

@@ -1,8 +1,10 @@
-"""`edgecascade certs init|issue` and `edgecascade token add|revoke`: credentials for TLS,
-mutual TLS and bearer tokens (README, "Security").
+"""`edgecascade certs init|issue|revoke|crl` and `edgecascade token add|revoke`: credentials for
+TLS, mutual TLS and bearer tokens, and revocation of certificates (README, "Security").
 
     edgecascade certs init --out certs [--host router.example.internal]
     edgecascade certs issue --ca-dir certs --name board-17 --role agent
+    edgecascade certs revoke --ca-dir certs --name board-17      (or --cert FILE, --serial HEX)
+    edgecascade certs crl --ca-dir certs                          (re-sign crl.pem before it expires)
     edgecascade token add --tokens-file tokens.yaml --name app-1 --role infer --out app-1.token
     edgecascade token revoke --tokens-file tokens.yaml --name app-1
 """
@@ -31,6 +33,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     _hosts_and_days(issue)
     issue.set_defaults(func=_issue)
 
+    revoke = certs_sub.add_parser("revoke", help="put a certificate on the CA's revocation list (crl.pem), which "
+                                                 "daemons with tls_crl_file enforce without a restart")
+    revoke.add_argument("--ca-dir", type=Path, default=Path("certs"), help="directory holding ca.pem, ca.key, crl.pem")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--name", help="the certificate in <ca-dir>/<name>.pem")
+    which.add_argument("--cert", type=Path, metavar="FILE", help="a certificate file this CA issued")
+    which.add_argument("--serial", metavar="HEX", help="a serial number in hexadecimal (as daemons log it)")
+    _crl_days(revoke)
+    revoke.set_defaults(func=_revoke)
+
+    crl = certs_sub.add_parser("crl", help="re-sign the CA's revocation list (crl.pem; created empty if missing) "
+                                           "so that it does not expire")
+    crl.add_argument("--ca-dir", type=Path, default=Path("certs"), help="directory holding ca.pem, ca.key, crl.pem")
+    _crl_days(crl)
+    crl.set_defaults(func=_crl)
+
     token = sub.add_parser("token", help="bearer tokens: add one (shown once) or revoke a holder's")
     token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     add = token_sub.add_parser("add", help="make a token and list its SHA-256 in the tokens file")
@@ -54,6 +72,14 @@ def _hosts_and_days(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=int, default=365, help="validity of the certificates, in days")
 
 
+def _crl_days(parser: argparse.ArgumentParser) -> None:
+    from edgecascade.dev_pki import CRL_DAYS
+
+    parser.add_argument("--days", type=int, default=CRL_DAYS,
+                        help=f"how long the written CRL is good for, in days (default {CRL_DAYS}); daemons refuse "
+                             "an expired one at start, so re-sign it before then (`certs crl`)")
+
+
 def _init(args: argparse.Namespace) -> int:
     from edgecascade.dev_pki import DEFAULT_HOSTS, init
 
@@ -61,8 +87,9 @@ def _init(args: argparse.Namespace) -> int:
     print(f"wrote a dev CA to {args.out}/ca.pem (its key ca.key stays here: keep it secret)")
     for item in issued:
         print(f"  {item.cert_file} + {item.key_file.name}: {item.name}, roles: {', '.join(item.roles) or 'none (server)'}")
+    print(f"  {args.out}/crl.pem: the CA's revocation list, empty (`certs revoke` adds to it)")
     print(f"router: tls_cert_file {args.out}/router.pem, tls_key_file {args.out}/router.key, "
-          f"tls_client_ca_file {args.out}/ca.pem")
+          f"tls_client_ca_file {args.out}/ca.pem, tls_crl_file {args.out}/crl.pem")
     print(f"agent:  cloud_tls_ca_file {args.out}/ca.pem, cloud_tls_cert_file {args.out}/agent.pem, "
           f"cloud_tls_key_file {args.out}/agent.key (and tls_cert_file/tls_key_file for its own port)")
     return 0
@@ -73,6 +100,26 @@ def _issue(args: argparse.Namespace) -> int:
 
     item = issue(args.ca_dir, args.name, args.role, out_dir=args.out, hosts=[*DEFAULT_HOSTS, *args.host], days=args.days)
     print(f"wrote {item.cert_file} and {item.key_file} ({item.name}, roles: {', '.join(item.roles) or 'none'})")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from edgecascade.dev_pki import revoke
+
+    done = revoke(args.ca_dir, name=args.name, cert_file=args.cert, serial=args.serial, days=args.days)
+    if done.already_revoked:
+        print(f"certificate serial {done.serial:x} ({done.holder}) is already on {done.crl_file}: nothing changed")
+    else:
+        print(f"revoked certificate serial {done.serial:x} ({done.holder}): wrote {done.crl_file} "
+              f"({done.revoked_count} revoked); daemons with tls_crl_file read it within a second")
+    return 0
+
+
+def _crl(args: argparse.Namespace) -> int:
+    from edgecascade.dev_pki import write_crl
+
+    path, count = write_crl(args.ca_dir, days=args.days)
+    print(f"wrote {path}: {count} revoked serial(s), good for {args.days} day(s)")
     return 0
 
 
