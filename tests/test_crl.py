@@ -149,6 +149,13 @@ def test_unknown_certificate_is_one_line_error(world, capsys, selector, problem)
     assert crl.read_bytes() == before
 
 
+def test_crl_days_default_is_the_one_help_names(capsys):
+    for action in ("revoke", "crl"):
+        with pytest.raises(SystemExit):
+            main(["certs", action, "--help"])
+        assert f"(default {dev_pki.CRL_DAYS})" in " ".join(capsys.readouterr().out.split())
+
+
 def test_certificate_of_another_ca_cannot_be_revoked(world, capsys, tmp_path):
     dev_pki.init(tmp_path / "other")
     assert revoke_cli(world, "--cert", str(tmp_path / "other" / "app.pem")) == 2

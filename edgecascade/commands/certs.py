@@ -73,11 +73,11 @@ def _hosts_and_days(parser: argparse.ArgumentParser) -> None:
 
 
 def _crl_days(parser: argparse.ArgumentParser) -> None:
-    from edgecascade.dev_pki import CRL_DAYS
-
-    parser.add_argument("--days", type=int, default=CRL_DAYS,
-                        help=f"how long the written CRL is good for, in days (default {CRL_DAYS}); daemons refuse "
-                             "an expired one at start, so re-sign it before then (`certs crl`)")
+    # the default is dev_pki.CRL_DAYS, resolved when the command runs (building the parser does
+    # not import `cryptography`)
+    parser.add_argument("--days", type=int, default=None,
+                        help="how long the written CRL is good for, in days (default 30); daemons refuse an expired "
+                             "one at start, so re-sign it before then (`certs crl`)")
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -104,9 +104,9 @@ def _issue(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from edgecascade.dev_pki import revoke
+    from edgecascade.dev_pki import CRL_DAYS, revoke
 
-    done = revoke(args.ca_dir, name=args.name, cert_file=args.cert, serial=args.serial, days=args.days)
+    done = revoke(args.ca_dir, name=args.name, cert_file=args.cert, serial=args.serial, days=CRL_DAYS if args.days is None else args.days)
     if done.already_revoked:
         print(f"certificate serial {done.serial:x} ({done.holder}) is already on {done.crl_file}: nothing changed")
     else:
@@ -116,10 +116,11 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _crl(args: argparse.Namespace) -> int:
-    from edgecascade.dev_pki import write_crl
+    from edgecascade.dev_pki import CRL_DAYS, write_crl
 
-    path, count = write_crl(args.ca_dir, days=args.days)
-    print(f"wrote {path}: {count} revoked serial(s), good for {args.days} day(s)")
+    days = CRL_DAYS if args.days is None else args.days
+    path, count = write_crl(args.ca_dir, days=days)
+    print(f"wrote {path}: {count} revoked serial(s), good for {days} day(s)")
     return 0
 
 
