@@ -4,6 +4,10 @@
   runtime, after `export-llm`) against transformers (the cloud host, one request at a time).
 - Cloud: tokens/s of concurrent requests with batching on against off (the same host, batches
   of one), the same prompts and the same run.
+- Cloud, late arrivals: time to first token of requests that arrive while a batch decodes, with
+  continuous batching (they join the running batch) against static batching (they wait for it
+  to end). Half the concurrency starts together; the others arrive one by one while the first of
+  them streams the first half of its tokens.
 - Deferral: the share of prompts the edge defers at a threshold (given, or the edge's
   llm_policy.json).
 
@@ -94,6 +98,47 @@ async def _host_runs(model_dir: Path, requests, *, max_batch_size: int, concurre
         await host.close()
 
 
+async def _drain(stream) -> None:
+    async for _ in stream:
+        pass
+
+
+async def _late_arrival_runs(model_dir: Path, running, late, *, continuous: bool) -> dict[str, Any]:
+    """Start `running` together; send each of `late` after the first running request has streamed
+    another `every` tokens; time to first token of the late ones."""
+    from cloud_router.llm_host import CausalLMHost
+    from shared.llm_request import GenerationResult
+
+    host = CausalLMHost(model_dir, max_batch_size=len(running) + len(late), max_delay_ms=5.0,
+                        continuous_batching=continuous)
+    await host.load()
+    try:
+        await host.generate(late[0], 600)  # warm-up
+        joined_before = host.stats.joined
+        lead = host.stream(running[0], 600)
+        others = [asyncio.ensure_future(_drain(host.stream(r, 600))) for r in running[1:]]
+        every = max(1, running[0].max_new_tokens // (2 * len(late)))
+        arrivals: list[asyncio.Future] = []
+        during = seen = 0
+        async for event in lead:
+            if isinstance(event, GenerationResult):
+                break
+            seen += event.token_id is not None
+            if len(arrivals) < len(late) and seen == 1 + len(arrivals) * every:
+                arrivals.append(asyncio.ensure_future(_timed(host.stream(late[len(arrivals)], 600))))
+                during += 1
+        arrivals += [asyncio.ensure_future(_timed(host.stream(r, 600))) for r in late[len(arrivals):]]
+        runs = list(await asyncio.gather(*arrivals))
+        await asyncio.gather(*others)
+        ttft_ms = [r["ttft_ms"] for r in runs]
+        return {"ttft_ms_median": statistics.median(ttft_ms), "ttft_ms": ttft_ms, "arrivals": len(runs),
+                "arrived_during_batch": during, "arrival_every_tokens": every,
+                "joined_running_batch": host.stats.joined - joined_before,
+                "continuous_batching_on": host.joins_running_batch}
+    finally:
+        await host.close()
+
+
 def run_llm_bench(edge_dir: Path, cloud_dir: Path, out: Path, *, edge_onnx: Optional[Path] = None,
                   prompts: Sequence[str] = DEFAULT_PROMPTS, max_new_tokens: int = 64, threshold: Optional[float] = None,
                   cloud_concurrency: int = 8, precision: str = "fp32") -> dict[str, Any]:
@@ -117,6 +162,12 @@ def run_llm_bench(edge_dir: Path, cloud_dir: Path, out: Path, *, edge_onnx: Opti
     batched_runs, batched_s = asyncio.run(_host_runs(cloud_dir, cloud_requests, max_batch_size=cloud_concurrency,
                                                      concurrent=True))
     unbatched_runs, unbatched_s = asyncio.run(_host_runs(cloud_dir, cloud_requests, max_batch_size=1, concurrent=True))
+    running = cloud_requests[: max(1, len(cloud_requests) // 2)]
+    late_tokens = max(1, max_new_tokens // 4)
+    late = [GenerationRequest(prompt=requests[i % len(requests)].prompt, max_new_tokens=late_tokens)
+            for i in range(max(1, len(cloud_requests) - len(running)))]
+    late_continuous = asyncio.run(_late_arrival_runs(cloud_dir, running, late, continuous=True))
+    late_static = asyncio.run(_late_arrival_runs(cloud_dir, running, late, continuous=False))
     edge_onnx_summary, edge_torch_summary = _summary(onnx_runs), _summary(torch_runs)
     batched_tok_s = sum(r["tokens"] for r in batched_runs) / batched_s
     unbatched_tok_s = sum(r["tokens"] for r in unbatched_runs) / unbatched_s
@@ -134,6 +185,9 @@ def run_llm_bench(edge_dir: Path, cloud_dir: Path, out: Path, *, edge_onnx: Opti
         "cloud_batched": {"tok_s": batched_tok_s, "wall_s": batched_s, **_summary(batched_runs)},
         "cloud_unbatched": {"tok_s": unbatched_tok_s, "wall_s": unbatched_s, **_summary(unbatched_runs)},
         "cloud_batching_gain": _ratio(batched_tok_s, unbatched_tok_s),
+        "cloud_late_arrivals": {"running": len(running), "late_max_new_tokens": late_tokens,
+                                "continuous": late_continuous, "static": late_static},
+        "cloud_continuous_ttft_gain": _ratio(late_static["ttft_ms_median"], late_continuous["ttft_ms_median"]),
         "deferral": None if policy is None else {
             "threshold": policy.threshold, "signal": policy.signal, "min_tokens": policy.min_tokens,
             "rate": sum(r == FINISH_DEFERRED for r in reasons) / len(reasons)},
@@ -151,13 +205,14 @@ def _ratio(a: float, b: float) -> Optional[float]:
 
 
 def plot_llm_bench(result: dict[str, Any], path: Path) -> Path:
-    """Two panels: decode tokens/s, and time to first token, per configuration."""
+    """Three panels: decode tokens/s and time to first token per configuration, and the time to
+    first token of requests arriving while a cloud batch decodes (continuous against static)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    fig, (left, right, late) = plt.subplots(1, 3, figsize=(14, 4), dpi=110)
     names = ["edge ONNX", "edge transformers", "cloud batched", "cloud unbatched"]
     tok_s = [result["edge_onnx"]["decode_tok_s_median"], result["edge_transformers"]["decode_tok_s_median"],
              result["cloud_batched"]["tok_s"], result["cloud_unbatched"]["tok_s"]]
@@ -173,6 +228,12 @@ def plot_llm_bench(result: dict[str, Any], path: Path) -> Path:
     right.set_title("time to first token")
     right.set_yscale("log")
     right.tick_params(axis="x", rotation=20)
+    arrivals = result["cloud_late_arrivals"]
+    late.bar(["continuous", "static"], [arrivals["continuous"]["ttft_ms_median"], arrivals["static"]["ttft_ms_median"]],
+             color=["tab:blue", "tab:gray"])
+    late.set_ylabel("time to first token, median (ms), log scale")
+    late.set_title(f"cloud: {arrivals['continuous']['arrivals']} requests arriving mid-batch")
+    late.set_yscale("log")
     fig.suptitle(f"edgecascade bench llm ({result['config']['prompts']} prompts, "
                  f"{result['config']['max_new_tokens']} new tokens)")
     fig.tight_layout()

@@ -101,7 +101,8 @@ async def load_llm_hosts(settings: RouterSettings) -> dict:
     hosts: dict = {}
     for model_dir in settings.llm_dirs:
         host = CausalLMHost(model_dir, max_batch_size=settings.llm_max_batch_size if settings.batching else 1,
-                            max_delay_ms=settings.llm_max_delay_ms if settings.batching else 0.0)
+                            max_delay_ms=settings.llm_max_delay_ms if settings.batching else 0.0,
+                            continuous_batching=settings.llm_continuous_batching)
         if host.name in hosts:
             raise ConfigError(f"setting 'llm_dirs': two checkpoints are named {host.name!r}")
         await host.load()

@@ -1,10 +1,16 @@
 """The cloud's causal-LM host: any Hugging Face checkpoint directory that transformers'
 AutoModelForCausalLM loads (Ernie4_5ForCausalLM, Ernie4_5_MoeForCausalLM, Llama, Qwen, ...).
 
-Concurrent requests are batched: a model thread takes up to `max_batch_size` queued requests,
-waiting at most `max_delay_ms` after the first for others to join, and decodes them together
-(`llm_batch`). Requests that arrive while a batch runs wait for the next one. Tokens stream to
-each caller as they are chosen; the caller's cancel or deadline takes its row out of the batch.
+Concurrent requests are batched on one model thread. When nothing is decoding, it takes up to
+`max_batch_size` queued requests, waiting at most `max_delay_ms` after the first for others.
+With `continuous_batching` (the default), requests that arrive while a batch decodes join it
+between two decode steps, as long as it has fewer than `max_batch_size` rows: they are prefilled
+and their KV cache is joined to the running one (`llm_batch`), so a late request's first token
+does not wait for the batch to end. A model whose KV cache cannot be joined (sliding-window,
+hybrid, quantized caches) falls back to static batching, logged once at load: requests that
+arrive while a batch runs wait for it to finish. Tokens stream to each caller as they are
+chosen; a finished row, or the caller's cancel or deadline, takes its row out of the batch at
+once and frees its place.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ Event = Union[TokenEvent, GenerationResult]
 class HostStats:
     """What the host has done, for tests, metrics and the benchmark."""
 
-    batch_sizes: list[int] = dataclasses.field(default_factory=list)
+    batch_sizes: list[int] = dataclasses.field(default_factory=list)  # rows decoding after each admission
+    joined: int = 0  # requests that joined a batch already decoding (continuous batching)
     finished: dict[str, int] = dataclasses.field(default_factory=dict)   # finish reason -> count
     generated_tokens: int = 0
 
@@ -43,7 +50,8 @@ class CausalLMHost:
 
     def __init__(self, model_dir: str | Path, *, name: Optional[str] = None, max_batch_size: int = 8,
                  max_delay_ms: float = 5.0, max_queue: int = 256, max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT,
-                 signal_quantile: float = DEFAULT_SIGNAL_QUANTILE, torch_threads: Optional[int] = None) -> None:
+                 signal_quantile: float = DEFAULT_SIGNAL_QUANTILE, torch_threads: Optional[int] = None,
+                 continuous_batching: bool = True) -> None:
         self.model_dir = Path(model_dir)
         self.name = name or self.model_dir.name
         self.max_batch_size = max(1, max_batch_size)
@@ -52,6 +60,8 @@ class CausalLMHost:
         self.max_new_tokens_limit = max_new_tokens_limit
         self.signal_quantile = signal_quantile
         self.torch_threads = torch_threads
+        self.continuous_batching = continuous_batching  # asked for; `joins_running_batch` says if it is on
+        self.joins_running_batch = False
         self.info: Optional[CheckpointInfo] = None
         self.stats = HostStats()
         self.ready = False
@@ -69,8 +79,9 @@ class CausalLMHost:
         self._thread = threading.Thread(target=self._work, name=f"llm-{self.name}", daemon=True)
         self._thread.start()
         self.ready = True
-        log.info("causal LM %s loaded from %s (%s, context %d tokens, batches of up to %d)", self.name,
-                 self.model_dir, self.info.architecture, self.info.context_tokens, self.max_batch_size)
+        log.info("causal LM %s loaded from %s (%s, context %d tokens, batches of up to %d, %s batching)", self.name,
+                 self.model_dir, self.info.architecture, self.info.context_tokens, self.max_batch_size,
+                 "continuous" if self.joins_running_batch else "static")
 
     def _load_blocking(self) -> None:
         import torch
@@ -87,6 +98,14 @@ class CausalLMHost:
         self._eos_ids = frozenset(eos_token_ids(self._model))
         pad = self._tokenizer.pad_token_id
         self._pad_id = int(pad if pad is not None else (min(self._eos_ids) if self._eos_ids else 0))
+        if self.continuous_batching and self.max_batch_size > 1:
+            from cloud_router.llm_batch import supports_joining
+
+            joinable, cache_type = supports_joining(self._model, self._pad_id)
+            self.joins_running_batch = joinable
+            if not joinable:
+                log.warning("causal LM %s: its KV cache (%s) cannot be joined, so continuous batching is off: "
+                            "requests arriving while a batch decodes wait for it to finish", self.name, cache_type)
 
     async def close(self) -> None:
         self.ready = False
@@ -154,24 +173,56 @@ class CausalLMHost:
             batch.append(item)
         return batch
 
-    def _work(self) -> None:
-        from cloud_router.llm_batch import decode_batch
-
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            self.stats.batch_sizes.append(len(batch))
-            del self.stats.batch_sizes[:-1000]
+    def _queued(self, room: int) -> tuple[list[LiveSequence], bool]:
+        """Up to `room` requests already queued (no waiting), and whether close() was asked for."""
+        arrivals: list[LiveSequence] = []
+        while len(arrivals) < room:
             try:
-                decode_batch(self._model, batch, self._pad_id)
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return arrivals, True
+            arrivals.append(item)
+        return arrivals, False
+
+    def _work(self) -> None:
+        from cloud_router.llm_batch import RunningBatch
+
+        batch = RunningBatch(self._model, self._pad_id)
+        taken: list[LiveSequence] = []  # taken from the queue, not yet booked in the stats
+        closing = False
+        while True:
+            if not batch.live:
+                arrivals = [] if closing else self._next_batch()
+                if not arrivals:
+                    return  # None: close() was asked for
+            elif self.joins_running_batch and not closing:
+                arrivals, closing = self._queued(self.max_batch_size - len(batch.live))
+            else:
+                arrivals = []
+            taken.extend(arrivals)
+            try:
+                if arrivals:
+                    joining = bool(batch.live)
+                    batch.admit(arrivals)
+                    self.stats.joined += len(arrivals) if joining else 0
+                    self.stats.batch_sizes.append(len(batch.live))
+                    del self.stats.batch_sizes[:-1000]
+                batch.step()
             except Exception as exc:
-                log.exception("causal LM %s failed on a batch of %d", self.name, len(batch))
-                for sequence in batch:
+                log.exception("causal LM %s failed on a batch of %d", self.name, len(batch.live) + len(arrivals))
+                batch.clear()
+                for sequence in taken:
                     if not sequence.done:
                         sequence.finish_reason = "error"
                         sequence.emit(ModelError(f"model {self.name} failed while generating: {exc}"))
-            for sequence in batch:
+            self._book(taken)
+            taken = [sequence for sequence in taken if not sequence.done]
+
+    def _book(self, sequences: list[LiveSequence]) -> None:
+        for sequence in sequences:
+            if sequence.done:
                 reason = sequence.finish_reason or "error"
                 self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
                 self.stats.generated_tokens += len(sequence.generated)

@@ -53,6 +53,11 @@ class RouterSettings(DaemonSettings, ServerSecuritySettings, ClientLimitSettings
     """Most generations decoded together (1 when batching is off)."""
     llm_max_delay_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
     """How long a generation batch waits to fill after its first request."""
+    llm_continuous_batching: bool = True
+    """True: a generation that arrives while a batch decodes joins it between two decode steps
+    (while it has fewer than llm_max_batch_size rows), so its first token does not wait for the
+    batch to end. False, or a model whose KV cache cannot be joined (sliding-window, hybrid; the
+    router logs it at load): it waits for the running batch to finish (static batching)."""
     default_timeout_ms: float = Field(default=5_000.0, gt=0)
     """Deadline for a request that carries none."""
     redis_url: Optional[str] = None
