@@ -21,6 +21,15 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: EdgecascadeError) -
     raise AssertionError("context.abort returned")  # it always raises
 
 
+async def _abort_for(context: grpc.aio.ServicerContext, exc: Exception, method_name: str) -> None:
+    """End the call for `exc`: a typed error with its own code, anything else INTERNAL (logged
+    with its traceback, the caller sees one line)."""
+    if isinstance(exc, EdgecascadeError):
+        await abort_with(context, exc)
+    log.exception("unexpected error in %s", method_name)
+    await context.abort(grpc.StatusCode.INTERNAL, clipped(f"internal error: {type(exc).__name__}: {exc}"))
+
+
 def grpc_errors(method: F) -> F:
     """Decorate an async servicer method: typed errors abort with their code, others INTERNAL.
     The error's class name travels in the trailing metadata (`ERROR_CLASS_KEY`), so a caller can
@@ -35,13 +44,10 @@ def grpc_errors(method: F) -> F:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except EdgecascadeError as exc:
-            await abort_with(context, exc)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            log.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, clipped(f"internal error: {type(exc).__name__}: {exc}"))
+            await _abort_for(context, exc, method.__name__)
 
     return wrapper  # type: ignore[return-value]
 
@@ -55,12 +61,9 @@ def grpc_stream_errors(method: Callable[..., AsyncIterator[Any]]) -> Callable[..
         try:
             async for message in method(self, request, context):
                 yield message
-        except EdgecascadeError as exc:
-            await abort_with(context, exc)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            log.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, clipped(f"internal error: {type(exc).__name__}: {exc}"))
+            await _abort_for(context, exc, method.__name__)
 
     return wrapper

@@ -13,27 +13,15 @@ import time
 import pytest
 
 from cloud_router.llm_batch import RunningBatch, is_joinable, supports_joining
-from cloud_router.llm_host import CausalLMHost, eos_token_ids
+from cloud_router.llm_host import eos_token_ids
 from shared.llm_request import FINISH_CANCELLED, FINISH_DEADLINE, GenerationRequest, GenerationResult
 from shared.llm_sequence import LiveSequence
-from tests.helpers.llm_fixtures import make_tiny_ernie
+from tests.helpers.llm_fixtures import make_tiny_ernie, run_host
 
 PROMPTS = ["héllo", "edge models answer easy questions and", "the cat sat", "what is the balance of my account"]
 #: On `long_cloud` this prompt runs greedily to 4,000 tokens without an end token: a batch that
 #: stays busy until the test cancels it.
 LONG_RUNNER = "edge models answer easy questions and"
-
-
-def run_host(model_dir, body, **host_args):
-    async def main():
-        host = CausalLMHost(model_dir, **host_args)
-        await host.load()
-        try:
-            return await body(host)
-        finally:
-            await host.close()
-
-    return asyncio.run(main())
 
 
 def _load(model_dir):

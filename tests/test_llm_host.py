@@ -10,24 +10,11 @@ import shutil
 import pytest
 
 from cloud_router.llm_checkpoint import inspect_checkpoint
-from cloud_router.llm_host import CausalLMHost
 from shared.errors import ConfigError, InvalidInputError
 from shared.llm_request import FINISH_DEADLINE, FINISH_LENGTH, FINISH_STOP, GenerationRequest, GenerationResult
-from tests.helpers.llm_fixtures import make_tiny_ernie
+from tests.helpers.llm_fixtures import make_tiny_ernie, run_host
 
 PROMPTS = ["the cat sat", "what is the balance of my account", "héllo", "edge models answer easy questions and"]
-
-
-def run_host(model_dir, body, **host_args):
-    async def main():
-        host = CausalLMHost(model_dir, **host_args)
-        await host.load()
-        try:
-            return await body(host)
-        finally:
-            await host.close()
-
-    return asyncio.run(main())
 
 
 def test_checkpoint_errors_name_what_was_expected(tmp_path, tiny_ernie):

@@ -85,3 +85,20 @@ def long_cloud(tmp_path_factory) -> Path:
     """A different tiny ERNIE-4.5 with a 4096-token context: the cloud for streaming tests (long
     enough generations to cancel, or to outlast a deadline)."""
     return make_tiny_ernie(tmp_path_factory.mktemp("long-cloud"), seed=1, max_positions=4096)
+
+
+def run_host(model_dir, body, **host_args):
+    """`await body(host)` with a loaded cloud `CausalLMHost` on `model_dir`, closed afterwards."""
+    import asyncio
+
+    from cloud_router.llm_host import CausalLMHost
+
+    async def main():
+        host = CausalLMHost(model_dir, **host_args)
+        await host.load()
+        try:
+            return await body(host)
+        finally:
+            await host.close()
+
+    return asyncio.run(main())
